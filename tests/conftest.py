@@ -1,0 +1,120 @@
+"""Fixtures: a real uvicorn server on a free loopback port, per test or module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tidings.app import create_app
+from tidings.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A uvicorn server in a thread of its own, with its own event loop."""
+
+    def __init__(self, app: Any, port: int, **uvicorn_kwargs: Any) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/graphql"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **uvicorn_kwargs)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def tidings(self) -> Any:
+        return self.app.state.tidings
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        """Run a coroutine on the server's loop (to reach its objects safely)."""
+        loop = self.server_loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    @property
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        return self.tidings._loop
+
+
+def make_server(tmp_path: Path, collections: Any = None, **settings: Any) -> Server:
+    db = settings.pop("db", None) or f"sqlite:///{tmp_path / 'test.db'}"
+    base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
+    base.update(settings)
+    app = create_app(collections, Settings(**base))
+    uv = {"ws_max_size": base.get("max_message_size", 262_144)}
+    server = Server(app, free_port(), **uv)
+    _capture_loop(app)
+    server.start()
+    return server
+
+
+def _capture_loop(app: Any) -> None:
+    tidings = app.state.tidings
+    original = tidings.start
+
+    async def start() -> None:
+        tidings._loop = asyncio.get_running_loop()
+        await original()
+
+    tidings.start = start
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = make_server(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+async def gql_post(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
+    response = await client.post("/graphql", json={"query": query, "variables": variables or {}}, **kw)
+    return response.json()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get("TIDINGS_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("TIDINGS_TEST_PG_URL must be set in CI: .ci/run starts PostgreSQL")
+        pytest.skip("PostgreSQL not configured (set TIDINGS_TEST_PG_URL)")
+    return url
+
+
+@contextlib.contextmanager
+def does_not_raise() -> Iterator[None]:
+    yield

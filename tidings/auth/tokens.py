@@ -1,0 +1,149 @@
+"""JWT verification with pyjwt, and where tokens are found on each transport.
+
+One algorithm family is configured and only it is accepted: the header never
+chooses the algorithm, so ``alg: none`` and HS/RS key confusion are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.errors import ConfigurationError, Unauthenticated
+
+_HMAC = ("HS256", "HS384", "HS512")
+_ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
+
+
+class Authenticator:
+    """Turns a bearer token into a ``Principal``; without a key, everyone is anonymous."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | None = None,
+        algorithm: str | None = None,
+        issuer: str | None = None,
+        audience: str | None = None,
+        leeway: float = 5.0,
+        claim_sub: str = "sub",
+        claim_account: str = "account",
+        claim_role: str = "role",
+    ) -> None:
+        if secret and public_key:
+            raise ConfigurationError("Give a JWT secret or a public key, not both")
+        self.key: str | None = None
+        if secret:
+            self.algorithm = algorithm or "HS256"
+            if self.algorithm not in _HMAC:
+                raise ConfigurationError(f"A JWT secret needs an HS* algorithm, got {self.algorithm!r}")
+            self.key = secret
+        elif public_key:
+            self.algorithm = algorithm or "RS256"
+            if self.algorithm not in _ASYMMETRIC:
+                raise ConfigurationError(f"A JWT public key needs an asymmetric algorithm, got {self.algorithm!r}")
+            try:
+                self.key = Path(public_key).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(f"Cannot read JWT public key {public_key!r}: {exc}") from exc
+        else:
+            self.algorithm = algorithm or "HS256"
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.claim_sub = claim_sub
+        self.claim_account = claim_account
+        self.claim_role = claim_role
+
+    @property
+    def enabled(self) -> bool:
+        return self.key is not None
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; ``Unauthenticated`` otherwise."""
+        if self.key is None:
+            return ANONYMOUS
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway,
+                options={"require": ["exp", self.claim_sub], "strict_aud": False},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("Token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"Invalid token: {exc}") from exc
+        sub = claims.get(self.claim_sub)
+        account = claims.get(self.claim_account)
+        role = claims.get(self.claim_role)
+        if not isinstance(sub, str) or not sub:
+            raise Unauthenticated(f"Token claim {self.claim_sub!r} must be a non-empty string")
+        return Principal(
+            sub=sub,
+            account=str(account) if account is not None else None,
+            role=str(role) if role is not None else None,
+            exp=float(claims["exp"]),
+            claims=claims,
+        )
+
+    def optional(self, token: str | None) -> Principal:
+        return ANONYMOUS if not token else self.verify(token)
+
+    def expires_in(self, principal: Principal) -> float | None:
+        """Seconds until the principal's token stops being valid (leeway included)."""
+        if principal.exp is None:
+            return None
+        return principal.exp + self.leeway - time.time()
+
+    def mint(self, claims: Mapping[str, Any], *, ttl: float = 3600.0) -> str:
+        """A development token (HS* only): ``tidings token``."""
+        if self.key is None or self.algorithm not in _HMAC:
+            raise ConfigurationError("Minting tokens needs a JWT secret (TIDINGS_JWT_SECRET or --jwt-secret)")
+        now = int(time.time())
+        payload = {"iat": now, "exp": now + int(ttl), **claims}
+        if self.issuer:
+            payload.setdefault("iss", self.issuer)
+        if self.audience:
+            payload.setdefault("aud", self.audience)
+        return jwt.encode(payload, self.key, algorithm=self.algorithm)
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def token_from_init(payload: Mapping[str, Any] | None) -> str | None:
+    """The token in a ``connection_init`` payload, in the shapes real clients send."""
+    if not payload:
+        return None
+    for key in ("authorization", "Authorization"):
+        value = payload.get(key)
+        if isinstance(value, str):
+            return bearer(value) if " " in value.strip() else value.strip() or None
+    headers = payload.get("headers")
+    if isinstance(headers, Mapping):
+        for key in ("authorization", "Authorization"):
+            value = headers.get(key)
+            if isinstance(value, str):
+                return bearer(value) if " " in value.strip() else value.strip() or None
+    for key in ("token", "authToken", "accessToken"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None

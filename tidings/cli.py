@@ -1,0 +1,119 @@
+"""The ``tidings`` command line: serve, export-schema, token."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tidings.config import Settings, env_name
+from tidings.errors import ConfigurationError
+from tidings.schema.collection import Collection, collections_from
+
+
+def load_collections(spec: str | None) -> list[Collection]:
+    """``module:attr`` (a list or dict of collections) or ``file.toml``; None = the demo."""
+    if spec is None:
+        from tidings.schema.demo import COLLECTIONS
+
+        return collections_from(COLLECTIONS)
+    if spec.endswith(".toml"):
+        from tidings.schema.toml import load_toml
+
+        return load_toml(spec)
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ConfigurationError(f"--collections expects module:attr or a .toml file, got {spec!r}")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"Cannot load collections {spec!r}: {exc}") from exc
+    return collections_from(obj if isinstance(obj, (list, tuple, dict)) else [obj])
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (env {env_name(f.name)}; default {f.default!r})"
+        kind = str(f.type)
+        if kind.startswith("bool"):
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        elif kind.startswith("int"):
+            parser.add_argument(flag, dest=f.name, type=int, default=None, help=help_text)
+        elif kind.startswith("float"):
+            parser.add_argument(flag, dest=f.name, type=float, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Settings)}
+    return Settings.from_env(**overrides)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from tidings.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(load_collections(settings.collections), settings)
+    print(f"tidings: GraphQL and GraphiQL at http://{settings.host}:{settings.port}/graphql", flush=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_message_size,
+        ws_ping_interval=settings.keepalive,
+        ws_ping_timeout=settings.keepalive,
+        h11_max_incomplete_event_size=settings.max_message_size,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidings", description="Realtime GraphQL over declared collections.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_parser = sub.add_parser("serve", help="run the server")
+    _add_settings(serve_parser)
+    export = sub.add_parser("export-schema", help="print the GraphQL SDL")
+    export.add_argument("--collections", default=None, help="module:attr or file.toml (default: the demo)")
+    token = sub.add_parser("token", help="mint a development JWT (needs TIDINGS_JWT_SECRET or --jwt-secret)")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--account", default=None)
+    token.add_argument("--role", default=None)
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until expiry")
+    token.add_argument("--jwt-secret", default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            serve(_settings(args))
+        elif args.command == "export-schema":
+            from tidings.app import export_schema
+
+            print(export_schema(load_collections(args.collections)))
+        else:
+            from tidings.auth.tokens import Authenticator
+
+            settings = Settings.from_env(jwt_secret=args.jwt_secret)
+            auth = Authenticator(secret=settings.jwt_secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+            claims = {settings.claim_sub: args.sub}
+            if args.account:
+                claims[settings.claim_account] = args.account
+            if args.role:
+                claims[settings.claim_role] = args.role
+            print(auth.mint(claims, ttl=args.ttl))
+    except ConfigurationError as exc:
+        print(f"tidings: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

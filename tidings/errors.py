@@ -1,0 +1,81 @@
+"""The tidings exception tree, and its stable error codes.
+
+TidingsError
+ ├── BadUserInput        BAD_USER_INPUT
+ ├── NotFound            NOT_FOUND
+ ├── Conflict            CONFLICT
+ ├── Unauthenticated     UNAUTHENTICATED
+ ├── Forbidden           FORBIDDEN
+ ├── RateLimited         RATE_LIMITED
+ ├── CursorExpired       CURSOR_EXPIRED
+ └── ConfigurationError  CONFIGURATION_ERROR (raised at start-up, never to clients)
+
+graphql-core copies a raised exception's ``extensions`` into the GraphQL error,
+so every resolver may simply raise one of these.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class ErrorCode(str, enum.Enum):
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    RATE_LIMITED = "RATE_LIMITED"
+    CURSOR_EXPIRED = "CURSOR_EXPIRED"
+    CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
+    GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+    GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+class TidingsError(Exception):
+    """Base of every error tidings raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"code": self.code.value, **self.details}
+
+
+class BadUserInput(TidingsError):
+    code = ErrorCode.BAD_USER_INPUT
+
+
+class NotFound(TidingsError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(TidingsError):
+    code = ErrorCode.CONFLICT
+
+
+class Unauthenticated(TidingsError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(TidingsError):
+    code = ErrorCode.FORBIDDEN
+
+
+class RateLimited(TidingsError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class CursorExpired(TidingsError):
+    code = ErrorCode.CURSOR_EXPIRED
+
+
+class ConfigurationError(TidingsError):
+    code = ErrorCode.CONFIGURATION_ERROR

@@ -1,0 +1,68 @@
+"""The change event: one committed mutation, as the event log stores it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from typing import Any
+
+from tidings.types import Record
+
+
+class Operation(str, enum.Enum):
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    DELETED = "DELETED"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One row of the event log.
+
+    ``record`` is the record after the change (for DELETED, its last state);
+    ``previous`` holds the values the changed fields had before it.
+    """
+
+    seq: int
+    collection: str
+    operation: Operation
+    record_id: str
+    account: str | None
+    record: Record
+    previous: Record
+    changed_fields: tuple[str, ...]
+    timestamp: dt.datetime
+    actor: str | None
+
+    def before(self) -> Record | None:
+        """The record as it was before the change (None for CREATED)."""
+        if self.operation is Operation.CREATED:
+            return None
+        if not self.previous:
+            return self.record
+        return {**self.record, **self.previous}
+
+    def after(self) -> Record | None:
+        """The record after the change (None for DELETED)."""
+        return None if self.operation is Operation.DELETED else self.record
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Doorbell:
+    """What the broker carries: news that events up to ``seq`` exist.
+
+    In one process the event itself rides along (``event``), saving a read of
+    the log; across processes only the sequence number is authoritative.
+    """
+
+    seq: int
+    event: ChangeEvent | None = None
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value

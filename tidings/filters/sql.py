@@ -1,0 +1,55 @@
+"""Filter AST to a SQLAlchemy boolean expression (never SQL NULL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement
+
+from tidings.filters.ast import And, Compare, FieldKind, Filter, Not, Op, Or
+
+
+def compile_sql(f: Filter, table: sa.Table, dialect: str) -> ColumnElement[bool]:
+    if isinstance(f, And):
+        if not f.items:
+            return sa.true()
+        return sa.and_(*(compile_sql(i, table, dialect) for i in f.items))
+    if isinstance(f, Or):
+        if not f.items:
+            return sa.false()
+        return sa.or_(*(compile_sql(i, table, dialect) for i in f.items))
+    if isinstance(f, Not):
+        return sa.not_(compile_sql(f.item, table, dialect))
+    return _leaf(f, table.c[f.column], dialect)
+
+
+def _leaf(c: Compare, col: Any, dialect: str) -> ColumnElement[bool]:
+    if c.op is Op.IS_NULL:
+        return col.is_(None) if c.value else col.is_not(None)
+    if c.kind is FieldKind.STRING and c.op in (Op.LT, Op.LTE, Op.GT, Op.GTE) and dialect == "postgresql":
+        col = col.collate("C")
+    v = c.value
+    if c.op is Op.EQ:
+        cmp = col == v
+    elif c.op is Op.NE:
+        cmp = col != v
+    elif c.op is Op.IN:
+        cmp = col.in_(list(v)) if v else sa.false()
+    elif c.op is Op.NOT_IN:
+        cmp = col.not_in(list(v)) if v else sa.true()
+    elif c.op is Op.LT:
+        cmp = col < v
+    elif c.op is Op.LTE:
+        cmp = col <= v
+    elif c.op is Op.GT:
+        cmp = col > v
+    elif c.op is Op.GTE:
+        cmp = col >= v
+    elif c.op is Op.CONTAINS:
+        fn = sa.func.strpos if dialect == "postgresql" else sa.func.instr
+        cmp = fn(col, sa.literal(v, sa.Text())) > 0
+    else:  # STARTS_WITH: exact, no LIKE wildcards, case-sensitive
+        cmp = sa.func.substr(col, 1, len(v)) == sa.literal(v, sa.Text())
+    # Two-valued logic: a NULL column fails every comparison, and NOT of it holds.
+    return sa.and_(col.is_not(None), cmp)

@@ -1,0 +1,284 @@
+"""Runs one operation a transport received: a subscription goes to the
+dispatcher, a query or mutation to Strawberry.
+
+Documents are parsed and validated once per distinct text (an LRU cache), so
+thousands of clients sending the same subscription cost one validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+import strawberry
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution import Executor
+from graphql.execution.values import get_argument_values
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+
+from tidings.auth.principal import Principal
+from tidings.auth.rules import Action
+from tidings.errors import BadUserInput, TidingsError
+from tidings.events import Operation
+from tidings.filters import parse_filter
+from tidings.realtime.dispatcher import Dispatcher
+from tidings.realtime.group import Selection, Sink, Subscriber
+from tidings.resolvers.context import Context, Services
+from tidings.resolvers.convert import input_to_dict
+from tidings.schema.collection import Collection
+from tidings.schema.extensions import classify_all
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    query: str
+    variables: dict[str, Any] | None = None
+    operation_name: str | None = None
+    extensions: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rejected:
+    """The operation did not start: send these errors (protocol ``error``)."""
+
+    errors: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finished:
+    """A query or mutation ran: send this one result, then complete."""
+
+    payload: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Streaming:
+    """A subscription is live; ``subscriber`` is what to unsubscribe."""
+
+    subscriber: Subscriber
+
+
+Outcome = Rejected | Finished | Streaming
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parsed:
+    document: DocumentNode | None
+    errors: list[GraphQLError]
+
+
+def _error(message: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": code, **extra}}
+
+
+def _tidings_error(exc: TidingsError) -> dict[str, Any]:
+    return {"message": exc.message, "extensions": exc.extensions}
+
+
+class Engine:
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        services: Services,
+        dispatcher: Dispatcher,
+        collections: list[Collection],
+        *,
+        max_depth: int = 10,
+        max_aliases: int = 100,
+        cache_size: int = 1000,
+    ) -> None:
+        self.schema = schema
+        self.services = services
+        self.dispatcher = dispatcher
+        self.by_field = {c.events_field: c for c in collections}
+        self._rules = [
+            *specified_rules,
+            *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+            *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+        ]
+        self._cache: OrderedDict[str, _Parsed] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _parse(self, query: str) -> _Parsed:
+        cached = self._cache.get(query)
+        if cached is not None:
+            self._cache.move_to_end(query)
+            return cached
+        try:
+            document = parse(query)
+        except GraphQLError as exc:
+            parsed = _Parsed(None, [exc])
+        else:
+            parsed = _Parsed(document, validate(self.schema._schema, document, self._rules))
+        self._cache[query] = parsed
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return parsed
+
+    def operation_type(self, request: Request) -> OperationType | None:
+        """The type of the operation a request would run (None if it cannot run)."""
+        parsed = self._parse(request.query)
+        if parsed.document is None or parsed.errors:
+            return None
+        op = _find_operation(parsed.document, request.operation_name)
+        return op.operation if op is not None else None
+
+    async def validate(self, request: Request) -> list[dict[str, Any]]:
+        """The errors that keep a request from running (empty when it can run)."""
+        parsed = self._parse(request.query)
+        if parsed.errors or parsed.document is None:
+            return [e.formatted for e in classify_all(list(parsed.errors))]
+        if _find_operation(parsed.document, request.operation_name) is None:
+            return [_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")]
+        return []
+
+    async def run(
+        self,
+        request: Request,
+        *,
+        principal: Principal,
+        sink: Sink,
+        op_id: str,
+        connection: Any = None,
+        allow: frozenset[OperationType] | None = None,
+        after: int | None = None,
+    ) -> Outcome:
+        """Run one operation. ``after`` (an SSE Last-Event-ID) overrides the ``after`` argument."""
+        parsed = self._parse(request.query)
+        if parsed.errors or parsed.document is None:
+            return Rejected([e.formatted for e in classify_all(list(parsed.errors))])
+        operation = _find_operation(parsed.document, request.operation_name)
+        if operation is None:
+            return Rejected([_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")])
+        if allow is not None and operation.operation not in allow:
+            return Rejected(
+                [_error(f"{operation.operation.value} operations are not allowed here", "BAD_USER_INPUT")]
+            )
+        if operation.operation is not OperationType.SUBSCRIPTION:
+            context = Context(self.services, principal=principal, connection=connection)
+            result = await self.schema.execute(
+                request.query,
+                variable_values=request.variables,
+                context_value=context,
+                operation_name=request.operation_name,
+            )
+            payload: dict[str, Any] = {"data": result.data}
+            if result.errors:
+                payload["errors"] = [e.formatted for e in result.errors]
+            if result.extensions:
+                payload["extensions"] = result.extensions
+            return Finished(payload)
+        try:
+            return await self._subscribe(request, parsed.document, operation, principal, sink, op_id, after)
+        except TidingsError as exc:
+            return Rejected([_tidings_error(exc)])
+
+    async def _subscribe(
+        self,
+        request: Request,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        principal: Principal,
+        sink: Sink,
+        op_id: str,
+        after_override: int | None,
+    ) -> Outcome:
+        built = Executor.build(
+            self.schema._schema,
+            document,
+            context_value=None,
+            raw_variable_values=request.variables,
+            operation_name=request.operation_name,
+        )
+        if isinstance(built, list):
+            return Rejected([e.formatted for e in classify_all(built)])
+        node = _root_field(operation.selection_set, document)
+        collection = self.by_field[node.name.value]
+        subscription_type = self.schema._schema.subscription_type
+        assert subscription_type is not None  # noqa: S101 - the document validated against it
+        args = get_argument_values(subscription_type.fields[node.name.value], node, built.variable_values)
+        authorizer = self.services.authorizer
+        guard = authorizer.guard(collection.name, principal, Action.READ)
+        where = parse_filter(input_to_dict(args.get("where")), collection.filter_fields)
+        ops = args.get("operations")
+        after = _parse_seq(args.get("after"))
+        if after_override is not None:
+            after = after_override
+        record_id = args.get("id")
+        selection = Selection(
+            collection=collection,
+            where=where,
+            operations=frozenset(Operation(o.value) for o in ops) if ops else None,
+            record_id=str(record_id) if record_id is not None else None,
+            guard=guard,
+        )
+        scope = authorizer.scope_key(collection.name, principal)
+        # `after` is left out of the key: it only shapes the replay, not what the group renders.
+        variables = {k: v for k, v in (request.variables or {}).items()}
+        key = (
+            request.query,
+            request.operation_name,
+            orjson.dumps(variables, option=orjson.OPT_SORT_KEYS),
+            scope,
+        )
+        subscriber = await self.dispatcher.subscribe(
+            key=key,
+            selection=selection,
+            executor=built,
+            account=authorizer.index_account(principal),
+            sink=sink,
+            op_id=op_id,
+            after=after,
+        )
+        return Streaming(subscriber)
+
+    def stop(self, outcome: Streaming) -> None:
+        self.dispatcher.unsubscribe(outcome.subscriber)
+
+
+def _parse_seq(value: Any) -> int | None:
+    if value is None:
+        return None
+    text = str(value)
+    if not text.isdigit() or len(text) > 19:
+        raise BadUserInput(f"after must be a seq (decimal digits), got {text[:40]!r}", field="after")
+    return int(text)
+
+
+def _find_operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    ops = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is None:
+        return ops[0] if len(ops) == 1 else None
+    for op in ops:
+        if op.name is not None and op.name.value == name:
+            return op
+    return None
+
+
+def _root_field(selection_set: SelectionSetNode, document: DocumentNode) -> FieldNode:
+    """The single root field of a subscription (validation guarantees one)."""
+    fragments = {d.name.value: d for d in document.definitions if hasattr(d, "type_condition") and hasattr(d, "name")}
+    for sel in selection_set.selections:
+        if isinstance(sel, FieldNode):
+            if sel.name.value.startswith("__"):
+                continue
+            return sel
+        if isinstance(sel, InlineFragmentNode):
+            return _root_field(sel.selection_set, document)
+        if isinstance(sel, FragmentSpreadNode):
+            return _root_field(fragments[sel.name.value].selection_set, document)  # type: ignore[attr-defined]
+    raise BadUserInput("A subscription must select one field")

@@ -1,0 +1,151 @@
+"""A group: identical subscriptions sharing one execution per event.
+
+Subscriptions with the same document, variables and permission scope select
+the same events and render them to the same bytes; the group decides and
+renders once, and each member only wraps the shared payload in its own frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Protocol
+
+import orjson
+from graphql import GraphQLError
+from graphql.execution import Executor, execute_subscription_event
+
+from tidings.events import ChangeEvent, Operation
+from tidings.filters import And, Filter, compile_predicate
+from tidings.schema.collection import Collection
+from tidings.schema.extensions import classify_all
+from tidings.schema.inputs import Match
+from tidings.schema.inputs import Operation as GraphQLOperation
+
+_OPERATIONS = {op: GraphQLOperation(op.value) for op in Operation}
+
+
+class Sink(Protocol):
+    """Where one connection's results go (the transport implements it).
+
+    ``push`` never blocks: it enqueues on the connection's bounded queue, and
+    a connection that overflows closes itself.
+    """
+
+    def push(self, op_id: str, seq: int, payload: str) -> None: ...
+
+    def finish(self, op_id: str, errors: list[dict[str, Any]] | None = None) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Selection:
+    """What a subscription selects: decided from its arguments, once."""
+
+    collection: Collection
+    where: Filter
+    operations: frozenset[Operation] | None
+    record_id: str | None
+    guard: Filter  # the subscriber's read permission, account scope included
+
+
+class Subscriber:
+    """One subscription of one connection, member of a group."""
+
+    __slots__ = ("buffer", "group", "min_seq", "op_id", "sink")
+
+    def __init__(self, sink: Sink, op_id: str, group: Group, min_seq: int) -> None:
+        self.sink = sink
+        self.op_id = op_id
+        self.group = group
+        self.min_seq = min_seq
+        # While a resume replays the log, live events wait here (see Dispatcher.subscribe).
+        self.buffer: list[tuple[int, str]] | None = None
+
+    def push(self, seq: int, payload: str) -> None:
+        if seq <= self.min_seq:
+            return
+        if self.buffer is not None:
+            self.buffer.append((seq, payload))
+            return
+        self.min_seq = seq
+        self.sink.push(self.op_id, seq, payload)
+
+
+class Group:
+    """Members sharing (document, variables, scope); renders each event once."""
+
+    __slots__ = (
+        "_guard",
+        "_in_view",
+        "executor",
+        "graphql_names",
+        "index_terms",
+        "key",
+        "members",
+        "selection",
+    )
+
+    def __init__(
+        self,
+        key: Hashable,
+        selection: Selection,
+        executor: Executor,
+        index_terms: Mapping[str, Any],
+    ) -> None:
+        self.key = key
+        self.selection = selection
+        self.executor = executor
+        self.index_terms = dict(index_terms)
+        self.members: dict[int, Subscriber] = {}
+        self._guard = compile_predicate(selection.guard)
+        self._in_view: Callable[[Mapping[str, Any]], bool] = compile_predicate(And((selection.guard, selection.where)))
+        self.graphql_names = {f.name: f.graphql_name for f in selection.collection.fields}
+
+    def match(self, event: ChangeEvent) -> Match | None:
+        """How ``event`` relates to this group's view, or None if it is not for it.
+
+        A record is in view when the subscriber may read it and it matches the
+        filter. UPDATED goes out when it was or is in view (ENTERED, STAYED,
+        LEFT); DELETED when it was in view (LEFT); CREATED when it is (ENTERED).
+        """
+        sel = self.selection
+        if sel.operations is not None and event.operation not in sel.operations:
+            return None
+        if sel.record_id is not None and event.record_id != sel.record_id:
+            return None
+        before, after = event.before(), event.after()
+        was = before is not None and self._in_view(before)
+        now = after is not None and self._in_view(after)
+        if now:
+            return Match.STAYED if was else Match.ENTERED
+        if was:
+            return Match.LEFT
+        return None
+
+    def render(self, event: ChangeEvent, match: Match) -> str:
+        """Execute the selection set for ``event`` and serialize it, once."""
+        record: Mapping[str, Any] = event.record
+        previous: Mapping[str, Any] = event.previous
+        changed = [self.graphql_names.get(name, name) for name in event.changed_fields]
+        after = event.after()
+        if match is Match.LEFT and after is not None and not self._guard(after):
+            # Left because the subscriber may no longer read it: never show the
+            # new contents, only the state it was allowed to see.
+            record, previous, changed = event.before() or record, {}, []
+        view = {
+            "operation": _OPERATIONS[event.operation],
+            "seq": str(event.seq),
+            "id": event.record_id,
+            "record": record,
+            "previous": previous,
+            "changed_fields": changed,
+            "timestamp": event.timestamp,
+            "actor": event.actor,
+            "match": match,
+        }
+        result = execute_subscription_event(self.executor.build_per_event_executor(view))
+        payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
+        errors: list[GraphQLError] | None = result.errors  # type: ignore[union-attr]
+        if errors:
+            payload["errors"] = [e.formatted for e in classify_all(list(errors))]
+        return orjson.dumps(payload).decode()

@@ -1,0 +1,184 @@
+"""Query and mutation resolvers, built once per collection at start-up.
+
+No ``from __future__ import annotations``: the resolvers' annotations are the
+generated types themselves, which Strawberry reads as objects.
+"""
+
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from tidings.auth.rules import Action
+from tidings.errors import BadUserInput, NotFound
+from tidings.filters import And, Filter, parse_filter
+from tidings.resolvers.context import Context
+from tidings.resolvers.convert import input_to_columns, input_to_dict
+from tidings.schema.collection import Collection, camel_case
+from tidings.schema.types import CollectionTypes
+
+
+def _order(order_by: list[Any] | None, coll: Collection) -> list[tuple[str, bool]]:
+    keys: list[tuple[str, bool]] = []
+    for item in order_by or []:
+        given = [(f.python_name, getattr(item, f.python_name)) for f in item.__strawberry_definition__.fields]
+        given = [(name, d) for name, d in given if d is not None]
+        if len(given) != 1:
+            raise BadUserInput(
+                f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
+            )
+        name, direction = given[0]
+        keys.append((name, direction.value == "DESC"))
+    return keys
+
+
+def _rename(fn: Any, name: str) -> None:
+    # create_type keys fields by Python name: each collection's resolvers need their own.
+    fn.__name__ = fn.__qualname__ = name
+
+
+def _guarded(where: Filter, guard: Filter) -> Filter:
+    return And((guard, where))
+
+
+def _check_input(coll: Collection, values: dict[str, Any], *, creating: bool) -> None:
+    for name, value in values.items():
+        f = coll.field_map[name]
+        if value is None and not f.nullable:
+            raise BadUserInput(
+                f"Field '{f.graphql_name}' of {coll.name} cannot be null", field=f.graphql_name
+            )
+    if creating:
+        for f in coll.fields:
+            if f.required and values.get(f.name) is None:
+                raise BadUserInput(f"Field '{f.graphql_name}' of {coll.name} is required", field=f.graphql_name)
+
+
+def build_query_fields(t: CollectionTypes) -> list[Any]:
+    coll = t.collection
+    Record, Where, OrderBy = t.record, t.where, t.order_by  # noqa: N806
+
+    async def get_one(info: Info, id: strawberry.ID) -> Record | None:  # type: ignore[valid-type]  # noqa: A002
+        ctx: Context = info.context
+        guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
+        reader = await ctx.reader()
+        return await reader.get(coll, str(id), guard)
+
+    async def get_many(
+        info: Info,
+        where: Where | None = None,  # type: ignore[valid-type]
+        order_by: list[OrderBy] | None = None,  # type: ignore[valid-type]
+        limit: int | None = None,
+        offset: int | None = 0,
+    ) -> list[Record]:  # type: ignore[valid-type]
+        ctx: Context = info.context
+        max_limit = ctx.services.max_limit
+        if limit is not None and not 0 <= limit <= max_limit:
+            raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
+        if offset is not None and offset < 0:
+            raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
+        guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
+        flt = parse_filter(input_to_dict(where), coll.filter_fields)
+        reader = await ctx.reader()
+        return await reader.list(
+            coll, _guarded(flt, guard), _order(order_by, coll), limit if limit is not None else max_limit, offset or 0
+        )
+
+    _rename(get_one, f"get_{coll.table_name}_one")
+    _rename(get_many, f"get_{coll.table_name}")
+    return [
+        strawberry.field(get_one, name=coll.single_field, description=f"One {coll.name} by id, or null."),
+        strawberry.field(get_many, name=coll.plural, description=f"{coll.plural}, filtered, sorted and paginated."),
+    ]
+
+
+def build_mutation_fields(t: CollectionTypes) -> list[Any]:
+    coll = t.collection
+    Record, CreateInput, UpdateInput = t.record, t.create_input, t.update_input  # noqa: N806
+
+    async def create(info: Info, input: CreateInput) -> Record:  # type: ignore[valid-type]  # noqa: A002
+        ctx: Context = info.context
+        values = input_to_columns(input)
+        _check_input(coll, values, creating=True)
+        authorizer = ctx.services.authorizer
+        authorizer.check_create(coll, ctx.principal, values)
+        record, event = await ctx.services.store.create(
+            coll, values, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
+        )
+        await ctx.services.publisher.publish(event)
+        return record
+
+    async def update(
+        info: Info,
+        id: strawberry.ID,  # noqa: A002
+        input: UpdateInput,  # type: ignore[valid-type]  # noqa: A002
+        expected_version: int | None = None,
+    ) -> Record:  # type: ignore[valid-type]
+        ctx: Context = info.context
+        values = input_to_columns(input)
+        _check_input(coll, values, creating=False)
+        authorizer = ctx.services.authorizer
+        guard = authorizer.guard(coll.name, ctx.principal, Action.UPDATE)
+        record, event = await ctx.services.store.update(
+            coll, str(id), values, expected_version=expected_version, guard=guard, actor=ctx.principal.sub
+        )
+        if event is not None:
+            authorizer.check_update_result(coll, ctx.principal, record)
+            await ctx.services.publisher.publish(event)
+        return record
+
+    async def delete(info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
+        ctx: Context = info.context
+        guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.DELETE)
+        record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
+        await ctx.services.publisher.publish(event)
+        return record
+
+    _rename(create, f"create_{coll.table_name}")
+    _rename(update, f"update_{coll.table_name}")
+    _rename(delete, f"delete_{coll.table_name}")
+    return [
+        strawberry.mutation(create, name=f"create{coll.name}", description=f"Create a {coll.name}."),
+        strawberry.mutation(
+            update,
+            name=f"update{coll.name}",
+            description=f"Change a {coll.name}; with expectedVersion, fails with CONFLICT if it moved on.",
+        ),
+        strawberry.mutation(delete, name=f"delete{coll.name}", description=f"Delete a {coll.name}; returns its last state."),
+    ]
+
+
+def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[Any]:
+    """Subscription fields for the schema; the realtime engine serves them.
+
+    Strawberry never runs these generators: subscriptions are registered with
+    the dispatcher by our transports, which execute the selection set per event.
+    """
+    coll = t.collection
+    Event, Where = t.event, t.where  # noqa: N806
+
+    async def events(
+        info: Info,
+        where: Where | None = None,  # type: ignore[valid-type]
+        operations: list[operation_enum] | None = None,  # type: ignore[valid-type]
+        id: strawberry.ID | None = None,  # noqa: A002
+        after: str | None = None,
+    ) -> Any:
+        raise NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
+        yield  # pragma: no cover
+
+    _rename(events, f"{coll.table_name}_events")
+    events.__annotations__["return"] = __import__("collections.abc").abc.AsyncGenerator[Event, None]
+    return [
+        strawberry.subscription(
+            events,
+            name=coll.events_field,
+            description=(
+                f"Every change to {coll.plural} that where, operations and id select. "
+                "Give after (a seq) to replay what you missed first."
+            ),
+        )
+    ]
+
+
+__all__ = ["build_mutation_fields", "build_query_fields", "build_subscription_fields", "camel_case"]

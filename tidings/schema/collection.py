@@ -1,0 +1,232 @@
+"""Collection declarations: the ``@collection`` decorator and the model it builds.
+
+A collection is declared once, as an annotated class (the way Strawberry users
+write types) or in a TOML file (see ``schema/toml.py``); everything else, the
+table, the GraphQL types and the filters, is derived from a ``Collection``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+from tidings.errors import ConfigurationError
+from tidings.filters import FieldKind, FieldSpec
+
+if typing.TYPE_CHECKING:
+    from tidings.auth.rules import Rules
+
+__all__ = ["JSON", "MISSING", "Collection", "Field", "collection", "camel_case", "SYSTEM_FIELDS"]
+
+
+class JSON:
+    """Annotation marker for a free-form JSON field: ``tags: JSON | None = None``."""
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED = {"id", "created_at", "updated_at", "version", "account"}
+
+
+def camel_case(name: str) -> str:
+    """The SDL name of a Python name: ``assigned_to`` -> ``assignedTo``."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Field:
+    """One declared field of a collection (system fields are not listed here)."""
+
+    name: str
+    kind: FieldKind
+    nullable: bool
+    default: Any = MISSING
+    enum: type[enum.Enum] | None = None
+    max_length: int | None = None
+
+    @property
+    def graphql_name(self) -> str:
+        return camel_case(self.name)
+
+    @property
+    def required(self) -> bool:
+        """Must be given on create: not nullable and no default."""
+        return not self.nullable and self.default is MISSING
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Collection:
+    """A declared collection: its names, fields and permission rules."""
+
+    name: str
+    fields: tuple[Field, ...]
+    plural: str
+    table_name: str
+    rules: Rules | None = None
+    description: str | None = None
+
+    @property
+    def field_map(self) -> dict[str, Field]:
+        return {f.name: f for f in self.fields}
+
+    @property
+    def filter_fields(self) -> dict[str, FieldSpec]:
+        """GraphQL name -> FieldSpec, system fields included, for ``where`` inputs."""
+        specs = {name: FieldSpec(name=name, column=column, kind=kind) for name, column, kind in SYSTEM_FIELDS}
+        for f in self.fields:
+            specs[f.graphql_name] = FieldSpec(name=f.graphql_name, column=f.name, kind=f.kind)
+        return specs
+
+    @property
+    def events_field(self) -> str:
+        return camel_case(_snake_case(self.name)) + "Events"
+
+    @property
+    def single_field(self) -> str:
+        return camel_case(_snake_case(self.name))
+
+
+SYSTEM_FIELDS: tuple[tuple[str, str, FieldKind], ...] = (
+    ("id", "id", FieldKind.ID),
+    ("createdAt", "created_at", FieldKind.DATETIME),
+    ("updatedAt", "updated_at", FieldKind.DATETIME),
+    ("version", "version", FieldKind.INT),
+)
+
+_SCALARS: dict[Any, FieldKind] = {
+    str: FieldKind.STRING,
+    int: FieldKind.INT,
+    float: FieldKind.FLOAT,
+    bool: FieldKind.BOOLEAN,
+    dt.datetime: FieldKind.DATETIME,
+}
+
+
+def _field_from_annotation(name: str, annotation: Any, default: Any) -> Field:
+    nullable = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(args) != len(typing.get_args(annotation))
+        if len(args) != 1:
+            raise ConfigurationError(f"Field {name!r}: unions other than 'T | None' are not supported, got {annotation!r}")
+        annotation = args[0]
+    if annotation is JSON:
+        return Field(name, FieldKind.JSON, nullable, default)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if default is not MISSING and default is not None and not isinstance(default, annotation):
+            default = annotation(default)
+        return Field(name, FieldKind.ENUM, nullable, default, enum=annotation)
+    kind = _SCALARS.get(annotation)
+    if kind is None:
+        raise ConfigurationError(
+            f"Field {name!r}: unsupported type {annotation!r}; expected str, int, float, bool, datetime, JSON or an Enum"
+        )
+    return Field(name, kind, nullable, default)
+
+
+def validate_name(kind: str, name: str) -> None:
+    if not _NAME.match(name):
+        raise ConfigurationError(f"{kind} name {name!r} must match {_NAME.pattern}")
+
+
+def build_collection(
+    name: str,
+    fields: list[Field],
+    *,
+    plural: str | None = None,
+    rules: Rules | None = None,
+    description: str | None = None,
+) -> Collection:
+    """Check a collection's declaration and build it."""
+    validate_name("Collection", name)
+    if not fields:
+        raise ConfigurationError(f"Collection {name!r} declares no fields")
+    for f in fields:
+        validate_name("Field", f.name)
+        if f.name in _RESERVED:
+            raise ConfigurationError(f"Collection {name!r}: field name {f.name!r} is reserved")
+    plural = plural or camel_case(_snake_case(name)) + "s"
+    return Collection(
+        name=name,
+        fields=tuple(fields),
+        plural=plural,
+        table_name=_snake_case(plural),
+        rules=rules,
+        description=description,
+    )
+
+
+T = TypeVar("T", bound=type)
+
+
+@overload
+def collection(cls: T, /) -> T: ...
+@overload
+def collection(
+    *, name: str | None = None, plural: str | None = None, rules: Rules | None = None
+) -> Callable[[T], T]: ...
+
+
+def collection(
+    cls: T | None = None,
+    /,
+    *,
+    name: str | None = None,
+    plural: str | None = None,
+    rules: Rules | None = None,
+) -> T | Callable[[T], T]:
+    """Declare a collection from an annotated class.
+
+    ``@collection`` or ``@collection(name="Task", plural="tasks", rules=Rules(...))``.
+    The class gains a ``__tidings_collection__`` attribute holding the ``Collection``.
+    """
+
+    def wrap(cls: T) -> T:
+        hints = typing.get_type_hints(cls)
+        fields = [
+            _field_from_annotation(attr, hint, cls.__dict__.get(attr, MISSING))
+            for attr, hint in hints.items()
+            if not attr.startswith("_")
+        ]
+        built = build_collection(name or cls.__name__, fields, plural=plural, rules=rules, description=cls.__doc__)
+        cls.__tidings_collection__ = built  # type: ignore[attr-defined]
+        return cls
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def as_collection(obj: Any) -> Collection:
+    """A ``Collection`` from a declared class or a ``Collection``."""
+    if isinstance(obj, Collection):
+        return obj
+    built = getattr(obj, "__tidings_collection__", None)
+    if isinstance(built, Collection):
+        return built
+    raise ConfigurationError(f"{obj!r} is not a collection; decorate it with @tidings.collection")
+
+
+def collections_from(objs: Mapping[str, Any] | list[Any] | tuple[Any, ...]) -> list[Collection]:
+    items = list(objs.values()) if isinstance(objs, Mapping) else list(objs)
+    result = [as_collection(o) for o in items]
+    names = [c.name for c in result]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"Collection names must be unique, got {names}")
+    return result

@@ -1,0 +1,81 @@
+"""Collections declared in a TOML file, for no-code use.
+
+    [collections.Task]
+    plural = "tasks"                      # optional
+    [collections.Task.fields]
+    title = "String!"                     # '!' = required
+    status = { type = "String!", default = "pending" }
+    priority = { type = "Int", default = 0 }
+    level = { type = "Enum", values = ["LOW", "HIGH"], default = "LOW" }
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from tidings.errors import ConfigurationError
+from tidings.filters import FieldKind
+from tidings.schema.collection import MISSING, Collection, Field, build_collection
+
+_KINDS = {
+    "String": FieldKind.STRING,
+    "Int": FieldKind.INT,
+    "Float": FieldKind.FLOAT,
+    "Boolean": FieldKind.BOOLEAN,
+    "DateTime": FieldKind.DATETIME,
+    "JSON": FieldKind.JSON,
+    "Enum": FieldKind.ENUM,
+}
+
+
+def _field(collection: str, name: str, spec: Any) -> Field:
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise ConfigurationError(f"{collection}.{name}: expected a type string or a table with 'type', got {spec!r}")
+    type_name: str = spec["type"]
+    required = type_name.endswith("!")
+    kind = _KINDS.get(type_name.rstrip("!"))
+    if kind is None:
+        raise ConfigurationError(f"{collection}.{name}: unknown type {type_name!r}; expected one of {sorted(_KINDS)}")
+    default = spec.get("default", MISSING)
+    enum_type: type[enum.Enum] | None = None
+    if kind is FieldKind.ENUM:
+        values = spec.get("values")
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise ConfigurationError(f"{collection}.{name}: an Enum needs 'values', a non-empty list of strings")
+        enum_type = enum.Enum(f"{collection}{name[:1].upper()}{name[1:]}", {v: v for v in values})  # type: ignore[misc]
+        if default is not MISSING:
+            default = enum_type(default)
+    if kind is FieldKind.DATETIME and isinstance(default, dt.datetime) and default.tzinfo is None:
+        default = default.replace(tzinfo=dt.UTC)
+    return Field(name=name, kind=kind, nullable=not required, default=default, enum=enum_type)
+
+
+def load_toml(path: str | Path) -> list[Collection]:
+    """Read collections from a TOML file."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"Cannot read collections from {str(path)!r}: {exc}") from exc
+    table = data.get("collections")
+    if not isinstance(table, dict) or not table:
+        raise ConfigurationError(f"{str(path)!r} has no [collections.<Name>] tables")
+    result = []
+    for name, spec in table.items():
+        fields = spec.get("fields") if isinstance(spec, dict) else None
+        if not isinstance(fields, dict):
+            raise ConfigurationError(f"Collection {name!r} in {str(path)!r} has no [collections.{name}.fields] table")
+        result.append(
+            build_collection(
+                name,
+                [_field(name, fname, fspec) for fname, fspec in fields.items()],
+                plural=spec.get("plural"),
+                description=spec.get("description"),
+            )
+        )
+    return result

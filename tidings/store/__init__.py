@@ -1,0 +1,5 @@
+"""Storage: tables per collection, CRUD, and the event log."""
+
+from tidings.store.store import Reader, Store, decode_document, normalize_url
+
+__all__ = ["Reader", "Store", "decode_document", "normalize_url"]

@@ -1,0 +1,368 @@
+"""CRUD over the collection tables, each write committed with its event-log row.
+
+Writes are serialized so that event sequence numbers are assigned in commit
+order: an asyncio lock on SQLite (one process owns the file), and a
+transaction-scoped advisory lock on PostgreSQL, taken before the event row is
+inserted and released at commit. A reader that sees event N therefore sees
+every event below N that will ever commit, which is what resume relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tidings.errors import Conflict, NotFound
+from tidings.events import ChangeEvent, Operation, to_jsonable
+from tidings.filters import MATCH_ALL, FieldKind, Filter, compile_sql
+from tidings.schema.collection import MISSING, Collection
+from tidings.store.tables import Tables
+from tidings.types import Record
+
+_ADVISORY_LOCK_KEY = 0x7469_6469  # "tidi"
+SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``sqlite:///x.db`` / ``postgresql://`` and pick the async driver."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url.removeprefix("sqlite:")
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    return url
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
+
+
+class Reader:
+    """One read-only snapshot: every query of one GraphQL request reads through it,
+    so the response reflects exactly one event-log position (``seq``)."""
+
+    def __init__(self, store: Store, conn: AsyncConnection) -> None:
+        self._store = store
+        self._conn = conn
+        self._lock = asyncio.Lock()  # root fields resolve concurrently; one connection
+        self._seq: int | None = None
+
+    async def seq(self) -> int:
+        if self._seq is None:
+            async with self._lock:
+                if self._seq is None:
+                    self._seq = await self._store._last_seq(self._conn)
+        return self._seq
+
+    async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
+        table = self._store.tables.by_collection[coll.name]
+        query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self._store.dialect))
+        async with self._lock:
+            row = (await self._conn.execute(query)).mappings().first()
+        return self._store.decode_row(coll, row) if row is not None else None
+
+    async def list(
+        self,
+        coll: Collection,
+        where: Filter,
+        order_by: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Record]:
+        table = self._store.tables.by_collection[coll.name]
+        query = sa.select(table).where(compile_sql(where, table, self._store.dialect))
+        for column, descending in order_by:
+            col = table.c[column]
+            query = query.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last())
+        query = query.order_by(table.c.id.asc()).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._lock:
+            rows = (await self._conn.execute(query)).mappings().all()
+        return [self._store.decode_row(coll, row) for row in rows]
+
+
+class Store:
+    """The database: tables per collection plus the event log."""
+
+    def __init__(self, url: str, collections: list[Collection], *, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.collections = {c.name: c for c in collections}
+        self.tables = Tables(collections)
+        self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
+        self.dialect = self.engine.dialect.name
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        if self.dialect == "sqlite":
+            # pysqlite begins transactions lazily (only before DML), which would let
+            # two SELECTs of one reader see two snapshots; take over BEGIN ourselves.
+            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+
+    async def start(self) -> None:
+        """Create missing tables (idempotent)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(self.tables.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- reads ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[Reader]:
+        async with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield Reader(self, conn)
+
+    async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
+        async with self.reader() as r:
+            return await r.get(coll, record_id, guard)
+
+    async def last_seq(self) -> int:
+        async with self.engine.connect() as conn:
+            return await self._last_seq(conn)
+
+    async def _last_seq(self, conn: AsyncConnection) -> int:
+        value = (await conn.execute(sa.select(sa.func.max(self.tables.events.c.seq)))).scalar()
+        return int(value or 0)
+
+    async def read_events(self, after: int, upto: int | None = None, limit: int = 1000) -> list[ChangeEvent]:
+        """Events with ``after < seq <= upto``, in order, at most ``limit``."""
+        ev = self.tables.events
+        query = sa.select(ev).where(ev.c.seq > after).order_by(ev.c.seq).limit(limit)
+        if upto is not None:
+            query = query.where(ev.c.seq <= upto)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [self.decode_event(row) for row in rows]
+
+    async def pruned_through(self) -> int:
+        """Events up to this sequence may have been deleted by retention."""
+        meta = self.tables.meta
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through"))).scalar()
+        return int(value or 0)
+
+    async def prune(self, *, keep_after: dt.datetime | None = None, keep_last: int | None = None) -> int:
+        """Delete events older than ``keep_after`` and/or beyond the newest ``keep_last``.
+
+        Runs under the write lock in one short transaction, so a writer waits at
+        most one delete; returns the new ``pruned_through``.
+        """
+        ev = self.tables.events
+        async with self._writing() as conn:
+            last = await self._last_seq(conn)
+            bound = 0
+            if keep_last is not None:
+                bound = max(bound, last - keep_last)
+            if keep_after is not None:
+                old = (
+                    await conn.execute(sa.select(sa.func.max(ev.c.seq)).where(ev.c.timestamp < keep_after))
+                ).scalar()
+                bound = max(bound, int(old or 0))
+            current = await self._pruned_through(conn)
+            if bound <= current:
+                return current
+            await conn.execute(ev.delete().where(ev.c.seq <= bound))
+            await self._set_meta(conn, "pruned_through", bound)
+            return bound
+
+    async def _pruned_through(self, conn: AsyncConnection) -> int:
+        meta = self.tables.meta
+        value = (await conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through"))).scalar()
+        return int(value or 0)
+
+    async def _set_meta(self, conn: AsyncConnection, key: str, value: int) -> None:
+        meta = self.tables.meta
+        updated = await conn.execute(meta.update().where(meta.c.key == key).values(value=value))
+        if updated.rowcount == 0:
+            await conn.execute(meta.insert().values(key=key, value=value))
+
+    # -- writes --------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock or _nothing(), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
+            yield conn
+
+    async def create(
+        self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
+    ) -> tuple[Record, ChangeEvent]:
+        table = self.tables.by_collection[coll.name]
+        now = utcnow()
+        record: Record = {"id": new_id(), "account": account, "created_at": now, "updated_at": now, "version": 1}
+        for f in coll.fields:
+            value = values.get(f.name, MISSING)
+            if value is MISSING:
+                value = None if f.default is MISSING else f.default
+            record[f.name] = _plain(value)
+        async with self._writing() as conn:
+            await conn.execute(table.insert().values(record))
+            event = await self._append(
+                conn, coll, Operation.CREATED, record, {}, tuple(f.name for f in coll.fields), actor
+            )
+        return record, event
+
+    async def update(
+        self,
+        coll: Collection,
+        record_id: str,
+        values: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        guard: Filter,
+        actor: str | None,
+    ) -> tuple[Record, ChangeEvent | None]:
+        """Apply ``values``; a change that alters nothing writes nothing (event None)."""
+        table = self.tables.by_collection[coll.name]
+        async with self._writing() as conn:
+            current = await self._current(conn, coll, record_id, guard)
+            if expected_version is not None and current["version"] != expected_version:
+                raise Conflict(
+                    f"{coll.name} {record_id!r} is at version {current['version']}, not {expected_version}",
+                    currentVersion=current["version"],
+                )
+            changes = {k: _plain(v) for k, v in values.items() if _plain(v) != current.get(k)}
+            if not changes:
+                return current, None
+            previous = {k: current[k] for k in changes}
+            record = {**current, **changes, "updated_at": utcnow(), "version": current["version"] + 1}
+            await conn.execute(
+                table.update()
+                .where(table.c.id == record_id, table.c.version == current["version"])
+                .values(**changes, updated_at=record["updated_at"], version=record["version"])
+            )
+            event = await self._append(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
+        return record, event
+
+    async def delete(
+        self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
+    ) -> tuple[Record, ChangeEvent]:
+        table = self.tables.by_collection[coll.name]
+        async with self._writing() as conn:
+            current = await self._current(conn, coll, record_id, guard)
+            await conn.execute(table.delete().where(table.c.id == record_id))
+            event = await self._append(conn, coll, Operation.DELETED, current, {}, (), actor)
+        return current, event
+
+    async def _current(self, conn: AsyncConnection, coll: Collection, record_id: str, guard: Filter) -> Record:
+        table = self.tables.by_collection[coll.name]
+        query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self.dialect))
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            raise NotFound(f"No {coll.name} with id {record_id!r}", id=record_id)
+        return self.decode_row(coll, row)
+
+    async def _append(
+        self,
+        conn: AsyncConnection,
+        coll: Collection,
+        operation: Operation,
+        record: Record,
+        previous: Record,
+        changed: tuple[str, ...],
+        actor: str | None,
+    ) -> ChangeEvent:
+        timestamp = record["updated_at"] if operation is not Operation.DELETED else utcnow()
+        row = {
+            "collection": coll.name,
+            "operation": operation.value,
+            "record_id": record["id"],
+            "account": record.get("account"),
+            "record": {k: to_jsonable(v) for k, v in record.items()},
+            "previous": {k: to_jsonable(v) for k, v in previous.items()},
+            "changed_fields": list(changed),
+            "timestamp": timestamp,
+            "actor": actor,
+        }
+        result = await conn.execute(self.tables.events.insert().values(row).returning(self.tables.events.c.seq))
+        seq = int(result.scalar_one())
+        return ChangeEvent(
+            seq=seq,
+            collection=coll.name,
+            operation=operation,
+            record_id=record["id"],
+            account=record.get("account"),
+            record=dict(record),
+            previous=dict(previous),
+            changed_fields=changed,
+            timestamp=timestamp,
+            actor=actor,
+        )
+
+    # -- decoding ------------------------------------------------------------
+
+    def decode_row(self, coll: Collection, row: Mapping[str, Any]) -> Record:
+        return dict(row)
+
+    def decode_event(self, row: Mapping[str, Any]) -> ChangeEvent:
+        coll = self.collections[row["collection"]]
+        return ChangeEvent(
+            seq=int(row["seq"]),
+            collection=row["collection"],
+            operation=Operation(row["operation"]),
+            record_id=row["record_id"],
+            account=row["account"],
+            record=decode_document(coll, row["record"]),
+            previous=decode_document(coll, row["previous"]),
+            changed_fields=tuple(row["changed_fields"]),
+            timestamp=row["timestamp"],
+            actor=row["actor"],
+        )
+
+
+def decode_document(coll: Collection, doc: Mapping[str, Any]) -> Record:
+    """A record from its JSON form (event log, broker): datetimes parsed back."""
+    out = dict(doc)
+    for key in ("created_at", "updated_at"):
+        if isinstance(out.get(key), str):
+            out[key] = dt.datetime.fromisoformat(out[key])
+    for f in coll.fields:
+        if f.kind is FieldKind.DATETIME and isinstance(out.get(f.name), str):
+            out[f.name] = dt.datetime.fromisoformat(out[f.name])
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Enum members are stored by value; datetimes as aware UTC."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    return value
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,95 @@
+"""SQLAlchemy tables: one real table per collection, the event log, and meta."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from tidings.filters import FieldKind
+from tidings.schema.collection import Collection
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Stores instants in UTC and returns aware UTC datetimes.
+
+    SQLite keeps a fixed-width naive text, so text order is time order, which
+    the filter compiler relies on; PostgreSQL keeps ``timestamptz``.
+    """
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.DateTime(timezone=True))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _column_type(kind: FieldKind) -> sa.types.TypeEngine[Any]:
+    if kind is FieldKind.STRING or kind is FieldKind.ENUM or kind is FieldKind.ID:
+        return sa.Text()
+    if kind is FieldKind.INT:
+        return sa.BigInteger()
+    if kind is FieldKind.FLOAT:
+        return sa.Float()
+    if kind is FieldKind.BOOLEAN:
+        return sa.Boolean()
+    if kind is FieldKind.DATETIME:
+        return UTCDateTime()
+    return sa.JSON(none_as_null=True)
+
+
+SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Tables:
+    """The schema's tables, built once at start-up (never per request)."""
+
+    def __init__(self, collections: list[Collection]) -> None:
+        self.metadata = sa.MetaData()
+        self.events = sa.Table(
+            "tidings_events",
+            self.metadata,
+            # AUTOINCREMENT on SQLite: a pruned or rolled-back number is never reused.
+            sa.Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
+            sa.Column("collection", sa.Text(), nullable=False),
+            sa.Column("operation", sa.Text(), nullable=False),
+            sa.Column("record_id", sa.Text(), nullable=False),
+            sa.Column("account", sa.Text(), nullable=True),
+            sa.Column("record", sa.JSON(), nullable=False),
+            sa.Column("previous", sa.JSON(), nullable=False),
+            sa.Column("changed_fields", sa.JSON(), nullable=False),
+            sa.Column("timestamp", UTCDateTime(), nullable=False),
+            sa.Column("actor", sa.Text(), nullable=True),
+            sqlite_autoincrement=True,
+        )
+        self.meta = sa.Table(
+            "tidings_meta",
+            self.metadata,
+            sa.Column("key", sa.Text(), primary_key=True),
+            sa.Column("value", sa.BigInteger(), nullable=False),
+        )
+        self.by_collection: dict[str, sa.Table] = {}
+        for c in collections:
+            columns = [
+                sa.Column("id", sa.Text(), primary_key=True),
+                sa.Column("account", sa.Text(), nullable=True, index=True),
+                sa.Column("created_at", UTCDateTime(), nullable=False),
+                sa.Column("updated_at", UTCDateTime(), nullable=False),
+                sa.Column("version", sa.BigInteger(), nullable=False),
+            ]
+            columns += [sa.Column(f.name, _column_type(f.kind), nullable=f.nullable) for f in c.fields]
+            self.by_collection[c.name] = sa.Table(c.table_name, self.metadata, *columns)

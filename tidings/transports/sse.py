@@ -1,0 +1,358 @@
+"""The ASGI graphql-sse endpoint: distinct connections and single connection modes.
+
+Distinct mode: one GET/POST with ``Accept: text/event-stream`` per operation.
+Single connection mode: PUT reserves a stream, GET opens it, POST/GET with the
+token run operations on it (202), DELETE stops one. Each ``next`` event carries
+its seq as the SSE ``id:``; a reconnect sending ``Last-Event-ID`` resumes.
+A ``token`` query parameter holding a JWT (it has dots) authenticates an
+EventSource, which cannot set headers; one without dots is a reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from graphql import OperationType
+
+from tidings.auth.principal import Principal
+from tidings.auth.tokens import bearer
+from tidings.errors import ErrorCode, TidingsError
+from tidings.protocols import sse
+from tidings.protocols.reservations import (
+    Reservations,
+    SingleConnectionRequest,
+    StreamResult,
+    classify_request,
+    status_for,
+)
+from tidings.realtime.engine import Finished, Rejected, Request, Streaming
+from tidings.transports.common import TransportContext, header
+from tidings.transports.queue import SendQueue
+
+logger = logging.getLogger("tidings.sse")
+
+TOKEN_HEADER = b"x-graphql-event-stream-token"
+STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+    (b"connection", b"keep-alive"),
+    (b"content-encoding", b"none"),
+]
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, body: Any, content_type: bytes = b"application/json") -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+def _graphql_error(message: str, code: str) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+async def respond(send: Any, status: int, body: Any, content_type: bytes = b"application/json", extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else orjson.dumps(body)
+    headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class EventStream:
+    """One open SSE response; the realtime ``Sink`` for its operations."""
+
+    def __init__(self, ctx: TransportContext, send: Any, *, single: bool) -> None:
+        self.ctx = ctx
+        self._send = send
+        self.single = single
+        self.started = False
+        self.done = asyncio.Event()
+        self.pending: list[str] = []  # single mode: results before the stream opened (bounded)
+        self.queue = SendQueue(
+            self._write, self._overflow, max_messages=ctx.settings.queue_messages, max_bytes=ctx.settings.queue_bytes
+        )
+        self.streams: dict[str, Streaming] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.principal: Principal | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    async def open(self) -> None:
+        await self._send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
+        self.started = True
+        await self._send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
+        for frame in self.pending:
+            self.queue.put(frame)
+        self.pending.clear()
+        self.ctx.connections.add(self)
+
+    def _put(self, frame: str) -> None:
+        if self.started:
+            self.queue.put(frame)
+        elif len(self.pending) < self.ctx.settings.queue_messages:
+            self.pending.append(frame)
+        else:
+            self._overflow()
+
+    async def _write(self, frame: str) -> None:
+        await self._send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+
+    def _overflow(self) -> None:
+        self.stop_all()
+        self.done.set()
+
+    def watch_expiry(self, principal: Principal) -> None:
+        self.principal = principal
+        remaining = self.ctx.authenticator.expires_in(principal)
+        if remaining is not None:
+            self._expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), self.done.set)
+
+    # Sink
+    def push(self, op_id: str, seq: int, payload: str) -> None:
+        self._put(sse.encode_next(payload, operation_id=op_id if self.single else None, event_id=str(seq)))
+
+    def finish(self, op_id: str, errors: list[dict[str, Any]] | None = None) -> None:
+        outcome = self.streams.pop(op_id, None)
+        if outcome is not None:
+            self.ctx.engine.stop(outcome)
+        if errors:
+            self._put(sse.encode_next(orjson.dumps({"errors": errors}).decode(), operation_id=op_id if self.single else None))
+        self._put(sse.encode_complete(operation_id=op_id if self.single else None))
+        if not self.single:
+            self.done.set()
+
+    def keepalive(self) -> None:
+        if self.started and not self.done.is_set():
+            self.queue.put(sse.encode_comment())
+
+    async def run(self, request: Request, op_id: str, principal: Principal, after: int | None = None) -> None:
+        try:
+            outcome = await self.ctx.engine.run(request, principal=principal, sink=self, op_id=op_id, after=after)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("SSE operation failed to start")
+            outcome = Rejected([{"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}])
+        finally:
+            self.tasks.pop(op_id, None)
+        if isinstance(outcome, Streaming):
+            if self.done.is_set():
+                self.ctx.engine.stop(outcome)
+            else:
+                self.streams[op_id] = outcome
+        elif isinstance(outcome, Finished):
+            self.push(op_id, 0, orjson.dumps(outcome.payload).decode()) if not self.single else self._put(
+                sse.encode_next(orjson.dumps(outcome.payload).decode(), operation_id=op_id)
+            )
+            self.finish(op_id)
+        else:
+            # graphql-sse: validation errors travel through the accepted stream (E2).
+            self.finish(op_id, outcome.errors)
+
+    def start(self, request: Request, op_id: str, principal: Principal, after: int | None = None) -> None:
+        self.tasks[op_id] = asyncio.get_running_loop().create_task(self.run(request, op_id, principal, after))
+
+    def stop(self, op_id: str) -> None:
+        task = self.tasks.pop(op_id, None)
+        if task is not None:
+            task.cancel()
+        outcome = self.streams.pop(op_id, None)
+        if outcome is not None:
+            self.ctx.engine.stop(outcome)
+
+    def stop_all(self) -> None:
+        for op_id in list(self.tasks) + list(self.streams):
+            self.stop(op_id)
+
+    async def wait(self, receive: Any) -> None:
+        """Hold the response open until the client leaves or the stream ends."""
+        disconnect = asyncio.ensure_future(_until_disconnect(receive))
+        done = asyncio.ensure_future(self.done.wait())
+        try:
+            await asyncio.wait({disconnect, done}, return_when=asyncio.FIRST_COMPLETED)
+            if done.done():
+                await self.queue.flush(timeout=2.0)
+        finally:
+            disconnect.cancel()
+            done.cancel()
+            self.stop_all()
+            self.queue.close()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            self.ctx.connections.discard(self)
+            with contextlib.suppress(Exception):
+                await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _until_disconnect(receive: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, _graphql_error("Client disconnected", "BAD_USER_INPUT"))
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise HTTPError(413, _graphql_error(f"Body larger than {limit} bytes", "BAD_USER_INPUT"))
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+def _request_from(params: dict[str, str], body: bytes | None) -> Request:
+    try:
+        if body is not None:
+            data = orjson.loads(body) if body else {}
+        else:
+            data = dict(params)
+            for key in ("variables", "extensions"):
+                if data.get(key):
+                    data[key] = orjson.loads(data[key])
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, _graphql_error(f"Malformed JSON: {exc}", "BAD_USER_INPUT")) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
+        raise HTTPError(400, _graphql_error("A GraphQL request needs a 'query' string", "BAD_USER_INPUT"))
+    variables = data.get("variables")
+    extensions = data.get("extensions")
+    if variables is not None and not isinstance(variables, dict):
+        raise HTTPError(400, _graphql_error("'variables' must be an object", "BAD_USER_INPUT"))
+    if extensions is not None and not isinstance(extensions, dict):
+        raise HTTPError(400, _graphql_error("'extensions' must be an object", "BAD_USER_INPUT"))
+    name = data.get("operationName")
+    return Request(data["query"], variables, name if isinstance(name, str) else None, extensions)
+
+
+class SSEEndpoint:
+    """graphql-sse on /graphql, both modes."""
+
+    def __init__(self, ctx: TransportContext) -> None:
+        self.ctx = ctx
+        self.reservations = Reservations(ttl=60.0)
+        self.single_streams: dict[str, EventStream] = {}
+
+    def principal(self, scope: dict[str, Any], params: dict[str, str]) -> Principal:
+        token = bearer(header(scope, b"authorization"))
+        if token is None:
+            for key in ("token", "access_token"):
+                value = params.get(key)
+                if value and value.count(".") == 2:
+                    token = value
+                    break
+        principal = self.ctx.authenticator.optional(token)
+        self.ctx.engine.services.authorizer.check_connect(principal)
+        return principal
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        params = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+        try:
+            await self._handle(scope, receive, send, params)
+        except HTTPError as exc:
+            await respond(send, exc.status, exc.body, exc.content_type)
+        except TidingsError as exc:
+            status = 401 if exc.code is ErrorCode.UNAUTHENTICATED else 403 if exc.code is ErrorCode.FORBIDDEN else 400
+            await respond(send, status, {"errors": [{"message": exc.message, "extensions": exc.extensions}]})
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, params: dict[str, str]) -> None:
+        method = scope["method"]
+        reservation = header(scope, TOKEN_HEADER)
+        if reservation is None and params.get("token") and params["token"].count(".") != 2:
+            reservation = params["token"]
+        kind = classify_request(
+            method,
+            accept=header(scope, b"accept"),
+            has_token=reservation is not None,
+            has_operation_id="operationId" in params,
+        )
+        if isinstance(kind, StreamResult):
+            extra = [(b"allow", b"GET, POST, PUT, DELETE")] if kind is StreamResult.METHOD_NOT_ALLOWED else None
+            await respond(send, status_for(SingleConnectionRequest.RESERVE, kind), b"", b"text/plain", extra)
+            return
+        principal = self.principal(scope, params)
+        owner = (principal.sub, principal.account)
+        now = time.monotonic()
+        self.reservations.expire(now)
+        if kind is SingleConnectionRequest.DISTINCT:
+            await self._distinct(scope, receive, send, params, principal)
+        elif kind is SingleConnectionRequest.RESERVE:
+            result = self.reservations.reserve(owner, now, presented_token=reservation)
+            if isinstance(result, StreamResult):
+                await respond(send, status_for(kind, result), b"", b"text/plain")
+                return
+            stream = EventStream(self.ctx, send, single=True)
+            stream.principal = principal
+            self.single_streams[result] = stream
+            await respond(send, 201, result.encode(), b"text/plain; charset=utf-8")
+        elif kind is SingleConnectionRequest.OPEN_STREAM:
+            assert reservation is not None  # noqa: S101 - classify_request saw it
+            result = self.reservations.open_stream(reservation, owner, now)
+            stream_obj = self.single_streams.get(reservation)
+            if result is not StreamResult.OK or stream_obj is None:
+                await respond(send, status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND), b"", b"text/plain")
+                return
+            stream_obj._send = send
+            stream_obj.watch_expiry(principal)
+            await stream_obj.open()
+            try:
+                await stream_obj.wait(receive)
+            finally:
+                self.reservations.close_stream(reservation)
+                self.single_streams.pop(reservation, None)
+        elif kind is SingleConnectionRequest.EXECUTE:
+            assert reservation is not None  # noqa: S101
+            body = await _read_body(receive, self.ctx.settings.max_message_size) if method == "POST" else None
+            request = _request_from(params, body)
+            op_id = str((request.extensions or {}).get("operationId") or params.get("operationId") or "")
+            if not op_id:
+                raise HTTPError(400, _graphql_error("extensions.operationId is required", "BAD_USER_INPUT"))
+            stream_obj = self.single_streams.get(reservation)
+            parsed_type = self.ctx.engine.operation_type(request)
+            if parsed_type is None:
+                outcome = await self.ctx.engine.validate(request)
+                raise HTTPError(400, {"errors": outcome})
+            result = self.reservations.add_operation(reservation, op_id, owner, now=now)
+            if result is not StreamResult.OK or stream_obj is None:
+                await respond(send, status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND), b"", b"text/plain")
+                return
+            stream_obj.start(request, op_id, principal)
+            await respond(send, 202, b"", b"text/plain")
+        elif kind is SingleConnectionRequest.STOP:
+            assert reservation is not None  # noqa: S101
+            op_id = params.get("operationId", "")
+            result = self.reservations.stop_operation(reservation, op_id, owner)
+            stream_obj = self.single_streams.get(reservation)
+            if result is StreamResult.OK and stream_obj is not None:
+                stream_obj.stop(op_id)
+            await respond(send, status_for(kind, result), b"", b"text/plain")
+
+    async def _distinct(
+        self, scope: dict[str, Any], receive: Any, send: Any, params: dict[str, str], principal: Principal
+    ) -> None:
+        method = scope["method"]
+        body = await _read_body(receive, self.ctx.settings.max_message_size) if method == "POST" else None
+        request = _request_from(params, body)
+        if method == "GET" and self.ctx.engine.operation_type(request) is OperationType.MUTATION:
+            await respond(
+                send, 405, _graphql_error("Mutations need POST", "BAD_USER_INPUT"), extra=[(b"allow", b"POST")]
+            )
+            return
+        after: int | None = None
+        last_event_id = header(scope, b"last-event-id")
+        if last_event_id and last_event_id.isdigit():
+            after = int(last_event_id)
+        stream = EventStream(self.ctx, send, single=False)
+        stream.watch_expiry(principal)
+        await stream.open()
+        stream.start(request, "", principal, after)
+        await stream.wait(receive)

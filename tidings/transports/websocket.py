@@ -1,0 +1,267 @@
+"""The ASGI WebSocket endpoint: drives graphql-transport-ws or legacy graphql-ws.
+
+Per connection: one protocol state machine, one bounded send queue, one task
+per operation while it starts (queries, mutations, replays), timers as loop
+callbacks rather than tasks so an idle connection stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+
+from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.auth.tokens import token_from_init
+from tidings.errors import TidingsError, Unauthenticated
+from tidings.protocols import legacy_ws, transport_ws
+from tidings.protocols.close_codes import CloseCode, close_reason
+from tidings.protocols.commands import Authenticate, Close, Command, Send, Start, Stop
+from tidings.realtime.engine import Finished, Rejected, Request, Streaming
+from tidings.transports.common import TransportContext, header
+from tidings.transports.queue import SendQueue
+
+logger = logging.getLogger("tidings.ws")
+
+Protocol = transport_ws.TransportWsProtocol | legacy_ws.LegacyWsProtocol
+
+
+def choose_subprotocol(offered: list[str], legacy: bool) -> str | None:
+    if transport_ws.SUBPROTOCOL in offered:
+        return transport_ws.SUBPROTOCOL
+    if legacy and legacy_ws.SUBPROTOCOL in offered:
+        return legacy_ws.SUBPROTOCOL
+    return None
+
+
+class WebSocketConnection:
+    """One client connection. Implements the realtime ``Sink``."""
+
+    def __init__(self, ctx: TransportContext, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.ctx = ctx
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        settings = ctx.settings
+        self.subprotocol = choose_subprotocol(list(scope.get("subprotocols") or ()), settings.legacy_ws)
+        self.protocol: Protocol = (
+            legacy_ws.LegacyWsProtocol(max_operations=settings.max_subscriptions)
+            if self.subprotocol == legacy_ws.SUBPROTOCOL
+            else transport_ws.TransportWsProtocol(max_operations=settings.max_subscriptions)
+        )
+        self.encode_next = self.protocol.encode_next
+        self.queue = SendQueue(
+            self._write, self._overflow, max_messages=settings.queue_messages, max_bytes=settings.queue_bytes
+        )
+        self.principal: Principal = ANONYMOUS
+        self.starting: dict[str, asyncio.Task[None]] = {}
+        self.streams: dict[str, Streaming] = {}
+        self._timers: list[asyncio.TimerHandle] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    # -- ASGI ----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            return
+        if not self.ctx.origin_allowed(header(self.scope, b"origin")):
+            await self._send({"type": "websocket.close", "code": 1008, "reason": "Origin not allowed"})
+            return
+        await self._send({"type": "websocket.accept", "subprotocol": self.subprotocol})
+        if self.subprotocol is None:
+            await self._close_now(CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
+            return
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self.ctx.settings.init_timeout, self._init_timeout))
+        self.ctx.connections.add(self)
+        try:
+            await self._receive_loop()
+        finally:
+            self._teardown()
+
+    async def _receive_loop(self) -> None:
+        receive = self._receive
+        while not self._closed.is_set():
+            # After a server-side close, the server delivers the disconnect here.
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            await self._run(self.protocol.receive(data))
+
+    def _teardown(self) -> None:
+        self._closed.set()
+        self.queue.close()
+        for timer in self._timers:
+            timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for task in self.starting.values():
+            task.cancel()
+        self.starting.clear()
+        for outcome in self.streams.values():
+            self.ctx.engine.stop(outcome)
+        self.streams.clear()
+        self.ctx.connections.discard(self)
+
+    # -- commands --------------------------------------------------------------
+
+    async def _run(self, commands: list[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Send):
+                self.queue.put(orjson.dumps(command.message).decode())
+            elif isinstance(command, Start):
+                self._start(command)
+            elif isinstance(command, Stop):
+                self._stop(command.id)
+            elif isinstance(command, Authenticate):
+                await self._authenticate(command.payload)
+            elif isinstance(command, Close):
+                await self._close_after_queue(command.code, command.reason)
+
+    async def _authenticate(self, payload: dict[str, Any] | None) -> None:
+        try:
+            principal = self.ctx.authenticator.optional(token_from_init(payload))
+            self.ctx.engine.services.authorizer.check_connect(principal)
+        except TidingsError as exc:
+            await self._run(self.protocol.reject(close_reason(exc.message) if isinstance(exc, Unauthenticated) else "Forbidden"))
+            return
+        self._set_principal(principal)
+        await self._run(self.protocol.acknowledge())
+
+    def _set_principal(self, principal: Principal) -> None:
+        self.principal = principal
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        remaining = self.ctx.authenticator.expires_in(principal)
+        if remaining is not None:
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(max(remaining, 0.0), self._token_expired)
+
+    async def renew(self, token: str) -> Principal:
+        """``renewToken``: new credentials for the same user and account."""
+        principal = self.ctx.authenticator.verify(token)
+        if (principal.sub, principal.account) != (self.principal.sub, self.principal.account):
+            from tidings.errors import Forbidden
+
+            raise Forbidden("A renewed token must name the same user and account")
+        self._set_principal(principal)
+        return principal
+
+    def _token_expired(self) -> None:
+        self._spawn_close(CloseCode.FORBIDDEN, "Token expired")
+
+    def _init_timeout(self) -> None:
+        for command in self.protocol.init_timeout():
+            if isinstance(command, Close):
+                self._spawn_close(command.code, command.reason)
+
+    def _spawn_close(self, code: CloseCode, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._close_now(code, reason))
+        self._timers.append(task)  # type: ignore[arg-type]  # kept only to hold a reference
+
+    def _start(self, command: Start) -> None:
+        request = Request(command.query, command.variables, command.operation_name, command.extensions)
+        task = asyncio.get_running_loop().create_task(self._start_operation(command.id, request))
+        self.starting[command.id] = task
+
+    async def _start_operation(self, op_id: str, request: Request) -> None:
+        try:
+            outcome = await self.ctx.engine.run(
+                request, principal=self.principal, sink=self, op_id=op_id, connection=self
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Operation %r failed to start", op_id)
+            outcome = Rejected([{"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}])
+        finally:
+            self.starting.pop(op_id, None)
+        if self._closed.is_set():
+            if isinstance(outcome, Streaming):
+                self.ctx.engine.stop(outcome)
+            return
+        if isinstance(outcome, Streaming):
+            if not self.protocol.is_active(op_id):
+                self.ctx.engine.stop(outcome)  # stopped while starting
+            else:
+                self.streams[op_id] = outcome
+        elif isinstance(outcome, Finished):
+            await self._run(self.protocol.next(op_id, outcome.payload))
+            await self._run(self.protocol.complete(op_id))
+        else:
+            await self._run(self.protocol.error(op_id, outcome.errors))
+
+    def _stop(self, op_id: str) -> None:
+        task = self.starting.pop(op_id, None)
+        if task is not None:
+            task.cancel()
+        outcome = self.streams.pop(op_id, None)
+        if outcome is not None:
+            self.ctx.engine.stop(outcome)
+
+    # -- Sink --------------------------------------------------------------------
+
+    def push(self, op_id: str, seq: int, payload: str) -> None:
+        self.queue.put(self.encode_next(op_id, payload))
+
+    def finish(self, op_id: str, errors: list[dict[str, Any]] | None = None) -> None:
+        outcome = self.streams.pop(op_id, None)
+        if outcome is not None:
+            self.ctx.engine.stop(outcome)
+        commands = self.protocol.error(op_id, errors) if errors else self.protocol.complete(op_id)
+        for command in commands:
+            if isinstance(command, Send):
+                self.queue.put(orjson.dumps(command.message).decode())
+
+    # -- writing and closing -------------------------------------------------------
+
+    async def _write(self, frame: str) -> None:
+        await self._send({"type": "websocket.send", "text": frame})
+
+    def _overflow(self) -> None:
+        # Unsubscribe at once: nothing more is rendered or queued for this client.
+        for outcome in self.streams.values():
+            self.ctx.engine.stop(outcome)
+        self.streams.clear()
+        self._spawn_close(CloseCode.SLOW_CONSUMER, "Send queue overflow; reconnect and resume with your last seq")
+
+    async def _close_after_queue(self, code: CloseCode, reason: str) -> None:
+        await self.queue.flush(timeout=1.0)
+        await self._close_now(code, reason)
+
+    async def _close_now(self, code: CloseCode, reason: str) -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = int(code)
+        self.queue.close()
+        self._closed.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._send({"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}), 2.0
+            )
+
+    def keepalive(self) -> None:
+        """Called by the app's keepalive ticker."""
+        if self._closed.is_set():
+            return
+        if isinstance(self.protocol, legacy_ws.LegacyWsProtocol):
+            commands = self.protocol.keepalive()
+        else:
+            commands = self.protocol.keepalive() if self.protocol.is_acknowledged else []
+        for command in commands:
+            if isinstance(command, Send):
+                self.queue.put(orjson.dumps(command.message).decode())
+
+
+async def serve_websocket(ctx: TransportContext, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await WebSocketConnection(ctx, scope, receive, send).serve()
