@@ -1,0 +1,124 @@
+"""graphql-sse over real HTTP streams: distinct and single connection modes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from tests.conftest import Server
+from tests.test_realtime_ws import create, update, wait_subscribed
+from tidings.protocols.sse import SSEParser
+
+SUB = 'subscription { taskEvents(where: {status: {eq: "open"}}) { operation seq record { title } } }'
+
+
+async def read_events(response: httpx.Response, count: int, timeout: float = 5.0) -> list[Any]:
+    parser = SSEParser()
+    events: list[Any] = []
+
+    async def pump() -> None:
+        async for chunk in response.aiter_text():
+            events.extend(parser.feed(chunk))
+            if len(events) >= count:
+                return
+
+    await asyncio.wait_for(pump(), timeout)
+    return events
+
+
+async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server, http: httpx.AsyncClient) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client, stream_client.stream(
+        "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream"}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        await wait_subscribed(server, 1)
+        await create(http, title="closed one", status="closed")
+        await create(http, title="open one", status="open")
+        events = await read_events(response, 1)
+    assert [e.event for e in events] == ["next"]
+    data = json.loads(events[0].data)
+    assert data["data"]["taskEvents"]["record"]["title"] == "open one"
+    assert events[0].id == data["data"]["taskEvents"]["seq"] == "2"
+
+
+async def test_distinct_mode_post_and_validation_error_on_stream(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        async with client.stream(
+            "POST", "/graphql", json={"query": "subscription { taskEvents { nope } }"},
+            headers={"accept": "text/event-stream"},
+        ) as response:
+            assert response.status_code == 200
+            events = await read_events(response, 2)
+        assert [e.event for e in events] == ["next", "complete"]
+        assert json.loads(events[0].data)["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        async with client.stream(
+            "POST", "/graphql", json={"query": '{ tasks { title } }'}, headers={"accept": "text/event-stream"}
+        ) as response:
+            events = await read_events(response, 2)
+        assert json.loads(events[0].data)["data"] == {"tasks": []}
+        assert events[1].event == "complete"
+        get_mutation = await client.get(
+            "/graphql", params={"query": 'mutation { deleteTask(id: "x") { id } }'},
+            headers={"accept": "text/event-stream"},
+        )
+        assert get_mutation.status_code == 405
+
+
+async def test_last_event_id_resumes(server: Server, http: httpx.AsyncClient) -> None:
+    first = await create(http, title="a", status="open")
+    await create(http, title="b", status="open")
+    await update(http, first, title="a2")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client, client.stream(
+        "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream", "last-event-id": "1"}
+    ) as response:
+        events = await read_events(response, 2)
+    titles = [json.loads(e.data)["data"]["taskEvents"]["record"]["title"] for e in events]
+    assert titles == ["b", "a2"]
+    assert [e.id for e in events] == ["2", "3"]
+
+
+async def test_single_connection_mode_reservation_flow(server: Server, http: httpx.AsyncClient) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        reserved = await client.put("/graphql")
+        assert reserved.status_code == 201
+        token = reserved.text
+        no_accept = await client.put("/graphql", headers={"accept": "application/json"})
+        assert no_accept.status_code == 406
+        async with client.stream(
+            "GET", "/graphql", params={"token": token}, headers={"accept": "text/event-stream"}
+        ) as stream:
+            assert stream.status_code == 200
+            second = await client.get("/graphql", params={"token": token}, headers={"accept": "text/event-stream"})
+            assert second.status_code == 409
+            run = await client.post(
+                "/graphql",
+                json={"query": SUB, "extensions": {"operationId": "op1"}},
+                headers={"x-graphql-event-stream-token": token},
+            )
+            assert run.status_code == 202
+            unknown = await client.post(
+                "/graphql", json={"query": SUB, "extensions": {"operationId": "x"}},
+                headers={"x-graphql-event-stream-token": "nope"},
+            )
+            assert unknown.status_code == 404
+            await wait_subscribed(server, 1)
+            await create(http, title="live", status="open")
+            events = await read_events(stream, 1)
+            body = json.loads(events[0].data)
+            assert body["id"] == "op1"
+            assert body["payload"]["data"]["taskEvents"]["record"]["title"] == "live"
+            stop = await client.delete(
+                "/graphql", params={"operationId": "op1"}, headers={"x-graphql-event-stream-token": token}
+            )
+            assert stop.status_code == 200
+            for _ in range(100):
+                if server.tidings.dispatcher.subscriber_count == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.tidings.dispatcher.subscriber_count == 0
+        other_method = await client.request("PATCH", "/graphql", headers={"accept": "text/event-stream"})
+        assert other_method.status_code == 405
