@@ -1,0 +1,107 @@
+"""Store contract: the same suite over SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tidings.errors import Conflict, NotFound
+from tidings.events import Operation
+from tidings.filters import MATCH_ALL, parse_filter
+from tidings.schema.collection import collections_from
+from tidings.schema.demo import COLLECTIONS
+from tidings.store import Store
+from tests.backends import fresh_database
+
+TASK, MESSAGE = collections_from(COLLECTIONS)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = await fresh_database(request.param, tmp_path)
+    s = Store(url, [TASK, MESSAGE])
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def test_create_update_delete_write_one_event_each(store: Store) -> None:
+    due = dt.datetime(2026, 5, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    record, created = await store.create(TASK, {"title": "a", "due_at": due, "tags": ["x"]}, account=None, actor="ann")
+    assert record["status"] == "pending" and record["version"] == 1
+    assert created.seq == 1 and created.operation is Operation.CREATED and created.actor == "ann"
+    got = await store.get(TASK, record["id"])
+    assert got is not None
+    assert got["due_at"] == due and got["due_at"].tzinfo == dt.UTC
+    assert got["tags"] == ["x"]
+    updated, event = await store.update(
+        TASK, record["id"], {"priority": 4, "title": "a"}, expected_version=1, guard=MATCH_ALL, actor="bob"
+    )
+    assert event is not None and event.seq == 2
+    assert event.changed_fields == ("priority",) and event.previous == {"priority": 0}
+    assert updated["version"] == 2
+    same, nothing = await store.update(TASK, record["id"], {"priority": 4}, expected_version=None, guard=MATCH_ALL, actor=None)
+    assert nothing is None and same["version"] == 2
+    with pytest.raises(Conflict) as info:
+        await store.update(TASK, record["id"], {"priority": 5}, expected_version=1, guard=MATCH_ALL, actor=None)
+    assert info.value.extensions == {"code": "CONFLICT", "currentVersion": 2}
+    deleted, gone = await store.delete(TASK, record["id"], guard=MATCH_ALL, actor=None)
+    assert gone.seq == 3 and deleted["priority"] == 4
+    with pytest.raises(NotFound):
+        await store.delete(TASK, record["id"], guard=MATCH_ALL, actor=None)
+    log = await store.read_events(0)
+    assert [(e.seq, e.operation) for e in log] == [(1, Operation.CREATED), (2, Operation.UPDATED), (3, Operation.DELETED)]
+    assert log[0].record["due_at"] == due
+    assert await store.last_seq() == 3
+
+
+async def test_guard_hides_records_from_reads_and_writes(store: Store) -> None:
+    mine, _ = await store.create(TASK, {"title": "mine"}, account="acme", actor=None)
+    await store.create(TASK, {"title": "theirs"}, account="globex", actor=None)
+    guard = parse_filter({"id": {"isNull": False}}, TASK.filter_fields)
+    from tidings.filters import And, Compare, FieldKind, Op
+
+    acme = And((guard, Compare("account", FieldKind.STRING, Op.EQ, "acme")))
+    async with store.reader() as reader:
+        rows = await reader.list(TASK, acme)
+    assert [r["title"] for r in rows] == ["mine"]
+    theirs = (await store.read_events(0))[1].record_id
+    with pytest.raises(NotFound):
+        await store.update(TASK, theirs, {"title": "hijack"}, expected_version=None, guard=acme, actor=None)
+    assert (await store.get(TASK, theirs))["title"] == "theirs"  # type: ignore[index]
+    assert (await store.get(TASK, mine["id"], acme)) is not None
+
+
+async def test_concurrent_writes_get_gapless_sequence_in_commit_order(store: Store) -> None:
+    await asyncio.gather(*(store.create(MESSAGE, {"room": "r", "author": "a", "body": str(i)}, account=None, actor=None)
+                           for i in range(40)))
+    log = await store.read_events(0)
+    assert [e.seq for e in log] == list(range(1, 41))
+    assert sorted(e.record["body"] for e in log) == sorted(str(i) for i in range(40))
+
+
+async def test_reader_snapshot_reports_the_seq_it_reflects(store: Store) -> None:
+    await store.create(TASK, {"title": "one"}, account=None, actor=None)
+    async with store.reader() as reader:
+        before = await reader.list(TASK, MATCH_ALL)
+        await store.create(TASK, {"title": "two"}, account=None, actor=None)
+        seq = await reader.seq()
+        again = await reader.list(TASK, MATCH_ALL)
+    assert len(before) == len(again) == 1
+    assert seq == 1
+
+
+async def test_prune_keeps_the_newest_and_records_the_horizon(store: Store) -> None:
+    for i in range(10):
+        await store.create(MESSAGE, {"room": "r", "author": "a", "body": str(i)}, account=None, actor=None)
+    assert await store.prune(keep_last=3) == 7
+    assert await store.pruned_through() == 7
+    assert [e.seq for e in await store.read_events(0)] == [8, 9, 10]
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    assert await store.prune(keep_after=future) == 10
+    record, event = await store.create(MESSAGE, {"room": "r", "author": "a", "body": "after"}, account=None, actor=None)
+    assert event.seq == 11
