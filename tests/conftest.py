@@ -64,11 +64,11 @@ class Server:
         return self.tidings._loop
 
 
-def make_server(tmp_path: Path, collections: Any = None, **settings: Any) -> Server:
+def make_server(tmp_path: Path, collections: Any = None, broker: Any = None, **settings: Any) -> Server:
     db = settings.pop("db", None) or f"sqlite:///{tmp_path / 'test.db'}"
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
-    app = create_app(collections, Settings(**base))
+    app = create_app(collections, Settings(**base), broker=broker)
     uv = {"ws_max_size": base.get("max_message_size", 262_144)}
     server = Server(app, free_port(), **uv)
     _capture_loop(app)

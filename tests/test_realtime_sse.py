@@ -16,17 +16,19 @@ SUB = 'subscription { taskEvents(where: {status: {eq: "open"}}) { operation seq 
 
 
 async def read_events(response: httpx.Response, count: int, timeout: float = 5.0) -> list[Any]:
-    parser = SSEParser()
-    events: list[Any] = []
+    # One parser and one iterator per response, so a test may read in several steps.
+    state = response.extensions.setdefault("tidings.sse", {"parser": SSEParser(), "chunks": response.aiter_text(), "backlog": []})
+    events: list[Any] = state["backlog"]
 
     async def pump() -> None:
-        async for chunk in response.aiter_text():
-            events.extend(parser.feed(chunk))
-            if len(events) >= count:
-                return
+        while len(events) < count:
+            chunk = await anext(state["chunks"])
+            events.extend(state["parser"].feed(chunk))
 
     await asyncio.wait_for(pump(), timeout)
-    return events
+    taken = events[:count]
+    del events[:count]
+    return taken
 
 
 async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server, http: httpx.AsyncClient) -> None:

@@ -1,0 +1,57 @@
+// @apollo/client 4: ApolloClient with an InMemoryCache, subscriptions through
+// GraphQLWsLink (graphql-ws), everything else through HttpLink.
+import { ApolloClient, ApolloLink, HttpLink, InMemoryCache, gql } from '@apollo/client';
+import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
+import { getMainDefinition } from '@apollo/client/utilities';
+import { createClient as createWSClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { Collector, line, parseArgs } from './common.mjs';
+
+const opts = parseArgs();
+const collector = new Collector(opts);
+
+const wsClient = createWSClient({
+  url: opts.wsUrl,
+  webSocketImpl: WebSocket,
+  retryAttempts: 0,
+  shouldRetry: () => false,
+  on: { connected: () => collector.ready() },
+});
+
+const link = ApolloLink.split(
+  ({ query }) => {
+    const definition = getMainDefinition(query);
+    return definition.kind === 'OperationDefinition' && definition.operation === 'subscription';
+  },
+  new GraphQLWsLink(wsClient),
+  new HttpLink({ uri: opts.httpUrl }),
+);
+
+const client = new ApolloClient({ link, cache: new InMemoryCache() });
+
+const subscription = client
+  .subscribe({ query: gql(opts.sub.query), variables: opts.sub.variables })
+  .subscribe({
+    next: (result) => {
+      if (result.error) {
+        if (result.error.errors) collector.result({ errors: result.error.errors });
+        else collector.error(result.error);
+        return;
+      }
+      collector.result({ data: result.data });
+    },
+    error: (err) => collector.error(err),
+    complete: () => collector.complete(),
+  });
+
+collector.afterEvents = async () => {
+  const result = await client.query({ query: gql(opts.sub.followUp), fetchPolicy: 'network-only' });
+  if (result.error) throw result.error;
+  line(JSON.stringify({ query: result.data[opts.sub.followUpField] }));
+};
+
+collector.cleanup = async () => {
+  subscription.unsubscribe();
+  client.stop();
+  await wsClient.dispose();
+};

@@ -1,0 +1,30 @@
+// graphql-sse client, distinct connections mode (one event stream per operation).
+import { createClient } from 'graphql-sse';
+import { Collector, parseArgs } from './common.mjs';
+
+const opts = parseArgs();
+const collector = new Collector(opts);
+
+const client = createClient({
+  url: opts.httpUrl,
+  singleConnection: false,
+  retryAttempts: 0,
+});
+
+const unsubscribe = client.subscribe(
+  { query: opts.sub.query, variables: opts.sub.variables },
+  {
+    next: (result) => collector.result(result),
+    error: (err) => collector.error(err),
+    complete: () => collector.complete(),
+  },
+  {
+    // Emitted once the server answered the POST with a 200 text/event-stream response.
+    connected: () => collector.ready(),
+  },
+);
+
+collector.cleanup = async () => {
+  unsubscribe();
+  client.dispose();
+};

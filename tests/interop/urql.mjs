@@ -1,0 +1,59 @@
+// @urql/core Client: subscriptions through subscriptionExchange -> graphql-ws client,
+// queries through fetchExchange (HTTP POST).
+import { Client, fetchExchange, subscriptionExchange } from '@urql/core';
+import { createClient as createWSClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { Collector, line, parseArgs } from './common.mjs';
+
+const opts = parseArgs();
+const collector = new Collector(opts);
+
+const wsClient = createWSClient({
+  url: opts.wsUrl,
+  webSocketImpl: WebSocket,
+  retryAttempts: 0,
+  shouldRetry: () => false,
+  on: { connected: () => collector.ready() },
+});
+
+const client = new Client({
+  url: opts.httpUrl,
+  requestPolicy: 'network-only',
+  exchanges: [
+    fetchExchange,
+    subscriptionExchange({
+      forwardSubscription(request) {
+        const input = { ...request, query: request.query || '' };
+        return {
+          subscribe(sink) {
+            const unsubscribe = wsClient.subscribe(input, sink);
+            return { unsubscribe };
+          },
+        };
+      },
+    }),
+  ],
+});
+
+const { unsubscribe } = client
+  .subscription(opts.sub.query, opts.sub.variables)
+  .subscribe((result) => {
+    if (result.error) {
+      if (result.error.networkError) collector.error(result.error.networkError);
+      else collector.result({ errors: result.error.graphQLErrors });
+      return;
+    }
+    collector.result({ data: result.data });
+  });
+
+// After the events: a query through fetchExchange, so HTTP interop is covered too.
+collector.afterEvents = async () => {
+  const result = await client.query(opts.sub.followUp, {}).toPromise();
+  if (result.error) throw result.error;
+  line(JSON.stringify({ query: result.data[opts.sub.followUpField] }));
+};
+
+collector.cleanup = async () => {
+  unsubscribe();
+  await wsClient.dispose();
+};
