@@ -1,20 +1,30 @@
 """Permission rules per collection and action, turned into filters.
 
 A rule never runs as ad-hoc code: it becomes a ``Filter`` over the record
-(account scope AND the rule), so the same guard is compiled to SQL for queries
-and writes, and to a predicate for every delivered event.
+(account scope AND the rule), so the same guard is compiled to SQL for
+queries and writes, and to a predicate for every delivered event.
+
+Rule forms (Python or TOML strings): ``"public"``, ``"authenticated"``,
+``"owner:<field>"`` (the field equals the token's ``sub``), ``"role:a,b"``, or a
+``where`` mapping in the filter language whose values may name claims:
+``{"status": {"ne": "secret"}, "assignedTo": {"eq": "$sub"}}`` (``$sub``,
+``$account``, ``$role``, ``$claims.<name>``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tidings.auth.principal import ANY_ACCOUNT, Principal
-from tidings.filters import MATCH_ALL, And, Compare, FieldKind, Filter, Op
+from tidings.errors import ConfigurationError, Forbidden, Unauthenticated
+from tidings.filters import MATCH_ALL, And, Compare, FieldKind, Filter, Op, compile_predicate, parse_filter
 
 __all__ = ["Action", "Authorizer", "Rules"]
+
+ACCOUNT_COLUMN = "account"
 
 
 class Action(str, enum.Enum):
@@ -24,51 +34,184 @@ class Action(str, enum.Enum):
     DELETE = "delete"
 
 
+RuleSpec = str | Mapping[str, Any]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rules:
-    """Placeholder until the auth issue fills in rule kinds."""
+    """Who may do what to a collection's records (default: anyone, within their account)."""
 
-    read: object = "public"
-    create: object = "public"
-    update: object = "public"
-    delete: object = "public"
+    read: RuleSpec = "public"
+    create: RuleSpec = "public"
+    update: RuleSpec = "public"
+    delete: RuleSpec = "public"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Rules:
+        unknown = set(data) - {a.value for a in Action}
+        if unknown:
+            raise ConfigurationError(f"Unknown rule actions {sorted(unknown)}; expected read, create, update, delete")
+        return cls(**{k: v for k, v in data.items()})
+
+    def spec(self, action: Action) -> RuleSpec:
+        return getattr(self, action.value)  # type: ignore[no-any-return]
 
 
-ACCOUNT_COLUMN = "account"
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Compiled:
+    kind: str  # public | authenticated | owner | role | where
+    column: str | None = None
+    roles: frozenset[str] = frozenset()
+    where: Mapping[str, Any] | None = None
+
+
+def _compile_rule(spec: RuleSpec, collection: Any) -> _Compiled:
+    if isinstance(spec, Mapping):
+        where = spec.get("where", spec)
+        parse_filter(_substitute(where, Principal(sub="x", account="x", role="x")), collection.filter_fields)
+        return _Compiled("where", where=where)
+    if spec in ("public", "authenticated"):
+        return _Compiled(spec)
+    kind, _, arg = spec.partition(":")
+    if kind == "owner" and arg:
+        fields = collection.filter_fields
+        column = fields[arg].column if arg in fields else arg if arg in collection.field_map else None
+        if column is None:
+            raise ConfigurationError(f"{collection.name}: owner rule names unknown field {arg!r}")
+        return _Compiled("owner", column=column)
+    if kind == "role" and arg:
+        return _Compiled("role", roles=frozenset(r.strip() for r in arg.split(",") if r.strip()))
+    raise ConfigurationError(
+        f"{collection.name}: rule {spec!r} is not public, authenticated, owner:<field>, role:<a,b> or a where mapping"
+    )
+
+
+def _substitute(value: Any, principal: Principal) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, principal) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, principal) for v in value]
+    if isinstance(value, str) and value.startswith("$"):
+        name = value[1:]
+        if name in ("sub", "account", "role"):
+            return getattr(principal, name)
+        if name.startswith("claims."):
+            return principal.claim(name.removeprefix("claims."))
+    return value
 
 
 class Authorizer:
     """Decides, per principal, collection and action, which records are in reach."""
 
-    def __init__(self, *, multi_tenant: bool = False, rules: Mapping[str, Rules] | None = None) -> None:
+    def __init__(
+        self,
+        collections: Sequence[Any] = (),
+        *,
+        multi_tenant: bool = False,
+        admin_role: str | None = None,
+        anonymous: frozenset[str] | None = None,
+    ) -> None:
+        """``anonymous``: collections open to callers without a token (None = all)."""
         self.multi_tenant = multi_tenant
-        self.rules = dict(rules or {})
+        self.admin_role = admin_role
+        self.anonymous = anonymous
+        self.collections = {c.name: c for c in collections}
+        self._rules: dict[tuple[str, Action], _Compiled] = {}
+        for c in collections:
+            rules = c.rules or Rules()
+            for action in Action:
+                self._rules[(c.name, action)] = _compile_rule(rules.spec(action), c)
 
     @classmethod
-    def from_settings(cls, collections: object, settings: object, *, auth_enabled: bool) -> Authorizer:
-        return cls(multi_tenant=auth_enabled)
+    def from_settings(cls, collections: Sequence[Any], settings: Any, *, auth_enabled: bool) -> Authorizer:
+        mode = settings.anonymous.strip()
+        names = {c.name for c in collections}
+        anonymous: frozenset[str] | None
+        if mode == "auto":
+            anonymous = frozenset() if auth_enabled else None
+        elif mode == "on":
+            anonymous = None
+        elif mode == "off":
+            anonymous = frozenset()
+        else:
+            anonymous = frozenset(n.strip() for n in mode.split(",") if n.strip())
+            unknown = anonymous - names
+            if unknown:
+                raise ConfigurationError(f"--anonymous names unknown collections {sorted(unknown)}")
+        return cls(collections, multi_tenant=auth_enabled, admin_role=settings.admin_role, anonymous=anonymous)
 
-    def guard(self, collection: str, principal: Principal, action: Action) -> Filter:
-        """The filter a record must match for ``principal`` to ``action`` it."""
-        if not self.multi_tenant:
-            return MATCH_ALL
-        return And((Compare(ACCOUNT_COLUMN, FieldKind.STRING, Op.EQ, principal.account),))
+    def is_admin(self, principal: Principal) -> bool:
+        return self.admin_role is not None and principal.role == self.admin_role
+
+    def _allows_anonymous(self, collection: str) -> bool:
+        return self.anonymous is None or collection in self.anonymous
 
     def check_connect(self, principal: Principal) -> None:
-        """Raise if ``principal`` may not open a realtime connection at all."""
+        """Raise if ``principal`` may not use the API at all."""
+        if not principal.is_authenticated and self.anonymous is not None and not self.anonymous:
+            raise Unauthenticated("A bearer token is required")
+
+    def guard(self, collection: str, principal: Principal, action: Action) -> Filter:
+        """The filter a record must match for ``principal`` to ``action`` it.
+
+        Raises ``Unauthenticated`` or ``Forbidden`` when no record could match.
+        """
+        if not principal.is_authenticated and not self._allows_anonymous(collection):
+            raise Unauthenticated(f"{collection}: a bearer token is required")
+        if self.is_admin(principal):
+            return MATCH_ALL
+        parts: list[Filter] = []
+        if self.multi_tenant:
+            account = principal.account
+            parts.append(
+                Compare(ACCOUNT_COLUMN, FieldKind.STRING, Op.EQ, account)
+                if account is not None
+                else Compare(ACCOUNT_COLUMN, FieldKind.STRING, Op.IS_NULL, True)
+            )
+        rule = self._rules.get((collection, action))
+        if rule is not None and rule.kind != "public":
+            if not principal.is_authenticated:
+                raise Unauthenticated(f"{collection}: {action.value} needs a bearer token")
+            if rule.kind == "owner":
+                assert rule.column is not None  # noqa: S101
+                parts.append(Compare(rule.column, FieldKind.STRING, Op.EQ, principal.sub))
+            elif rule.kind == "role":
+                if principal.role not in rule.roles:
+                    raise Forbidden(f"{collection}: {action.value} needs role {' or '.join(sorted(rule.roles))}")
+            elif rule.kind == "where":
+                coll = self.collections[collection]
+                parts.append(parse_filter(_substitute(rule.where, principal), coll.filter_fields))
+        return And(tuple(parts)) if parts else MATCH_ALL
 
     def account_for_new(self, principal: Principal) -> str | None:
         return principal.account if self.multi_tenant else None
 
-    def check_create(self, collection: object, principal: Principal, values: Mapping[str, object]) -> None:
-        """Raise if ``principal`` may not create a record with ``values``."""
+    def prepare_create(self, collection: Any, principal: Principal, values: dict[str, Any]) -> None:
+        """Fill the owner field, then raise ``Forbidden`` unless the new record passes the create rule."""
+        # A collection with an owner rule gets its owner field filled with the creator.
+        for action in Action:
+            rule = self._rules.get((collection.name, action))
+            if rule is not None and rule.kind == "owner" and rule.column and principal.sub:
+                if values.get(rule.column) is None:
+                    values[rule.column] = principal.sub
+        guard = self.guard(collection.name, principal, Action.CREATE)
+        record = {**{f.name: f.default for f in collection.fields}, **values, "account": self.account_for_new(principal)}
+        if not compile_predicate(guard)(record):
+            raise Forbidden(f"{collection.name}: not allowed to create this record")
 
-    def check_update_result(self, collection: object, principal: Principal, record: Mapping[str, object]) -> None:
-        """Raise if an update would move a record out of what ``principal`` may write."""
+    def check_write_result(self, collection: Any, principal: Principal, record: Mapping[str, Any]) -> None:
+        """Raise ``Forbidden`` if an update would move a record out of what ``principal`` may write."""
+        guard = self.guard(collection.name, principal, Action.UPDATE)
+        if not compile_predicate(guard)(record):
+            raise Forbidden(f"{collection.name}: the change would put the record out of your reach")
 
     def scope_key(self, collection: str, principal: Principal) -> object:
-        """What of the principal decides what a subscriber may see (the group key part)."""
-        return (principal.account, principal.role, principal.sub) if self.multi_tenant else None
+        """What of the principal decides what a subscriber may see (part of the group key)."""
+        if not self.multi_tenant and self.anonymous is None:
+            return None
+        return (principal.account, principal.role, principal.sub)
 
     def index_account(self, principal: Principal) -> object:
-        return principal.account if self.multi_tenant else ANY_ACCOUNT
+        if not self.multi_tenant or self.is_admin(principal):
+            return ANY_ACCOUNT
+        return principal.account

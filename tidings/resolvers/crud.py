@@ -10,7 +10,7 @@ import strawberry
 from strawberry.types import Info
 
 from tidings.auth.rules import Action
-from tidings.errors import BadUserInput, NotFound
+from tidings.errors import BadUserInput, Forbidden, NotFound
 from tidings.filters import And, Filter, parse_filter
 from tidings.resolvers.context import Context
 from tidings.resolvers.convert import input_to_columns, input_to_dict
@@ -39,6 +39,27 @@ def _rename(fn: Any, name: str) -> None:
 
 def _guarded(where: Filter, guard: Filter) -> Filter:
     return And((guard, where))
+
+
+async def _write_guard(ctx: Context, coll: Collection, record_id: str, action: Action) -> Filter:
+    """The write guard; FORBIDDEN (not NOT_FOUND) when the caller can see the record but not change it."""
+    try:
+        return ctx.services.authorizer.guard(coll.name, ctx.principal, action)
+    except Forbidden:
+        await _not_found_unless_readable(ctx, coll, record_id)
+        raise
+
+
+async def _not_found_unless_readable(ctx: Context, coll: Collection, record_id: str) -> None:
+    read = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
+    if await ctx.services.store.get(coll, record_id, read) is None:
+        raise NotFound(f"No {coll.name} with id {record_id!r}", id=record_id)
+
+
+async def _forbidden_if_readable(ctx: Context, coll: Collection, record_id: str, action: Action) -> None:
+    """A write guard missed: say FORBIDDEN if the caller can at least read the record."""
+    await _not_found_unless_readable(ctx, coll, record_id)
+    raise Forbidden(f"{coll.name}: not allowed to {action.value} this record")
 
 
 def _check_input(coll: Collection, values: dict[str, Any], *, creating: bool) -> None:
@@ -101,7 +122,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         values = input_to_columns(input)
         _check_input(coll, values, creating=True)
         authorizer = ctx.services.authorizer
-        authorizer.check_create(coll, ctx.principal, values)
+        authorizer.prepare_create(coll, ctx.principal, values)
         record, event = await ctx.services.store.create(
             coll, values, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
         )
@@ -118,19 +139,32 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         values = input_to_columns(input)
         _check_input(coll, values, creating=False)
         authorizer = ctx.services.authorizer
-        guard = authorizer.guard(coll.name, ctx.principal, Action.UPDATE)
-        record, event = await ctx.services.store.update(
-            coll, str(id), values, expected_version=expected_version, guard=guard, actor=ctx.principal.sub
-        )
+        guard = await _write_guard(ctx, coll, str(id), Action.UPDATE)
+        try:
+            record, event = await ctx.services.store.update(
+                coll,
+                str(id),
+                values,
+                expected_version=expected_version,
+                guard=guard,
+                actor=ctx.principal.sub,
+                check=lambda new: authorizer.check_write_result(coll, ctx.principal, new),
+            )
+        except NotFound:
+            await _forbidden_if_readable(ctx, coll, str(id), Action.UPDATE)
+            raise
         if event is not None:
-            authorizer.check_update_result(coll, ctx.principal, record)
             await ctx.services.publisher.publish(event)
         return record
 
     async def delete(info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
-        guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.DELETE)
-        record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
+        guard = await _write_guard(ctx, coll, str(id), Action.DELETE)
+        try:
+            record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
+        except NotFound:
+            await _forbidden_if_readable(ctx, coll, str(id), Action.DELETE)
+            raise
         await ctx.services.publisher.publish(event)
         return record
 

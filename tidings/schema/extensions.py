@@ -59,6 +59,12 @@ class ErrorCodes(SchemaExtension):
         result = self.execution_context.result
         if result is not None and result.errors:
             result.errors = classify_all(list(result.errors))
+            response = getattr(self.execution_context.context, "response", None)
+            if response is not None and any(
+                (e.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value for e in result.errors
+            ):
+                # GraphQL-over-HTTP: a missing or bad token is a 401 with the error as body.
+                response.status_code = 401
 
 
 class ReadSnapshot(SchemaExtension):

@@ -7,6 +7,9 @@
     status = { type = "String!", default = "pending" }
     priority = { type = "Int", default = 0 }
     level = { type = "Enum", values = ["LOW", "HIGH"], default = "LOW" }
+    [collections.Task.rules]              # optional; see tidings.auth.rules
+    read = "authenticated"
+    update = "owner:assignedTo"
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tidings.auth.rules import Rules
 from tidings.errors import ConfigurationError
 from tidings.filters import FieldKind
 from tidings.schema.collection import MISSING, Collection, Field, build_collection
@@ -76,6 +80,7 @@ def load_toml(path: str | Path) -> list[Collection]:
                 [_field(name, fname, fspec) for fname, fspec in fields.items()],
                 plural=spec.get("plural"),
                 description=spec.get("description"),
+                rules=Rules.from_mapping(spec["rules"]) if isinstance(spec.get("rules"), dict) else None,
             )
         )
     return result

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import enum
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -233,6 +233,7 @@ class Store:
         expected_version: int | None,
         guard: Filter,
         actor: str | None,
+        check: Callable[[Record], None] | None = None,
     ) -> tuple[Record, ChangeEvent | None]:
         """Apply ``values``; a change that alters nothing writes nothing (event None)."""
         table = self.tables.by_collection[coll.name]
@@ -248,6 +249,8 @@ class Store:
                 return current, None
             previous = {k: current[k] for k in changes}
             record = {**current, **changes, "updated_at": utcnow(), "version": current["version"] + 1}
+            if check is not None:
+                check(record)  # raising here rolls the transaction back: nothing written
             await conn.execute(
                 table.update()
                 .where(table.c.id == record_id, table.c.version == current["version"])
