@@ -1,0 +1,73 @@
+"""Broker contract: one suite over every backend (memory, real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tidings.pubsub import Broker, MemoryBroker, broker_from_url
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    if request.param == "memory":
+        b: Broker = MemoryBroker()
+    else:
+        url = os.environ.get("TIDINGS_TEST_REDIS_URL")
+        if not url:
+            if os.environ.get("CI"):
+                pytest.fail("TIDINGS_TEST_REDIS_URL must be set in CI (scripts/services starts Redis)")
+            pytest.skip("Redis not configured")
+        b = broker_from_url(url)
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def _collect(broker: Broker, channel: str, n: int, ready: asyncio.Event, out: list[bytes]) -> None:
+    stream = broker.subscribe(channel)
+    first = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)  # let the subscription reach the backend
+    ready.set()
+    out.append(await first)
+    while len(out) < n:
+        out.append(await anext(stream))  # type: ignore[arg-type]
+
+
+async def test_publish_reaches_every_subscriber_in_order(broker: Broker) -> None:
+    outs: list[list[bytes]] = [[], []]
+    readies = [asyncio.Event(), asyncio.Event()]
+    tasks = [asyncio.create_task(_collect(broker, "c1", 20, readies[i], outs[i])) for i in range(2)]
+    await asyncio.gather(*(r.wait() for r in readies))
+    for i in range(20):
+        await broker.publish("c1", str(i).encode())
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert outs[0] == outs[1] == [str(i).encode() for i in range(20)]
+
+
+async def test_channels_are_separate(broker: Broker) -> None:
+    out: list[bytes] = []
+    ready = asyncio.Event()
+    task = asyncio.create_task(_collect(broker, "only", 1, ready, out))
+    await ready.wait()
+    await broker.publish("other", b"no")
+    await broker.publish("only", b"yes")
+    await asyncio.wait_for(task, 5)
+    assert out == [b"yes"]
+
+
+async def test_memory_broker_drop_hook_counts() -> None:
+    broker = MemoryBroker(drop=lambda m: m == b"lost")
+    await broker.start()
+    out: list[bytes] = []
+    ready = asyncio.Event()
+    task = asyncio.create_task(_collect(broker, "c", 1, ready, out))
+    await ready.wait()
+    await broker.publish("c", b"lost")
+    await broker.publish("c", b"kept")
+    await asyncio.wait_for(task, 5)
+    assert out == [b"kept"] and broker.dropped == 1
+    await broker.close()
