@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -69,7 +70,7 @@ def make_server(tmp_path: Path, collections: Any = None, broker: Any = None, **s
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
     app = create_app(collections, Settings(**base), broker=broker)
-    uv = {"ws_max_size": base.get("max_message_size", 262_144)}
+    uv = {"ws_max_size": base.get("max_message_size", 262_144), "ws_per_message_deflate": base.get("ws_compression", False)}
     server = Server(app, free_port(), **uv)
     _capture_loop(app)
     server.start()
@@ -85,6 +86,35 @@ def _capture_loop(app: Any) -> None:
         await original()
 
     tidings.start = start
+
+
+class _ErrorLogs(logging.Handler):
+    """Collects ERROR records from tidings' loggers, whatever thread logs them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test fails if the server logged an error it swallowed (a fallback hid a bug).
+
+    Tests that provoke errors on purpose carry ``@pytest.mark.allow_error_logs``.
+    """
+    handler = _ErrorLogs()
+    logger = logging.getLogger("tidings")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("allow_error_logs") is None:
+        lines = [f"{r.name}: {r.getMessage()}" for r in handler.records]
+        pytest.fail("the server logged errors:\n" + "\n".join(lines[:10]), pytrace=False)
 
 
 @pytest.fixture

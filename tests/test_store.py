@@ -14,6 +14,7 @@ from tidings.events import Operation
 from tidings.filters import MATCH_ALL, parse_filter
 from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
+from tidings.realtime import doorbell
 from tidings.store import Store
 from tests.backends import fresh_database
 
@@ -57,6 +58,11 @@ async def test_create_update_delete_write_one_event_each(store: Store) -> None:
     assert [(e.seq, e.operation) for e in log] == [(1, Operation.CREATED), (2, Operation.UPDATED), (3, Operation.DELETED)]
     assert log[0].record["due_at"] == due
     assert await store.last_seq() == 3
+    # What the store hands the dispatcher is what the log holds, and it crosses the broker intact.
+    collections = {c.name: c for c in (TASK, MESSAGE)}
+    for live, logged in zip((created, event, gone), log, strict=True):
+        assert live == logged
+        assert doorbell.decode(doorbell.encode(live), collections) == (live.seq, live)
 
 
 async def test_guard_hides_records_from_reads_and_writes(store: Store) -> None:

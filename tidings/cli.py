@@ -71,6 +71,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=settings.max_message_size,
+        ws_per_message_deflate=settings.ws_compression,
         ws_ping_interval=settings.keepalive,
         ws_ping_timeout=settings.keepalive,
         h11_max_incomplete_event_size=settings.max_message_size,

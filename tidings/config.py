@@ -46,6 +46,9 @@ class Settings:
     max_message_size: int = _field(262_144, "largest inbound WebSocket message or HTTP body, bytes")
     queue_messages: int = _field(1000, "send queue bound per connection, in messages")
     queue_bytes: int = _field(1_048_576, "send queue bound per connection, in bytes")
+    ws_compression: bool = _field(
+        False, "permessage-deflate on WebSockets (compresses every message once per connection: off for fan-out)"
+    )
     max_limit: int = _field(1000, "largest page a list query may ask for")
     max_depth: int = _field(10, "deepest query allowed")
     # resume

@@ -5,6 +5,15 @@ import { createClient as createWSClient } from 'graphql-ws';
 import WebSocket from 'ws';
 import { Collector, line, parseArgs } from './common.mjs';
 
+// urql's fetchExchange aborts its fetch when the operation is torn down; when the
+// response has already been read, node's fetch (undici) rejects a promise nobody
+// awaits with an AbortError. That is client-side teardown noise, not a failed
+// request: ignore exactly that, and let every other unhandled rejection crash.
+process.on('unhandledRejection', (err) => {
+  if (err && err.name === 'AbortError') return;
+  throw err;
+});
+
 const opts = parseArgs();
 const collector = new Collector(opts);
 

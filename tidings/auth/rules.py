@@ -205,12 +205,6 @@ class Authorizer:
         if not compile_predicate(guard)(record):
             raise Forbidden(f"{collection.name}: the change would put the record out of your reach")
 
-    def scope_key(self, collection: str, principal: Principal) -> object:
-        """What of the principal decides what a subscriber may see (part of the group key)."""
-        if not self.multi_tenant and self.anonymous is None:
-            return None
-        return (principal.account, principal.role, principal.sub)
-
     def index_account(self, principal: Principal) -> object:
         if not self.multi_tenant or self.is_admin(principal):
             return ANY_ACCOUNT

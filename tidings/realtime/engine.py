@@ -226,20 +226,24 @@ class Engine:
             record_id=str(record_id) if record_id is not None else None,
             guard=guard,
         )
-        scope = authorizer.scope_key(collection.name, principal)
-        # `after` is left out of the key: it only shapes the replay, not what the group renders.
-        variables = {k: v for k, v in (request.variables or {}).items()}
+        account = authorizer.index_account(principal)
+        # Members of a group share every decision and every byte, so the key holds all
+        # that decides them: the document, its variables, and the read guard itself
+        # (account, owner and claim values already substituted), not who the caller is.
+        # Two users whose rules resolve to the same guard share; any difference splits.
+        # `after` is not in the key unless passed as a variable: it shapes only the replay.
         key = (
             request.query,
             request.operation_name,
-            orjson.dumps(variables, option=orjson.OPT_SORT_KEYS),
-            scope,
+            orjson.dumps(request.variables or {}, option=orjson.OPT_SORT_KEYS),
+            repr(guard),
+            account,
         )
         subscriber = await self.dispatcher.subscribe(
             key=key,
             selection=selection,
             executor=built,
-            account=authorizer.index_account(principal),
+            account=account,
             sink=sink,
             op_id=op_id,
             after=after,

@@ -319,7 +319,9 @@ class Store:
     # -- decoding ------------------------------------------------------------
 
     def decode_row(self, coll: Collection, row: Mapping[str, Any]) -> Record:
-        return dict(row)
+        # Row keys are SQLAlchemy ``quoted_name`` (a str subclass); plain str keeps
+        # records serializable by orjson, which accepts only exact str keys.
+        return {str(k): v for k, v in row.items()}
 
     def decode_event(self, row: Mapping[str, Any]) -> ChangeEvent:
         coll = self.collections[row["collection"]]
