@@ -70,7 +70,10 @@ def make_server(tmp_path: Path, collections: Any = None, broker: Any = None, **s
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
     app = create_app(collections, Settings(**base), broker=broker)
-    uv = {"ws_max_size": base.get("max_message_size", 262_144), "ws_per_message_deflate": base.get("ws_compression", False)}
+    uv = {
+        "ws_max_size": base.get("max_message_size", 262_144),
+        "ws_per_message_deflate": base.get("ws_compression", False),
+    }
     server = Server(app, free_port(), **uv)
     _capture_loop(app)
     server.start()

@@ -23,8 +23,9 @@ SECRET = "test-secret-please-change-it-now-0123456789"
 
 def token(sub: str, account: str, role: str = "member", ttl: float = 600, **extra: Any) -> str:
     now = int(time.time())
-    return jwt.encode({"sub": sub, "account": account, "role": role, "iat": now, "exp": now + ttl, **extra},
-                      SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"sub": sub, "account": account, "role": role, "iat": now, "exp": now + ttl, **extra}, SECRET, algorithm="HS256"
+    )
 
 
 @pytest.fixture
@@ -41,8 +42,12 @@ async def call(server: Server, tok: str | None, query: str, variables: dict[str,
 
 
 async def create_note(server: Server, tok: str, title: str, secret: bool = False) -> str:
-    r = await call(server, tok, "mutation($t: String!, $s: Boolean) { createNote(input: {title: $t, secret: $s}) { id owner } }",
-                   {"t": title, "s": secret})
+    r = await call(
+        server,
+        tok,
+        "mutation($t: String!, $s: Boolean) { createNote(input: {title: $t, secret: $s}) { id owner } }",
+        {"t": title, "s": secret},
+    )
     body = r.json()
     assert "errors" not in body, body
     return str(body["data"]["createNote"]["id"])
@@ -80,7 +85,11 @@ async def test_http_missing_and_bad_tokens_are_401_with_graphql_error(auth_serve
     missing = await call(auth_server, None, "{ notes { id } }")
     assert missing.status_code == 401
     assert missing.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
-    forged = jwt.encode({"sub": "x", "account": "a", "exp": int(time.time()) + 60}, "another-secret-that-is-long-enough-32b", algorithm="HS256")
+    forged = jwt.encode(
+        {"sub": "x", "account": "a", "exp": int(time.time()) + 60},
+        "another-secret-that-is-long-enough-32b",
+        algorithm="HS256",
+    )
     bad = await call(auth_server, forged, "{ notes { id } }")
     assert bad.status_code == 401
     none_alg = jwt.encode({"sub": "x", "account": "a", "exp": int(time.time()) + 60}, None, algorithm="none")  # type: ignore[arg-type]
@@ -100,7 +109,9 @@ async def test_tenants_never_see_each_other(auth_server: Server) -> None:
     everyone = (await call(auth_server, root, "{ notes(orderBy: [{title: ASC}]) { title } }")).json()["data"]["notes"]
     assert [n["title"] for n in everyone] == ["acme note", "globex note"]
     bob_id = (await call(auth_server, bob, "{ notes { id } }")).json()["data"]["notes"][0]["id"]
-    steal = await call(auth_server, ann, 'mutation($id: ID!) { updateNote(id: $id, input: {title: "x"}) { id } }', {"id": bob_id})
+    steal = await call(
+        auth_server, ann, 'mutation($id: ID!) { updateNote(id: $id, input: {title: "x"}) { id } }', {"id": bob_id}
+    )
     assert steal.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     peek = await call(auth_server, ann, "query($id: ID!) { note(id: $id) { title } }", {"id": bob_id})
     assert peek.json()["data"]["note"] is None
@@ -110,9 +121,13 @@ async def test_rules_owner_role_and_filter(auth_server: Server) -> None:
     ann, cat = token("ann", "acme"), token("cat", "acme")
     editor = token("ed", "acme", role="editor")
     nid = await create_note(auth_server, ann, "ann's")
-    not_owner = await call(auth_server, cat, 'mutation($id: ID!) { updateNote(id: $id, input: {title: "x"}) { id } }', {"id": nid})
+    not_owner = await call(
+        auth_server, cat, 'mutation($id: ID!) { updateNote(id: $id, input: {title: "x"}) { id } }', {"id": nid}
+    )
     assert not_owner.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
-    give_away = await call(auth_server, ann, 'mutation($id: ID!) { updateNote(id: $id, input: {owner: "cat"}) { id } }', {"id": nid})
+    give_away = await call(
+        auth_server, ann, 'mutation($id: ID!) { updateNote(id: $id, input: {owner: "cat"}) { id } }', {"id": nid}
+    )
     assert give_away.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     no_role = await call(auth_server, ann, "mutation($id: ID!) { deleteNote(id: $id) { id } }", {"id": nid})
     assert no_role.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
@@ -121,8 +136,12 @@ async def test_rules_owner_role_and_filter(auth_server: Server) -> None:
     denied = await call(auth_server, ann, 'mutation { createDoc(input: {title: "d"}) { id } }')
     assert denied.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     for title, secret in (("open", False), ("hidden", True)):
-        r = await call(auth_server, editor, "mutation($t: String!, $s: Boolean) { createDoc(input: {title: $t, secret: $s}) { id } }",
-                       {"t": title, "s": secret})
+        r = await call(
+            auth_server,
+            editor,
+            "mutation($t: String!, $s: Boolean) { createDoc(input: {title: $t, secret: $s}) { id } }",
+            {"t": title, "s": secret},
+        )
         assert "errors" not in r.json()
     docs = (await call(auth_server, ann, "{ docs { title } }")).json()["data"]["docs"]
     assert docs == [{"title": "open"}]
@@ -137,20 +156,40 @@ async def test_each_subscriber_receives_exactly_what_it_may_see(auth_server: Ser
         "zed": await subscriber(auth_server, ann2),
         "bob": await subscriber(auth_server, bob),
         "root": await subscriber(auth_server, root),
-        "ann-docs": await subscriber(auth_server, ann, "subscription { docEvents { operation match record { title } } }"),
-        "bob-filtered": await subscriber(auth_server, bob, 'subscription { noteEvents(where: {title: {startsWith: "g"}}) { operation record { title } } }'),
+        "ann-docs": await subscriber(
+            auth_server, ann, "subscription { docEvents { operation match record { title } } }"
+        ),
+        "bob-filtered": await subscriber(
+            auth_server,
+            bob,
+            'subscription { noteEvents(where: {title: {startsWith: "g"}}) { operation record { title } } }',
+        ),
     }
     await wait_count(auth_server, len(subs))
     a = await create_note(auth_server, ann, "acme-1")
     await create_note(auth_server, bob, "globex-1")
     await create_note(auth_server, bob, "other-globex")
-    await call(auth_server, ann, 'mutation($id: ID!) { updateNote(id: $id, input: {title: "acme-2"}) { id } }', {"id": a})
+    await call(
+        auth_server, ann, 'mutation($id: ID!) { updateNote(id: $id, input: {title: "acme-2"}) { id } }', {"id": a}
+    )
     await call(auth_server, editor, "mutation($id: ID!) { deleteNote(id: $id) { id } }", {"id": a})
     r = await call(auth_server, editor, 'mutation { createDoc(input: {title: "draft", secret: true}) { id } }')
     doc = r.json()["data"]["createDoc"]["id"]
-    await call(auth_server, editor, 'mutation($id: ID!) { updateDoc(id: $id, input: {secret: false}) { id } }', {"id": doc})
-    await call(auth_server, editor, 'mutation($id: ID!) { updateDoc(id: $id, input: {title: "published"}) { id } }', {"id": doc})
-    await call(auth_server, editor, 'mutation($id: ID!) { updateDoc(id: $id, input: {title: "retracted", secret: true}) { id } }', {"id": doc})
+    await call(
+        auth_server, editor, "mutation($id: ID!) { updateDoc(id: $id, input: {secret: false}) { id } }", {"id": doc}
+    )
+    await call(
+        auth_server,
+        editor,
+        'mutation($id: ID!) { updateDoc(id: $id, input: {title: "published"}) { id } }',
+        {"id": doc},
+    )
+    await call(
+        auth_server,
+        editor,
+        'mutation($id: ID!) { updateDoc(id: $id, input: {title: "retracted", secret: true}) { id } }',
+        {"id": doc},
+    )
 
     def seen(name: str, messages: list[dict[str, Any]]) -> list[tuple[str, ...]]:
         out = []
@@ -168,8 +207,11 @@ async def test_each_subscriber_receives_exactly_what_it_may_see(auth_server: Ser
     assert [t for _, _, t in got["root"]] == ["acme-1", "globex-1", "other-globex", "acme-2", "acme-2"]
     # The doc became visible (ENTERED), changed (STAYED), then left the rule: LEFT shows
     # the last state the reader could see, never the new contents.
-    assert got["ann-docs"] == [("UPDATED", "ENTERED", "draft"), ("UPDATED", "STAYED", "published"),
-                               ("UPDATED", "LEFT", "published")]
+    assert got["ann-docs"] == [
+        ("UPDATED", "ENTERED", "draft"),
+        ("UPDATED", "STAYED", "published"),
+        ("UPDATED", "LEFT", "published"),
+    ]
     for ws in subs.values():
         await ws.close()
 
@@ -204,9 +246,16 @@ async def test_token_expiry_closes_the_socket_and_renewal_keeps_it(auth_server: 
     assert code == 4403 and "expired" in reason.lower()
     assert time.monotonic() - started < 4
     renewing = await subscriber(auth_server, token("ann", "acme", ttl=2))
-    await renewing.send({"id": "r", "type": "subscribe", "payload": {
-        "query": "mutation($t: String!) { renewToken(token: $t) { sub account } }",
-        "variables": {"t": token("ann", "acme", ttl=600)}}})
+    await renewing.send(
+        {
+            "id": "r",
+            "type": "subscribe",
+            "payload": {
+                "query": "mutation($t: String!) { renewToken(token: $t) { sub account } }",
+                "variables": {"t": token("ann", "acme", ttl=600)},
+            },
+        }
+    )
     renewed = await renewing.recv()
     assert renewed["payload"]["data"]["renewToken"] == {"sub": "ann", "account": "acme"}
     assert (await renewing.recv())["type"] == "complete"
@@ -214,8 +263,16 @@ async def test_token_expiry_closes_the_socket_and_renewal_keeps_it(auth_server: 
     await wait_count(auth_server, 1)
     await create_note(auth_server, token("ann", "acme"), "still here")
     assert (await renewing.recv())["payload"]["data"]["noteEvents"]["record"]["title"] == "still here"
-    await renewing.send({"id": "r2", "type": "subscribe", "payload": {
-        "query": "mutation($t: String!) { renewToken(token: $t) { sub } }", "variables": {"t": token("bob", "acme")}}})
+    await renewing.send(
+        {
+            "id": "r2",
+            "type": "subscribe",
+            "payload": {
+                "query": "mutation($t: String!) { renewToken(token: $t) { sub } }",
+                "variables": {"t": token("bob", "acme")},
+            },
+        }
+    )
     refused = await renewing.recv()
     assert refused["payload"]["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     await renewing.close()
@@ -226,17 +283,24 @@ async def test_sse_auth_header_token_param_and_401(auth_server: Server) -> None:
         anonymous = await client.get("/graphql", params={"query": NOTE_EVENTS}, headers={"accept": "text/event-stream"})
         assert anonymous.status_code == 401
         assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
-        async with client.stream("GET", "/graphql", params={"query": NOTE_EVENTS, "token": token("bob", "globex")},
-                                 headers={"accept": "text/event-stream"}) as bob_stream:
+        async with client.stream(
+            "GET",
+            "/graphql",
+            params={"query": NOTE_EVENTS, "token": token("bob", "globex")},
+            headers={"accept": "text/event-stream"},
+        ) as bob_stream:
             assert bob_stream.status_code == 200
             await wait_count(auth_server, 1)
             await create_note(auth_server, token("ann", "acme"), "acme only")
             await create_note(auth_server, token("bob", "globex"), "for bob")
             events = await read_events(bob_stream, 1)
             assert json.loads(events[0].data)["data"]["noteEvents"]["record"]["title"] == "for bob"
-        async with client.stream("GET", "/graphql", params={"query": NOTE_EVENTS},
-                                 headers={"accept": "text/event-stream",
-                                          "authorization": f"Bearer {token('ann', 'acme', ttl=1)}"}) as short:
+        async with client.stream(
+            "GET",
+            "/graphql",
+            params={"query": NOTE_EVENTS},
+            headers={"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme', ttl=1)}"},
+        ) as short:
             assert short.status_code == 200
             started = time.monotonic()
             async for _ in short.aiter_text():

@@ -22,9 +22,9 @@ import jwt
 import pytest
 import websockets
 
-from tidings import Rules, collection
 from tests.conftest import Server, make_server
 from tests.wsclient import WS
+from tidings import Rules, collection
 
 SECRET = "fanout-test-secret-0123456789-abcdefghij"
 
@@ -56,7 +56,12 @@ class User:
         return record["account"] == self.account and (record["public"] or record["owner"] == self.sub)
 
 
-ALICE, BOB, CAROL, ROOT = User("alice", "acme"), User("bob", "acme"), User("carol", "globex"), User("root", "ops", "root")
+ALICE, BOB, CAROL, ROOT = (
+    User("alice", "acme"),
+    User("bob", "acme"),
+    User("carol", "globex"),
+    User("root", "ops", "root"),
+)
 
 
 @dataclass(frozen=True)
@@ -71,35 +76,61 @@ class Change:
 # Three ways to ask for the same events: plain, aliased, and through fragments.
 # Each maps an event, as the subscriber may see it, to the exact `data` it must get.
 def plain(c: Change, match: str, record: dict[str, Any], previous: dict[str, Any], changed: list[str]) -> Any:
-    return {"cardEvents": {"operation": c.operation, "seq": str(c.seq), "match": match,
-                           "record": {"id": record["id"], "title": record["title"], "points": record["points"]}}}
+    return {
+        "cardEvents": {
+            "operation": c.operation,
+            "seq": str(c.seq),
+            "match": match,
+            "record": {"id": record["id"], "title": record["title"], "points": record["points"]},
+        }
+    }
 
 
 def aliased(c: Change, match: str, record: dict[str, Any], previous: dict[str, Any], changed: list[str]) -> Any:
-    return {"e": {"op": c.operation, "n": str(c.seq),
-                  "r": {"t": record["title"], "p": record["points"], "o": record["owner"]}}}
+    return {
+        "e": {
+            "op": c.operation,
+            "n": str(c.seq),
+            "r": {"t": record["title"], "p": record["points"], "o": record["owner"]},
+        }
+    }
 
 
 def fragments(c: Change, match: str, record: dict[str, Any], previous: dict[str, Any], changed: list[str]) -> Any:
-    return {"cardEvents": {"match": match, "record": {"title": record["title"], "public": record["public"]},
-                           "previous": {"points": previous.get("points"), "public": previous.get("public")},
-                           "changedFields": changed}}
+    return {
+        "cardEvents": {
+            "match": match,
+            "record": {"title": record["title"], "public": record["public"]},
+            "previous": {"points": previous.get("points"), "public": previous.get("public")},
+            "changedFields": changed,
+        }
+    }
 
 
 DOCUMENTS: dict[str, tuple[str, Callable[..., Any]]] = {
-    "plain": ("subscription($b: String!) { cardEvents(where: {board: {eq: $b}}) "
-              "{ operation seq match record { id title points } } }", plain),
-    "aliased": ("subscription Aliased($b: String!) { e: cardEvents(where: {board: {eq: $b}}) "
-                "{ op: operation n: seq r: record { t: title p: points o: owner } } }", aliased),
-    "fragments": ("fragment C on Card { title public } "
-                  "fragment E on CardEvent { changedFields previous { points public } } "
-                  "subscription Frag($b: String!) { cardEvents(where: {board: {eq: $b}}) "
-                  "{ ... on CardEvent { match } record { ...C } ...E } }", fragments),
+    "plain": (
+        "subscription($b: String!) { cardEvents(where: {board: {eq: $b}}) "
+        "{ operation seq match record { id title points } } }",
+        plain,
+    ),
+    "aliased": (
+        "subscription Aliased($b: String!) { e: cardEvents(where: {board: {eq: $b}}) "
+        "{ op: operation n: seq r: record { t: title p: points o: owner } } }",
+        aliased,
+    ),
+    "fragments": (
+        "fragment C on Card { title public } "
+        "fragment E on CardEvent { changedFields previous { points public } } "
+        "subscription Frag($b: String!) { cardEvents(where: {board: {eq: $b}}) "
+        "{ ... on CardEvent { match } record { ...C } ...E } }",
+        fragments,
+    ),
 }
 
 
 def expected_data(doc: str, board: str, user: User, change: Change) -> Any | None:
     """What one subscriber must receive for one change, worked out from first principles."""
+
     def in_view(r: dict[str, Any] | None) -> bool:
         return r is not None and user.may_read(r) and r["board"] == board
 
@@ -129,8 +160,9 @@ class Board:
         self.changes: list[Change] = []
 
     async def _call(self, user: User, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        r = await self.http.post("/graphql", json={"query": query, "variables": variables},
-                                 headers={"authorization": f"Bearer {user.token}"})
+        r = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables}, headers={"authorization": f"Bearer {user.token}"}
+        )
         body = r.json()
         assert r.status_code == 200 and "errors" not in body, body
         return dict(next(iter(body["data"].values())))
@@ -139,8 +171,11 @@ class Board:
         return {**data, "account": user.account}
 
     async def create(self, user: User, **values: Any) -> str:
-        data = await self._call(user, "mutation($i: CreateCardInput!) { createCard(input: $i) "
-                                      "{ id title board owner public points } }", {"i": values})
+        data = await self._call(
+            user,
+            "mutation($i: CreateCardInput!) { createCard(input: $i) { id title board owner public points } }",
+            {"i": values},
+        )
         after = self._record(data, user)
         self.records[after["id"]] = after
         self.changes.append(Change(len(self.changes) + 1, "CREATED", None, after, FIELDS))
@@ -148,12 +183,23 @@ class Board:
 
     async def update(self, user: User, id_: str, **values: Any) -> None:
         before = self.records[id_]
-        data = await self._call(user, "mutation($id: ID!, $i: UpdateCardInput!) { updateCard(id: $id, input: $i) "
-                                      "{ id title board owner public points } }", {"id": id_, "i": values})
+        data = await self._call(
+            user,
+            "mutation($id: ID!, $i: UpdateCardInput!) { updateCard(id: $id, input: $i) "
+            "{ id title board owner public points } }",
+            {"id": id_, "i": values},
+        )
         after = {**self._record(data, user), "account": before["account"]}
         self.records[id_] = after
-        self.changes.append(Change(len(self.changes) + 1, "UPDATED", before, after,
-                                   tuple(k for k in FIELDS if k in values and before[k] != values[k])))
+        self.changes.append(
+            Change(
+                len(self.changes) + 1,
+                "UPDATED",
+                before,
+                after,
+                tuple(k for k in FIELDS if k in values and before[k] != values[k]),
+            )
+        )
 
     async def delete(self, user: User, id_: str) -> None:
         await self._call(user, "mutation($id: ID!) { deleteCard(id: $id) { id } }", {"id": id_})
@@ -200,14 +246,14 @@ async def test_grouped_delivery_gives_each_subscriber_what_it_alone_would_get(ca
         b = Board(http)
         c1 = await b.create(ALICE, title="private", board="x", owner="alice", points=1)
         c2 = await b.create(BOB, title="shared", board="x", owner="bob", public=True)
-        await b.update(ALICE, c1, public=True)            # bob: ENTERED (now readable)
-        await b.update(BOB, c2, points=5)                 # STAYED for acme readers of x
-        await b.update(ALICE, c1, board="y")              # x: LEFT, y: ENTERED
+        await b.update(ALICE, c1, public=True)  # bob: ENTERED (now readable)
+        await b.update(BOB, c2, points=5)  # STAYED for acme readers of x
+        await b.update(ALICE, c1, board="y")  # x: LEFT, y: ENTERED
         c3 = await b.create(CAROL, title="elsewhere", board="x", public=True)
         await b.update(BOB, c2, public=False, title="mine")  # alice: LEFT by permission, bob: STAYED
         await b.update(CAROL, c3, points=2)
-        await b.delete(ALICE, c1)                         # y: LEFT
-        await b.delete(BOB, c2)                           # bob and root: LEFT
+        await b.delete(ALICE, c1)  # y: LEFT
+        await b.delete(BOB, c2)  # bob and root: LEFT
 
     expected_total = 0
     for (user, copy), ws in conns.items():
@@ -232,6 +278,9 @@ async def test_grouped_delivery_gives_each_subscriber_what_it_alone_would_get(ca
     assert expected_total > 4 * len(conns)
 
 
+CREATE_MESSAGE = 'mutation($b: String!) { createMessage(input: {room: "r", author: "a", body: $b}) { id } }'
+
+
 def _slow_socket(port: int) -> socket.socket:
     """A client socket with a tiny receive buffer, so an unread stream backs up fast."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -244,13 +293,18 @@ def _slow_socket(port: int) -> socket.socket:
 async def test_a_client_that_stops_reading_is_closed_4008_and_others_keep_receiving(tmp_path: Path) -> None:
     server = make_server(tmp_path, queue_messages=20, queue_bytes=200_000)
     try:
-        query = "subscription { messageEvents(where: {room: {eq: \"r\"}}) { seq record { body } } }"
+        query = 'subscription { messageEvents(where: {room: {eq: "r"}}) { seq record { body } } }'
         fast = [await WS.open(server.ws_url) for _ in range(2)]
         for ws in fast:
             assert (await ws.init())["type"] == "connection_ack"
             await ws.subscribe("1", query)
-        slow_conn = await websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                                             sock=_slow_socket(server.port), max_queue=1, max_size=2**22)
+        slow_conn = await websockets.connect(
+            server.ws_url,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+            sock=_slow_socket(server.port),
+            max_queue=1,
+            max_size=2**22,
+        )
         slow = WS(slow_conn)
         assert (await slow.init())["type"] == "connection_ack"
         await slow.subscribe("1", query)
@@ -260,9 +314,13 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_others_keep_receiv
         body, events = secrets.token_urlsafe(24_000), 150
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             for i in range(events):
-                r = await http.post("/graphql", json={
-                    "query": "mutation($b: String!) { createMessage(input: {room: \"r\", author: \"a\", body: $b}) { id } }",
-                    "variables": {"b": f"{i:04d}{body}"}})
+                r = await http.post(
+                    "/graphql",
+                    json={
+                        "query": CREATE_MESSAGE,
+                        "variables": {"b": f"{i:04d}{body}"},
+                    },
+                )
                 assert "errors" not in r.json()
         # The others got every event, in order, while the slow one was being cut off.
         for ws in fast:

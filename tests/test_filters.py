@@ -43,18 +43,29 @@ FIELDS = {
 
 metadata = sa.MetaData()
 TABLE = sa.Table(
-    "things", metadata,
+    "things",
+    metadata,
     sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("name", sa.Text), sa.Column("note", sa.Text), sa.Column("n", sa.BigInteger), sa.Column("x", sa.Float),
-    sa.Column("flag", sa.Boolean), sa.Column("at", UTCDateTime()), sa.Column("doc", sa.JSON(none_as_null=True)),
+    sa.Column("name", sa.Text),
+    sa.Column("note", sa.Text),
+    sa.Column("n", sa.BigInteger),
+    sa.Column("x", sa.Float),
+    sa.Column("flag", sa.Boolean),
+    sa.Column("at", UTCDateTime()),
+    sa.Column("doc", sa.JSON(none_as_null=True)),
     sa.Column("level", sa.Text),
 )
 
 
 def test_parse_ands_fields_and_ops_and_skips_nulls() -> None:
     f = parse_filter({"n": {"gt": 1, "lte": 5, "eq": None}, "name": {"eq": "a"}}, FIELDS)
-    assert f == And((Compare("n", FieldKind.INT, Op.GT, 1), Compare("n", FieldKind.INT, Op.LTE, 5),
-                     Compare("name", FieldKind.STRING, Op.EQ, "a")))
+    assert f == And(
+        (
+            Compare("n", FieldKind.INT, Op.GT, 1),
+            Compare("n", FieldKind.INT, Op.LTE, 5),
+            Compare("name", FieldKind.STRING, Op.EQ, "a"),
+        )
+    )
     assert parse_filter(None, FIELDS) == MATCH_ALL
     assert parse_filter({}, FIELDS) == MATCH_ALL
     nested = parse_filter({"OR": [{"n": {"eq": 1}}, {"NOT": {"flag": {"eq": True}}}]}, FIELDS)
@@ -118,14 +129,29 @@ def nullable(s: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(st.none(), s)
 
 
-RECORD = st.fixed_dictionaries({
-    "name": nullable(TEXT), "note": nullable(TEXT), "n": nullable(INTS), "x": nullable(FLOATS),
-    "flag": nullable(st.booleans()), "at": nullable(TIMES), "doc": nullable(st.sampled_from([{"a": 1}, [1], "s"])),
-    "level": nullable(LEVELS),
-})
+RECORD = st.fixed_dictionaries(
+    {
+        "name": nullable(TEXT),
+        "note": nullable(TEXT),
+        "n": nullable(INTS),
+        "x": nullable(FLOATS),
+        "flag": nullable(st.booleans()),
+        "at": nullable(TIMES),
+        "doc": nullable(st.sampled_from([{"a": 1}, [1], "s"])),
+        "level": nullable(LEVELS),
+    }
+)
 
-VALUES = {"name": TEXT, "note": TEXT, "n": INTS, "x": FLOATS, "flag": st.booleans(), "at": TIMES, "level": LEVELS,
-          "id": st.sampled_from(["r0", "r1", "r2", "zz"])}
+VALUES = {
+    "name": TEXT,
+    "note": TEXT,
+    "n": INTS,
+    "x": FLOATS,
+    "flag": st.booleans(),
+    "at": TIMES,
+    "level": LEVELS,
+    "id": st.sampled_from(["r0", "r1", "r2", "zz"]),
+}
 
 
 @st.composite
@@ -175,7 +201,9 @@ def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> sa.Engine:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=st.lists(RECORD, max_size=6), where=WHERE)
-def test_sql_and_python_agree_on_sqlite(sqlite_engine: sa.Engine, records: list[dict[str, Any]], where: dict[str, Any]) -> None:
+def test_sql_and_python_agree_on_sqlite(
+    sqlite_engine: sa.Engine, records: list[dict[str, Any]], where: dict[str, Any]
+) -> None:
     check_agreement(sqlite_engine, "sqlite", records, where)
 
 

@@ -48,8 +48,11 @@ async def test_query_by_id_and_list_with_filter_order_limit(http: httpx.AsyncCli
         {"title": "t2", "priority": 2, "tags": {"n": 2}},
     ]
     assert body["extensions"]["seq"] == "4"
-    body = await gql_post(http, """{ tasks(where: {OR: [{title: {eq: "t0"}}, {NOT: {priority: {lt: 3}}}]},
-                                          orderBy: [{title: ASC}], offset: 1) { title } }""")
+    body = await gql_post(
+        http,
+        """{ tasks(where: {OR: [{title: {eq: "t0"}}, {NOT: {priority: {lt: 3}}}]},
+                                          orderBy: [{title: ASC}], offset: 1) { title } }""",
+    )
     assert body["data"]["tasks"] == [{"title": "t3"}]
     first = (await gql_post(http, "{ tasks(limit: 1) { id title } }"))["data"]["tasks"][0]
     one = await gql_post(http, "query($id: ID!) { task(id: $id) { title } }", {"id": first["id"]})
@@ -67,7 +70,8 @@ async def test_update_with_expected_version_conflict(http: httpx.AsyncClient) ->
     stale = await gql_post(http, update, {"id": task["id"], "v": 1})
     assert stale["errors"][0]["extensions"] == {"code": "CONFLICT", "currentVersion": 2}
     cleared = await gql_post(
-        http, 'mutation($id: ID!) { updateTask(id: $id, input: {assignedTo: null}) { assignedTo version } }',
+        http,
+        "mutation($id: ID!) { updateTask(id: $id, input: {assignedTo: null}) { assignedTo version } }",
         {"id": task["id"]},
     )
     assert cleared["data"]["updateTask"] == {"assignedTo": None, "version": 3}
@@ -94,8 +98,8 @@ async def test_errors_have_stable_codes_and_write_nothing(http: httpx.AsyncClien
 
 async def test_delete_returns_last_state_and_writes_event_log(server: Server, http: httpx.AsyncClient) -> None:
     task = await create_task(http, title="gone")
-    await gql_post(http, 'mutation($id: ID!) { updateTask(id: $id, input: {priority: 5}) { id } }', {"id": task["id"]})
-    deleted = await gql_post(http, 'mutation($id: ID!) { deleteTask(id: $id) { title priority } }', {"id": task["id"]})
+    await gql_post(http, "mutation($id: ID!) { updateTask(id: $id, input: {priority: 5}) { id } }", {"id": task["id"]})
+    deleted = await gql_post(http, "mutation($id: ID!) { deleteTask(id: $id) { title priority } }", {"id": task["id"]})
     assert deleted["data"]["deleteTask"] == {"title": "gone", "priority": 5}
     events = server.call(server.tidings.store.read_events(0))
     assert [(e.seq, e.operation.value, e.record_id) for e in events] == [
@@ -125,7 +129,9 @@ async def test_gql_client_queries_and_mutations(server: Server) -> None:
 
 async def test_concurrent_updates_keep_versions_consistent(http: httpx.AsyncClient) -> None:
     task = await create_task(http, title="race")
-    update = 'mutation($id: ID!, $p: Int!) { updateTask(id: $id, input: {priority: $p}, expectedVersion: 1) { version } }'
+    update = (
+        "mutation($id: ID!, $p: Int!) { updateTask(id: $id, input: {priority: $p}, expectedVersion: 1) { version } }"
+    )
     results = await asyncio.gather(*(gql_post(http, update, {"id": task["id"], "p": i + 1}) for i in range(5)))
     winners = [r for r in results if "errors" not in r]
     assert len(winners) == 1

@@ -80,10 +80,22 @@ class NodeRun:
 async def node_client(node: str, client: str, server: Server, count: int, kind: str) -> AsyncIterator[NodeRun]:
     """Start one interop script; on exit from the block, wait for it (bounded) and collect its output."""
     proc = await asyncio.create_subprocess_exec(
-        node, f"{client}.mjs", "--url", server.url, "--count", str(count), "--kind", kind,
-        "--timeout", str(SCRIPT_TIMEOUT_MS), "--linger", "300",
-        cwd=INTEROP, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        node,
+        f"{client}.mjs",
+        "--url",
+        server.url,
+        "--count",
+        str(count),
+        "--kind",
+        kind,
+        "--timeout",
+        str(SCRIPT_TIMEOUT_MS),
+        "--linger",
+        "300",
+        cwd=INTEROP,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     run = NodeRun(proc)
 
@@ -122,8 +134,9 @@ async def wait_ready(server: Server, runs: list[NodeRun], timeout: float = 10.0)
         remaining = deadline - asyncio.get_running_loop().time()
         waiter = asyncio.ensure_future(run.ready.wait())
         exited = asyncio.ensure_future(run.proc.wait())
-        done, _ = await asyncio.wait({waiter, exited}, timeout=max(remaining, 0.01),
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, exited}, timeout=max(remaining, 0.01), return_when=asyncio.FIRST_COMPLETED
+        )
         waiter.cancel()
         exited.cancel()
         if waiter not in done:
@@ -162,13 +175,19 @@ class Kind:
 
 KINDS = {
     "task": Kind(
-        "task", "Task", ("title", "status", "priority", "assignedTo", "dueAt", "tags"),
-        ("id", "title", "status", "priority", "version"), ("title", "status", "priority"),
+        "task",
+        "Task",
+        ("title", "status", "priority", "assignedTo", "dueAt", "tags"),
+        ("id", "title", "status", "priority", "version"),
+        ("title", "status", "priority"),
         lambda r: r["status"] == "open",
     ),
     "message": Kind(
-        "message", "Message", ("room", "author", "body"),
-        ("id", "room", "author", "body", "version"), ("room", "author", "body"),
+        "message",
+        "Message",
+        ("room", "author", "body"),
+        ("id", "room", "author", "body", "version"),
+        ("room", "author", "body"),
         lambda r: r["room"] == "r1",
     ),
 }
@@ -219,8 +238,9 @@ class Board:
         assert last == self.records[id_]
         self._event("DELETED", last, None, [])
 
-    def _event(self, operation: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-               changed: list[str]) -> None:
+    def _event(
+        self, operation: str, before: dict[str, Any] | None, after: dict[str, Any] | None, changed: list[str]
+    ) -> None:
         self.seq += 1
         record = after if after is not None else before
         assert record is not None
@@ -234,17 +254,19 @@ class Board:
             return
         match = "STAYED" if was and now else "ENTERED" if now else "LEFT"
         previous = {f: (before[f] if before is not None and f in changed else None) for f in self.kind.previous}
-        self.expected.append({
-            "__typename": f"{self.kind.type}Event",
-            "operation": operation,
-            "seq": str(self.seq),
-            "id": record["id"],
-            "match": match,
-            "changedFields": changed,
-            "actor": None,
-            "previous": {"__typename": f"{self.kind.type}Previous", **previous},
-            "record": {"__typename": self.kind.type, **record},
-        })
+        self.expected.append(
+            {
+                "__typename": f"{self.kind.type}Event",
+                "operation": operation,
+                "seq": str(self.seq),
+                "id": record["id"],
+                "match": match,
+                "changedFields": changed,
+                "actor": None,
+                "previous": {"__typename": f"{self.kind.type}Previous", **previous},
+                "record": {"__typename": self.kind.type, **record},
+            }
+        )
 
     async def play(self) -> list[Any]:
         """The scenario for this kind; returns what the follow-up query must answer."""
@@ -259,8 +281,8 @@ class Board:
             await self.delete(other)  # DELETED, LEFT
             await self.delete(a)  # was closed: nothing
             await self.create(title="c", status="closed")  # nothing
-            z = await self.create(title="z ✓ \"quoted\"\nline", status="open")  # ENTERED, last
-            return [{"__typename": "Task", "id": z, "title": "z ✓ \"quoted\"\nline", "status": "open"}]
+            z = await self.create(title='z ✓ "quoted"\nline', status="open")  # ENTERED, last
+            return [{"__typename": "Task", "id": z, "title": 'z ✓ "quoted"\nline', "status": "open"}]
         m1 = await self.create(room="r1", author="ann", body="hello")  # ENTERED
         m2 = await self.create(room="r2", author="bob", body="elsewhere")  # nothing
         await self.update(m1, body="héllo\nwörld ✓ data: x\n\nevent: y")  # STAYED (SSE-hostile text)

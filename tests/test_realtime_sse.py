@@ -17,7 +17,9 @@ SUB = 'subscription { taskEvents(where: {status: {eq: "open"}}) { operation seq 
 
 async def read_events(response: httpx.Response, count: int, timeout: float = 5.0) -> list[Any]:
     # One parser and one iterator per response, so a test may read in several steps.
-    state = response.extensions.setdefault("tidings.sse", {"parser": SSEParser(), "chunks": response.aiter_text(), "backlog": []})
+    state = response.extensions.setdefault(
+        "tidings.sse", {"parser": SSEParser(), "chunks": response.aiter_text(), "backlog": []}
+    )
     events: list[Any] = state["backlog"]
 
     async def pump() -> None:
@@ -32,9 +34,12 @@ async def read_events(response: httpx.Response, count: int, timeout: float = 5.0
 
 
 async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server, http: httpx.AsyncClient) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client, stream_client.stream(
-        "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream"}
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client,
+        stream_client.stream(
+            "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream"}
+        ) as response,
+    ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         await wait_subscribed(server, 1)
@@ -50,7 +55,9 @@ async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server
 async def test_distinct_mode_post_and_validation_error_on_stream(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         async with client.stream(
-            "POST", "/graphql", json={"query": "subscription { taskEvents { nope } }"},
+            "POST",
+            "/graphql",
+            json={"query": "subscription { taskEvents { nope } }"},
             headers={"accept": "text/event-stream"},
         ) as response:
             assert response.status_code == 200
@@ -58,13 +65,14 @@ async def test_distinct_mode_post_and_validation_error_on_stream(server: Server)
         assert [e.event for e in events] == ["next", "complete"]
         assert json.loads(events[0].data)["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
         async with client.stream(
-            "POST", "/graphql", json={"query": '{ tasks { title } }'}, headers={"accept": "text/event-stream"}
+            "POST", "/graphql", json={"query": "{ tasks { title } }"}, headers={"accept": "text/event-stream"}
         ) as response:
             events = await read_events(response, 2)
         assert json.loads(events[0].data)["data"] == {"tasks": []}
         assert events[1].event == "complete"
         get_mutation = await client.get(
-            "/graphql", params={"query": 'mutation { deleteTask(id: "x") { id } }'},
+            "/graphql",
+            params={"query": 'mutation { deleteTask(id: "x") { id } }'},
             headers={"accept": "text/event-stream"},
         )
         assert get_mutation.status_code == 405
@@ -74,9 +82,12 @@ async def test_last_event_id_resumes(server: Server, http: httpx.AsyncClient) ->
     first = await create(http, title="a", status="open")
     await create(http, title="b", status="open")
     await update(http, first, title="a2")
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client, client.stream(
-        "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream", "last-event-id": "1"}
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        client.stream(
+            "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream", "last-event-id": "1"}
+        ) as response,
+    ):
         events = await read_events(response, 2)
     titles = [json.loads(e.data)["data"]["taskEvents"]["record"]["title"] for e in events]
     assert titles == ["b", "a2"]
@@ -103,7 +114,8 @@ async def test_single_connection_mode_reservation_flow(server: Server, http: htt
             )
             assert run.status_code == 202
             unknown = await client.post(
-                "/graphql", json={"query": SUB, "extensions": {"operationId": "x"}},
+                "/graphql",
+                json={"query": SUB, "extensions": {"operationId": "x"}},
                 headers={"x-graphql-event-stream-token": "nope"},
             )
             assert unknown.status_code == 404

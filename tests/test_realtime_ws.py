@@ -32,8 +32,11 @@ async def create(http: httpx.AsyncClient, **fields: Any) -> str:
 
 
 async def update(http: httpx.AsyncClient, id_: str, **fields: Any) -> None:
-    await mutate(http, "mutation($id: ID!, $i: UpdateTaskInput!) { updateTask(id: $id, input: $i) { id } }",
-                 {"id": id_, "i": fields})
+    await mutate(
+        http,
+        "mutation($id: ID!, $i: UpdateTaskInput!) { updateTask(id: $id, input: $i) { id } }",
+        {"id": id_, "i": fields},
+    )
 
 
 async def delete(http: httpx.AsyncClient, id_: str) -> None:
@@ -61,8 +64,14 @@ async def test_filtered_subscription_sees_entered_stayed_left(server: Server, ht
     await update(http, other, status="open")
     await delete(http, other)
     got = [(await ws.recv()) for _ in range(5)]
-    summary = [(m["payload"]["data"]["taskEvents"]["operation"], m["payload"]["data"]["taskEvents"]["match"],
-                m["payload"]["data"]["taskEvents"]["record"]["title"]) for m in got]
+    summary = [
+        (
+            m["payload"]["data"]["taskEvents"]["operation"],
+            m["payload"]["data"]["taskEvents"]["match"],
+            m["payload"]["data"]["taskEvents"]["record"]["title"],
+        )
+        for m in got
+    ]
     assert summary == [
         ("CREATED", "ENTERED", "a"),
         ("UPDATED", "STAYED", "a"),
@@ -228,7 +237,9 @@ async def test_gql_client_receives_filtered_events(server: Server, http: httpx.A
     transport = WebsocketsTransport(url=server.ws_url, subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
     received: list[dict[str, Any]] = []
     async with Client(transport=transport) as session:
-        query = gql("""subscription { taskEvents(where: {priority: {gte: 5}}) { operation record { title priority } } }""")
+        query = gql(
+            """subscription { taskEvents(where: {priority: {gte: 5}}) { operation record { title priority } } }"""
+        )
 
         async def consume() -> None:
             async for result in session.subscribe(query):

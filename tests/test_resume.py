@@ -18,7 +18,9 @@ from tidings.pubsub import MemoryBroker
 SUB = """subscription($after: String) {
   messageEvents(where: {room: {eq: "r1"}}, after: $after) { seq operation record { body } }
 }"""
-CREATE = 'mutation($room: String!, $body: String!) { createMessage(input: {room: $room, author: "a", body: $body}) { id } }'
+CREATE = (
+    'mutation($room: String!, $body: String!) { createMessage(input: {room: $room, author: "a", body: $body}) { id } }'
+)
 
 
 async def post_many(http: httpx.AsyncClient, bodies: list[tuple[str, str]], concurrency: int = 8) -> None:
@@ -34,8 +36,10 @@ async def post_many(http: httpx.AsyncClient, bodies: list[tuple[str, str]], conc
 
 
 def events_of(messages: list[dict[str, Any]]) -> list[tuple[int, str]]:
-    return [(int(m["payload"]["data"]["messageEvents"]["seq"]), m["payload"]["data"]["messageEvents"]["record"]["body"])
-            for m in messages]
+    return [
+        (int(m["payload"]["data"]["messageEvents"]["seq"]), m["payload"]["data"]["messageEvents"]["record"]["body"])
+        for m in messages
+    ]
 
 
 async def test_reconnect_with_after_replays_exactly_what_was_missed_then_goes_live(
@@ -65,7 +69,9 @@ async def test_reconnect_with_after_replays_exactly_what_was_missed_then_goes_li
     await ws.close()
 
 
-async def test_resume_while_writes_continue_has_no_gap_and_no_duplicate(server: Server, http: httpx.AsyncClient) -> None:
+async def test_resume_while_writes_continue_has_no_gap_and_no_duplicate(
+    server: Server, http: httpx.AsyncClient
+) -> None:
     await post_many(http, [("r1", f"old{i}") for i in range(200)])
     writer = asyncio.create_task(post_many(http, [("r1", f"new{i}") for i in range(300)], concurrency=4))
     await asyncio.sleep(0.05)
@@ -100,9 +106,12 @@ async def test_query_seq_then_subscribe_after_misses_nothing(server: Server, htt
 async def test_sse_last_event_id_resumes_after_a_thousand_changes(server: Server, http: httpx.AsyncClient) -> None:
     await post_many(http, [("r1", "seen")])
     await post_many(http, [("r1" if i % 2 else "r2", f"m{i}") for i in range(1000)])
-    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client, client.stream(
-        "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream", "last-event-id": "1"}
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=20) as client,
+        client.stream(
+            "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream", "last-event-id": "1"}
+        ) as response,
+    ):
         events = await read_events(response, 500, timeout=20)
         log = server.call(server.tidings.store.read_events(1, None, 5000))
         expected = [(e.seq, e.record["body"]) for e in log if e.record["room"] == "r1"]

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.backends import fresh_database
 from tidings.errors import Conflict, NotFound
 from tidings.events import Operation
 from tidings.filters import MATCH_ALL, parse_filter
+from tidings.realtime import doorbell
 from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
-from tidings.realtime import doorbell
 from tidings.store import Store
-from tests.backends import fresh_database
 
 TASK, MESSAGE = collections_from(COLLECTIONS)
 
@@ -45,7 +45,9 @@ async def test_create_update_delete_write_one_event_each(store: Store) -> None:
     assert event is not None and event.seq == 2
     assert event.changed_fields == ("priority",) and event.previous == {"priority": 0}
     assert updated["version"] == 2
-    same, nothing = await store.update(TASK, record["id"], {"priority": 4}, expected_version=None, guard=MATCH_ALL, actor=None)
+    same, nothing = await store.update(
+        TASK, record["id"], {"priority": 4}, expected_version=None, guard=MATCH_ALL, actor=None
+    )
     assert nothing is None and same["version"] == 2
     with pytest.raises(Conflict) as info:
         await store.update(TASK, record["id"], {"priority": 5}, expected_version=1, guard=MATCH_ALL, actor=None)
@@ -55,7 +57,11 @@ async def test_create_update_delete_write_one_event_each(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.delete(TASK, record["id"], guard=MATCH_ALL, actor=None)
     log = await store.read_events(0)
-    assert [(e.seq, e.operation) for e in log] == [(1, Operation.CREATED), (2, Operation.UPDATED), (3, Operation.DELETED)]
+    assert [(e.seq, e.operation) for e in log] == [
+        (1, Operation.CREATED),
+        (2, Operation.UPDATED),
+        (3, Operation.DELETED),
+    ]
     assert log[0].record["due_at"] == due
     assert await store.last_seq() == 3
     # What the store hands the dispatcher is what the log holds, and it crosses the broker intact.
@@ -83,8 +89,12 @@ async def test_guard_hides_records_from_reads_and_writes(store: Store) -> None:
 
 
 async def test_concurrent_writes_get_gapless_sequence_in_commit_order(store: Store) -> None:
-    await asyncio.gather(*(store.create(MESSAGE, {"room": "r", "author": "a", "body": str(i)}, account=None, actor=None)
-                           for i in range(40)))
+    await asyncio.gather(
+        *(
+            store.create(MESSAGE, {"room": "r", "author": "a", "body": str(i)}, account=None, actor=None)
+            for i in range(40)
+        )
+    )
     log = await store.read_events(0)
     assert [e.seq for e in log] == list(range(1, 41))
     assert sorted(e.record["body"] for e in log) == sorted(str(i) for i in range(40))
@@ -109,5 +119,5 @@ async def test_prune_keeps_the_newest_and_records_the_horizon(store: Store) -> N
     assert [e.seq for e in await store.read_events(0)] == [8, 9, 10]
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     assert await store.prune(keep_after=future) == 10
-    record, event = await store.create(MESSAGE, {"room": "r", "author": "a", "body": "after"}, account=None, actor=None)
+    _, event = await store.create(MESSAGE, {"room": "r", "author": "a", "body": "after"}, account=None, actor=None)
     assert event.seq == 11

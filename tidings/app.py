@@ -75,10 +75,14 @@ class Tidings:
         self.services = Services(
             store=self.store, publisher=self.dispatcher, authorizer=self.authorizer, max_limit=settings.max_limit
         )
-        self.engine = Engine(self.schema, self.services, self.dispatcher, self.collections, max_depth=settings.max_depth)
+        self.engine = Engine(
+            self.schema, self.services, self.dispatcher, self.collections, max_depth=settings.max_depth
+        )
         self.transport = TransportContext(settings, self.engine, self.authenticator)
         self.sse = SSEEndpoint(self.transport)
-        self.http = HTTPView(self.schema, graphql_ide="graphiql" if settings.graphiql else None, allow_queries_via_get=True)
+        self.http = HTTPView(
+            self.schema, graphql_ide="graphiql" if settings.graphiql else None, allow_queries_via_get=True
+        )
         self.http.services = self.services
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -119,7 +123,9 @@ class Tidings:
 
     async def prune(self) -> int:
         s = self.settings
-        keep_after = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=s.retention_seconds) if s.retention_seconds else None
+        keep_after = (
+            dt.datetime.now(dt.UTC) - dt.timedelta(seconds=s.retention_seconds) if s.retention_seconds else None
+        )
         return await self.store.prune(keep_after=keep_after, keep_last=s.retention_events or None)
 
     # -- ASGI --------------------------------------------------------------------
@@ -187,7 +193,11 @@ def create_app(
 
     cors = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     middleware = (
-        [Middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"])]
+        [
+            Middleware(
+                CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]
+            )
+        ]
         if cors
         else []
     )

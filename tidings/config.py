@@ -36,7 +36,9 @@ class Settings:
     claim_account: str = _field("account", "claim naming the tenant")
     claim_role: str = _field("role", "claim naming the role")
     admin_role: str | None = _field(None, "role that may read and write every account")
-    anonymous: str = _field("auto", "anonymous access: auto (on without a key), on, off, or a comma list of collections")
+    anonymous: str = _field(
+        "auto", "anonymous access: auto (on without a key), on, off, or a comma list of collections"
+    )
     allowed_origins: str = _field("*", "comma list of origins allowed to open WebSockets ('*' = any)")
     cors_origins: str = _field("", "comma list of origins allowed by CORS on HTTP and SSE ('*' = any)")
     # limits

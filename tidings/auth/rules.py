@@ -173,7 +173,7 @@ class Authorizer:
             if not principal.is_authenticated:
                 raise Unauthenticated(f"{collection}: {action.value} needs a bearer token")
             if rule.kind == "owner":
-                assert rule.column is not None  # noqa: S101
+                assert rule.column is not None
                 parts.append(Compare(rule.column, FieldKind.STRING, Op.EQ, principal.sub))
             elif rule.kind == "role":
                 if principal.role not in rule.roles:
@@ -191,11 +191,15 @@ class Authorizer:
         # A collection with an owner rule gets its owner field filled with the creator.
         for action in Action:
             rule = self._rules.get((collection.name, action))
-            if rule is not None and rule.kind == "owner" and rule.column and principal.sub:
-                if values.get(rule.column) is None:
-                    values[rule.column] = principal.sub
+            owner = rule.column if rule is not None and rule.kind == "owner" else None
+            if owner and principal.sub and values.get(owner) is None:
+                values[owner] = principal.sub
         guard = self.guard(collection.name, principal, Action.CREATE)
-        record = {**{f.name: f.default for f in collection.fields}, **values, "account": self.account_for_new(principal)}
+        record = {
+            **{f.name: f.default for f in collection.fields},
+            **values,
+            "account": self.account_for_new(principal),
+        }
         if not compile_predicate(guard)(record):
             raise Forbidden(f"{collection.name}: not allowed to create this record")
 

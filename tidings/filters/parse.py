@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 from collections.abc import Mapping
@@ -41,10 +42,8 @@ def _scalar(spec: FieldSpec, op: Op, value: Any) -> Any:
         ok = isinstance(value, bool)
     elif kind is FieldKind.DATETIME:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = dt.datetime.fromisoformat(value)
-            except ValueError:
-                pass
         ok = isinstance(value, dt.datetime)
         if ok:
             value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

@@ -26,7 +26,8 @@ def compile_sql(f: Filter, table: sa.Table, dialect: str) -> ColumnElement[bool]
 
 def _leaf(c: Compare, col: Any, dialect: str) -> ColumnElement[bool]:
     if c.op is Op.IS_NULL:
-        return col.is_(None) if c.value else col.is_not(None)
+        null_test: ColumnElement[bool] = col.is_(None) if c.value else col.is_not(None)
+        return null_test
     if c.kind is FieldKind.STRING and c.op in (Op.LT, Op.LTE, Op.GT, Op.GTE) and dialect == "postgresql":
         col = col.collate("C")
     v = c.value

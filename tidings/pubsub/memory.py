@@ -46,7 +46,7 @@ class MemoryBroker:
                 item = await queue.get()
                 if item is _CLOSED:
                     return
-                assert isinstance(item, bytes)  # noqa: S101 - only bytes are ever queued
+                assert isinstance(item, bytes)
                 yield item
         finally:
             self._queues[channel].discard(queue)

@@ -40,7 +40,7 @@ class RedisBroker:
                     yield item["data"]
         finally:
             await pubsub.unsubscribe(channel)
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         if self._client is not None:

@@ -32,7 +32,6 @@ from tidings.store import Store
 logger = logging.getLogger("tidings.realtime")
 
 
-
 class _Bucket:
     """The groups of one (collection, account), indexed."""
 
@@ -159,7 +158,7 @@ class Dispatcher:
     async def _consume(self, ready: asyncio.Event) -> None:
         messages = self.broker.subscribe(doorbell.CHANNEL)
         # Subscribe before announcing readiness so no doorbell rung after start is missed.
-        first = asyncio.ensure_future(anext(messages))  # type: ignore[arg-type]
+        first = asyncio.ensure_future(anext(messages))
         await asyncio.sleep(0)
         ready.set()
         try:
@@ -167,7 +166,7 @@ class Dispatcher:
             while True:
                 seq, event = doorbell.decode(message, self.store.collections)
                 await self._advance(seq, event)
-                message = await anext(messages)  # type: ignore[arg-type]
+                message = await anext(messages)
         except StopAsyncIteration:
             return
 
@@ -234,7 +233,7 @@ class Dispatcher:
         *,
         key: Hashable,
         selection: Selection,
-        executor: Executor,
+        executor: Executor[Any],
         account: Any,
         sink: Sink,
         op_id: str,
@@ -282,7 +281,9 @@ class Dispatcher:
                 # Pruned while we read: a partial replay would be a silent loss.
                 pruned = await self.store.pruned_through()
                 if pruned > after:
-                    raise CursorExpired(f"Events after seq {after} were pruned during replay", oldestSeq=str(pruned + 1))
+                    raise CursorExpired(
+                        f"Events after seq {after} were pruned during replay", oldestSeq=str(pruned + 1)
+                    )
         except BaseException:
             self.unsubscribe(subscriber)
             raise

@@ -141,7 +141,7 @@ class Engine:
         """The errors that keep a request from running (empty when it can run)."""
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
-            return [e.formatted for e in classify_all(list(parsed.errors))]
+            return [dict(e.formatted) for e in classify_all(list(parsed.errors))]
         if _find_operation(parsed.document, request.operation_name) is None:
             return [_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")]
         return []
@@ -160,14 +160,12 @@ class Engine:
         """Run one operation. ``after`` (an SSE Last-Event-ID) overrides the ``after`` argument."""
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
-            return Rejected([e.formatted for e in classify_all(list(parsed.errors))])
+            return Rejected([dict(e.formatted) for e in classify_all(list(parsed.errors))])
         operation = _find_operation(parsed.document, request.operation_name)
         if operation is None:
             return Rejected([_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")])
         if allow is not None and operation.operation not in allow:
-            return Rejected(
-                [_error(f"{operation.operation.value} operations are not allowed here", "BAD_USER_INPUT")]
-            )
+            return Rejected([_error(f"{operation.operation.value} operations are not allowed here", "BAD_USER_INPUT")])
         if operation.operation is not OperationType.SUBSCRIPTION:
             context = Context(self.services, principal=principal, connection=connection)
             result = await self.schema.execute(
@@ -205,11 +203,11 @@ class Engine:
             operation_name=request.operation_name,
         )
         if isinstance(built, list):
-            return Rejected([e.formatted for e in classify_all(built)])
+            return Rejected([dict(e.formatted) for e in classify_all(built)])
         node = _root_field(operation.selection_set, document)
         collection = self.by_field[node.name.value]
         subscription_type = self.schema._schema.subscription_type
-        assert subscription_type is not None  # noqa: S101 - the document validated against it
+        assert subscription_type is not None
         args = get_argument_values(subscription_type.fields[node.name.value], node, built.variable_values)
         authorizer = self.services.authorizer
         guard = authorizer.guard(collection.name, principal, Action.READ)

@@ -89,7 +89,7 @@ class Group:
         self,
         key: Hashable,
         selection: Selection,
-        executor: Executor,
+        executor: Executor[Any],
         index_terms: Mapping[str, Any],
     ) -> None:
         self.key = key

@@ -19,7 +19,7 @@ def input_to_dict(value: Any) -> Any:
         return value.value
     if has_object_definition(value):
         out: dict[str, Any] = {}
-        for f in value.__strawberry_definition__.fields:  # type: ignore[attr-defined]
+        for f in value.__strawberry_definition__.fields:
             v = getattr(value, f.python_name)
             if v is UNSET:
                 continue

@@ -66,9 +66,7 @@ def _check_input(coll: Collection, values: dict[str, Any], *, creating: bool) ->
     for name, value in values.items():
         f = coll.field_map[name]
         if value is None and not f.nullable:
-            raise BadUserInput(
-                f"Field '{f.graphql_name}' of {coll.name} cannot be null", field=f.graphql_name
-            )
+            raise BadUserInput(f"Field '{f.graphql_name}' of {coll.name} cannot be null", field=f.graphql_name)
     if creating:
         for f in coll.fields:
             if f.required and values.get(f.name) is None:
@@ -178,7 +176,9 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
             name=f"update{coll.name}",
             description=f"Change a {coll.name}; with expectedVersion, fails with CONFLICT if it moved on.",
         ),
-        strawberry.mutation(delete, name=f"delete{coll.name}", description=f"Delete a {coll.name}; returns its last state."),
+        strawberry.mutation(
+            delete, name=f"delete{coll.name}", description=f"Delete a {coll.name}; returns its last state."
+        ),
     ]
 
 
@@ -194,7 +194,7 @@ def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[A
     async def events(
         info: Info,
         where: Where | None = None,  # type: ignore[valid-type]
-        operations: list[operation_enum] | None = None,  # type: ignore[valid-type]
+        operations: list[operation_enum] | None = None,
         id: strawberry.ID | None = None,  # noqa: A002
         after: str | None = None,
     ) -> Any:

@@ -19,7 +19,9 @@ class TokenRenewal:
 async def renew_token(info: Info, token: str) -> TokenRenewal:
     ctx: Context = info.context
     if ctx.connection is None:
-        raise BadUserInput("renewToken renews a WebSocket connection's token; send it over that connection", field="token")
+        raise BadUserInput(
+            "renewToken renews a WebSocket connection's token; send it over that connection", field="token"
+        )
     principal = await ctx.connection.renew(token)
     expires = dt.datetime.fromtimestamp(principal.exp, dt.UTC) if principal.exp is not None else None
     return TokenRenewal(sub=principal.sub, account=principal.account, expires_at=expires)

@@ -60,6 +60,6 @@ def build_schema(
         mutation=create_type("Mutation", mutation_fields),
         subscription=create_type("Subscription", subscription_fields),
         config=StrawberryConfig(default_resolver=resolve_attribute),
-        extensions=extensions,  # type: ignore[arg-type]
+        extensions=extensions,
     )
     return schema, types

@@ -22,7 +22,7 @@ from tidings.filters import FieldKind, FieldSpec
 if typing.TYPE_CHECKING:
     from tidings.auth.rules import Rules
 
-__all__ = ["JSON", "MISSING", "Collection", "Field", "collection", "camel_case", "SYSTEM_FIELDS"]
+__all__ = ["JSON", "MISSING", "SYSTEM_FIELDS", "Collection", "Field", "camel_case", "collection"]
 
 
 class JSON:
@@ -126,7 +126,9 @@ def _field_from_annotation(name: str, annotation: Any, default: Any) -> Field:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         nullable = len(args) != len(typing.get_args(annotation))
         if len(args) != 1:
-            raise ConfigurationError(f"Field {name!r}: unions other than 'T | None' are not supported, got {annotation!r}")
+            raise ConfigurationError(
+                f"Field {name!r}: unions other than 'T | None' are not supported, got {annotation!r}"
+            )
         annotation = args[0]
     if annotation is JSON:
         return Field(name, FieldKind.JSON, nullable, default)
@@ -137,7 +139,8 @@ def _field_from_annotation(name: str, annotation: Any, default: Any) -> Field:
     kind = _SCALARS.get(annotation)
     if kind is None:
         raise ConfigurationError(
-            f"Field {name!r}: unsupported type {annotation!r}; expected str, int, float, bool, datetime, JSON or an Enum"
+            f"Field {name!r}: unsupported type {annotation!r}; "
+            "expected str, int, float, bool, datetime, JSON or an Enum"
         )
     return Field(name, kind, nullable, default)
 

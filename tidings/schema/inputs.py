@@ -136,8 +136,8 @@ def enum_filter(graphql_enum: Any, name: str) -> Any:
     cls.__annotations__ = {
         "eq": graphql_enum | None,
         "ne": graphql_enum | None,
-        "in_": list[graphql_enum] | None,  # type: ignore[valid-type]
-        "not_in": list[graphql_enum] | None,  # type: ignore[valid-type]
+        "in_": list[graphql_enum] | None,
+        "not_in": list[graphql_enum] | None,
         "is_null": bool | None,
     }
     for attr in ("eq", "ne", "not_in", "is_null"):

@@ -1,15 +1,15 @@
 """Collections declared in a TOML file, for no-code use.
 
-    [collections.Task]
-    plural = "tasks"                      # optional
-    [collections.Task.fields]
-    title = "String!"                     # '!' = required
-    status = { type = "String!", default = "pending" }
-    priority = { type = "Int", default = 0 }
-    level = { type = "Enum", values = ["LOW", "HIGH"], default = "LOW" }
-    [collections.Task.rules]              # optional; see tidings.auth.rules
-    read = "authenticated"
-    update = "owner:assignedTo"
+[collections.Task]
+plural = "tasks"                      # optional
+[collections.Task.fields]
+title = "String!"                     # '!' = required
+status = { type = "String!", default = "pending" }
+priority = { type = "Int", default = 0 }
+level = { type = "Enum", values = ["LOW", "HIGH"], default = "LOW" }
+[collections.Task.rules]              # optional; see tidings.auth.rules
+read = "authenticated"
+update = "owner:assignedTo"
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ def _field(collection: str, name: str, spec: Any) -> Field:
         values = spec.get("values")
         if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
             raise ConfigurationError(f"{collection}.{name}: an Enum needs 'values', a non-empty list of strings")
-        enum_type = enum.Enum(f"{collection}{name[:1].upper()}{name[1:]}", {v: v for v in values})  # type: ignore[misc]
+        made: type[enum.Enum] = enum.Enum(f"{collection}{name[:1].upper()}{name[1:]}", {v: v for v in values})  # type: ignore[misc]
+        enum_type = made
         if default is not MISSING:
-            default = enum_type(default)
+            default = made(default)
     if kind is FieldKind.DATETIME and isinstance(default, dt.datetime) and default.tzinfo is None:
         default = default.replace(tzinfo=dt.UTC)
     return Field(name=name, kind=kind, nullable=not required, default=default, enum=enum_type)

@@ -29,7 +29,7 @@ class CollectionTypes:
     order_by: Any
     create_input: Any
     update_input: Any
-    enums: dict[str, Any]
+    enums: dict[type[enum.Enum], Any]
 
 
 def _new_type(name: str, annotations: dict[str, Any], defaults: dict[str, Any]) -> type:
@@ -52,15 +52,17 @@ class TypeFactory:
 
     def scalar(self, field: Field) -> Any:
         if field.kind is FieldKind.ENUM:
-            assert field.enum is not None  # noqa: S101 - guaranteed by Field construction
+            assert field.enum is not None
             return self.graphql_enum(field.enum)
         return SCALARS[field.kind]
 
     def filter_input(self, field: Field) -> Any:
         if field.kind is FieldKind.ENUM:
-            assert field.enum is not None  # noqa: S101
+            assert field.enum is not None
             if field.enum not in self._enum_filters:
-                self._enum_filters[field.enum] = enum_filter(self.graphql_enum(field.enum), f"{field.enum.__name__}Filter")
+                self._enum_filters[field.enum] = enum_filter(
+                    self.graphql_enum(field.enum), f"{field.enum.__name__}Filter"
+                )
             return self._enum_filters[field.enum]
         return FILTER_INPUTS[field.kind]
 
@@ -120,9 +122,7 @@ class TypeFactory:
         where = strawberry.input(where_cls, description=f"Filter on {c.plural}; all given conditions must hold.")
 
         order_ann = {name: SortDirection | None for name in ("id", "created_at", "updated_at", "version")}
-        order_ann.update(
-            {f.name: SortDirection | None for f in c.fields if f.kind is not FieldKind.JSON}
-        )
+        order_ann.update({f.name: SortDirection | None for f in c.fields if f.kind is not FieldKind.JSON})
         order_by = strawberry.input(
             _new_type(f"{c.name}OrderBy", order_ann, dict.fromkeys(order_ann)),
             description="One sort key; give a list of these for several keys, in order.",

@@ -175,9 +175,7 @@ class Store:
             if keep_last is not None:
                 bound = max(bound, last - keep_last)
             if keep_after is not None:
-                old = (
-                    await conn.execute(sa.select(sa.func.max(ev.c.seq)).where(ev.c.timestamp < keep_after))
-                ).scalar()
+                old = (await conn.execute(sa.select(sa.func.max(ev.c.seq)).where(ev.c.timestamp < keep_after))).scalar()
                 bound = max(bound, int(old or 0))
             current = await self._pruned_through(conn)
             if bound <= current:
@@ -318,12 +316,12 @@ class Store:
 
     # -- decoding ------------------------------------------------------------
 
-    def decode_row(self, coll: Collection, row: Mapping[str, Any]) -> Record:
+    def decode_row(self, coll: Collection, row: Mapping[Any, Any]) -> Record:
         # Row keys are SQLAlchemy ``quoted_name`` (a str subclass); plain str keeps
         # records serializable by orjson, which accepts only exact str keys.
         return {str(k): v for k, v in row.items()}
 
-    def decode_event(self, row: Mapping[str, Any]) -> ChangeEvent:
+    def decode_event(self, row: Mapping[Any, Any]) -> ChangeEvent:
         coll = self.collections[row["collection"]]
         return ChangeEvent(
             seq=int(row["seq"]),

@@ -92,4 +92,4 @@ class Tables:
                 sa.Column("version", sa.BigInteger(), nullable=False),
             ]
             columns += [sa.Column(f.name, _column_type(f.kind), nullable=f.nullable) for f in c.fields]
-            self.by_collection[c.name] = sa.Table(c.table_name, self.metadata, *columns)
+            self.by_collection[c.name] = sa.Table(c.table_name, self.metadata, *columns)  # type: ignore[call-overload]

@@ -10,6 +10,7 @@ the server never holds more than the bound for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -64,7 +65,7 @@ class SendQueue:
                 frame = self._frames.popleft()
                 self._bytes -= len(frame)
                 await self._write(frame)
-        except Exception:  # noqa: BLE001 - the peer went away; the receive loop ends the connection
+        except Exception:
             self.close()
         finally:
             self._writer = None
@@ -73,10 +74,8 @@ class SendQueue:
         """Wait until every queued frame was written (or ``timeout``)."""
         writer = self._writer
         if writer is not None:
-            try:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(writer), timeout)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
 
     def close(self) -> None:
         """Drop what is queued and stop writing."""

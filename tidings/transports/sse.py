@@ -59,7 +59,13 @@ def _graphql_error(message: str, code: str) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
 
-async def respond(send: Any, status: int, body: Any, content_type: bytes = b"application/json", extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def respond(
+    send: Any,
+    status: int,
+    body: Any,
+    content_type: bytes = b"application/json",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     data = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else orjson.dumps(body)
     headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -123,7 +129,9 @@ class EventStream:
         if outcome is not None:
             self.ctx.engine.stop(outcome)
         if errors:
-            self._put(sse.encode_next(orjson.dumps({"errors": errors}).decode(), operation_id=op_id if self.single else None))
+            self._put(
+                sse.encode_next(orjson.dumps({"errors": errors}).decode(), operation_id=op_id if self.single else None)
+            )
         self._put(sse.encode_complete(operation_id=op_id if self.single else None))
         if not self.single:
             self.done.set()
@@ -295,11 +303,16 @@ class SSEEndpoint:
             self.single_streams[result] = stream
             await respond(send, 201, result.encode(), b"text/plain; charset=utf-8")
         elif kind is SingleConnectionRequest.OPEN_STREAM:
-            assert reservation is not None  # noqa: S101 - classify_request saw it
+            assert reservation is not None
             result = self.reservations.open_stream(reservation, owner, now)
             stream_obj = self.single_streams.get(reservation)
             if result is not StreamResult.OK or stream_obj is None:
-                await respond(send, status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND), b"", b"text/plain")
+                await respond(
+                    send,
+                    status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND),
+                    b"",
+                    b"text/plain",
+                )
                 return
             stream_obj._send = send
             stream_obj.watch_expiry(principal)
@@ -310,7 +323,7 @@ class SSEEndpoint:
                 self.reservations.close_stream(reservation)
                 self.single_streams.pop(reservation, None)
         elif kind is SingleConnectionRequest.EXECUTE:
-            assert reservation is not None  # noqa: S101
+            assert reservation is not None
             body = await _read_body(receive, self.ctx.settings.max_message_size) if method == "POST" else None
             request = _request_from(params, body)
             op_id = str((request.extensions or {}).get("operationId") or params.get("operationId") or "")
@@ -323,12 +336,17 @@ class SSEEndpoint:
                 raise HTTPError(400, {"errors": outcome})
             result = self.reservations.add_operation(reservation, op_id, owner, now=now)
             if result is not StreamResult.OK or stream_obj is None:
-                await respond(send, status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND), b"", b"text/plain")
+                await respond(
+                    send,
+                    status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND),
+                    b"",
+                    b"text/plain",
+                )
                 return
             stream_obj.start(request, op_id, principal)
             await respond(send, 202, b"", b"text/plain")
         elif kind is SingleConnectionRequest.STOP:
-            assert reservation is not None  # noqa: S101
+            assert reservation is not None
             op_id = params.get("operationId", "")
             result = self.reservations.stop_operation(reservation, op_id, owner)
             stream_obj = self.single_streams.get(reservation)

@@ -132,7 +132,9 @@ class WebSocketConnection:
             principal = self.ctx.authenticator.optional(token_from_init(payload))
             self.ctx.engine.services.authorizer.check_connect(principal)
         except TidingsError as exc:
-            await self._run(self.protocol.reject(close_reason(exc.message) if isinstance(exc, Unauthenticated) else "Forbidden"))
+            await self._run(
+                self.protocol.reject(close_reason(exc.message) if isinstance(exc, Unauthenticated) else "Forbidden")
+            )
             return
         self._set_principal(principal)
         await self._run(self.protocol.acknowledge())
