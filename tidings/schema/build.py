@@ -7,7 +7,12 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
 from strawberry.types import ExecutionContext
@@ -49,11 +54,17 @@ def build_schema(
         query_fields += build_query_fields(t)
         mutation_fields += build_mutation_fields(t)
         subscription_fields += build_subscription_fields(t, Operation)
+    # The limit rules are made once, so every request carries the same rule classes and
+    # the validation cache (keyed by document and rules) answers repeated operations.
+    limits = [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+    ]
     extensions: list[Callable[[], Any] | type] = [
         ErrorCodes,
         ReadSnapshot,
-        lambda: QueryDepthLimiter(max_depth=max_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+        lambda: AddValidationRules(limits),
+        lambda: ValidationCache(maxsize=1024),
     ]
     schema = TidingsSchema(
         query=create_type("Query", query_fields),
