@@ -109,12 +109,15 @@ def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     Tests that provoke errors on purpose carry ``@pytest.mark.allow_error_logs``.
     """
     handler = _ErrorLogs()
-    logger = logging.getLogger("tidings")
-    logger.addHandler(handler)
+    # tidings' own loggers, and uvicorn's, which reports exceptions escaping the ASGI app
+    loggers = [logging.getLogger("tidings"), logging.getLogger("uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
     if handler.records and request.node.get_closest_marker("allow_error_logs") is None:
         lines = [f"{r.name}: {r.getMessage()}" for r in handler.records]
         pytest.fail("the server logged errors:\n" + "\n".join(lines[:10]), pytrace=False)

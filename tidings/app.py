@@ -159,6 +159,24 @@ class Tidings:
         return principal
 
 
+class _App(Starlette):
+    """Starlette, with WebSocket connections to /graphql handed straight to tidings.
+
+    A WebSocket lives for hours; going through the middleware stack would keep
+    its frames (and their memory) alive for every connection, for nothing: CORS
+    does not apply to WebSockets and the transport handles its own errors.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            path, root = scope["path"], scope.get("root_path", "")
+            if (path[len(root) :] if root and path.startswith(root) else path) == "/graphql":
+                scope["app"] = self
+                await self.state.tidings.graphql(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 class _GraphQLEndpoint:
     def __init__(self, tidings: Tidings) -> None:
         self.tidings = tidings
@@ -204,7 +222,7 @@ def create_app(
     endpoint = _GraphQLEndpoint(tidings)
     from starlette.routing import WebSocketRoute
 
-    app = Starlette(
+    app = _App(
         routes=[
             Route("/healthz", healthz),
             Route("/graphql", endpoint, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"]),

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
+_EMPTY: deque[str] = deque(maxlen=0)  # shared by every queue that never had to wait; appends are dropped
+
 
 class SendQueue:
     """Frames waiting to be written, and the one task that writes them when writes wait."""
@@ -38,7 +40,7 @@ class SendQueue:
         self._on_overflow = on_overflow
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._frames: deque[str] = deque()
+        self._frames: deque[str] = _EMPTY  # a real deque only once a write has to wait
         self._bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self.closed = False
@@ -68,6 +70,8 @@ class SendQueue:
             self.close()
             return False
         # The write waits (the socket is full): a task finishes it, then drains what queues meanwhile.
+        if self._frames is _EMPTY:
+            self._frames = deque()
         self._writer = asyncio.get_running_loop().create_task(self._finish(_Resume(coro, waiting_on)))
         return True
 
@@ -98,7 +102,7 @@ class SendQueue:
     def close(self) -> None:
         """Drop what is queued and stop writing."""
         self.closed = True
-        self._frames.clear()
+        self._frames = _EMPTY
         self._bytes = 0
         writer, self._writer = self._writer, None
         if writer is not None and writer is not asyncio.current_task():

@@ -40,6 +40,26 @@ def choose_subprotocol(offered: list[str], legacy: bool) -> str | None:
 class WebSocketConnection:
     """One client connection. Implements the realtime ``Sink``."""
 
+    # Thousands live at once: slots keep each one small.
+    __slots__ = (
+        "__weakref__",  # the app's set of live connections holds them weakly
+        "_closed",
+        "_expiry",
+        "_receive",
+        "_send",
+        "_timers",
+        "close_code",
+        "ctx",
+        "encode_next",
+        "principal",
+        "protocol",
+        "queue",
+        "scope",
+        "starting",
+        "streams",
+        "subprotocol",
+    )
+
     def __init__(self, ctx: TransportContext, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.ctx = ctx
         self.scope = scope
