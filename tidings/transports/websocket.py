@@ -43,11 +43,12 @@ class WebSocketConnection:
     # Thousands live at once: slots keep each one small.
     __slots__ = (
         "__weakref__",  # the app's set of live connections holds them weakly
+        "_close_task",
         "_closed",
         "_expiry",
+        "_init_timer",
         "_receive",
         "_send",
-        "_timers",
         "close_code",
         "ctx",
         "encode_next",
@@ -79,9 +80,10 @@ class WebSocketConnection:
         self.principal: Principal = ANONYMOUS
         self.starting: dict[str, asyncio.Task[None]] = {}
         self.streams: dict[str, Streaming] = {}
-        self._timers: list[asyncio.TimerHandle] = []
+        self._init_timer: asyncio.TimerHandle | None = None
+        self._close_task: asyncio.Task[None] | None = None  # held so it is not collected mid-close
         self._expiry: asyncio.TimerHandle | None = None
-        self._closed = asyncio.Event()
+        self._closed = False
         self.close_code: int | None = None
 
     # -- ASGI ----------------------------------------------------------------
@@ -98,7 +100,7 @@ class WebSocketConnection:
             await self._close_now(CloseCode.SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
             return
         loop = asyncio.get_running_loop()
-        self._timers.append(loop.call_later(self.ctx.settings.init_timeout, self._init_timeout))
+        self._init_timer = loop.call_later(self.ctx.settings.init_timeout, self._init_timeout)
         self.ctx.connections.add(self)
         try:
             await self._receive_loop()
@@ -107,7 +109,7 @@ class WebSocketConnection:
 
     async def _receive_loop(self) -> None:
         receive = self._receive
-        while not self._closed.is_set():
+        while not self._closed:
             # After a server-side close, the server delivers the disconnect here.
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -118,10 +120,10 @@ class WebSocketConnection:
             await self._run(self.protocol.receive(data))
 
     def _teardown(self) -> None:
-        self._closed.set()
+        self._closed = True
         self.queue.close()
-        for timer in self._timers:
-            timer.cancel()
+        if self._init_timer is not None:
+            self._init_timer.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
         for task in self.starting.values():
@@ -157,6 +159,9 @@ class WebSocketConnection:
             )
             return
         self._set_principal(principal)
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+            self._init_timer = None
         await self._run(self.protocol.acknowledge())
 
     def _set_principal(self, principal: Principal) -> None:
@@ -188,8 +193,8 @@ class WebSocketConnection:
                 self._spawn_close(command.code, command.reason)
 
     def _spawn_close(self, code: CloseCode, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._close_now(code, reason))
-        self._timers.append(task)  # type: ignore[arg-type]  # kept only to hold a reference
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close_now(code, reason))
 
     def _start(self, command: Start) -> None:
         request = Request(command.query, command.variables, command.operation_name, command.extensions)
@@ -208,7 +213,7 @@ class WebSocketConnection:
             outcome = Rejected([{"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}])
         finally:
             self.starting.pop(op_id, None)
-        if self._closed.is_set():
+        if self._closed:
             if isinstance(outcome, Streaming):
                 self.ctx.engine.stop(outcome)
             return
@@ -266,7 +271,7 @@ class WebSocketConnection:
             return
         self.close_code = int(code)
         self.queue.close()
-        self._closed.set()
+        self._closed = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 self._send({"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}), 2.0
@@ -274,7 +279,7 @@ class WebSocketConnection:
 
     def keepalive(self) -> None:
         """Called by the app's keepalive ticker."""
-        if self._closed.is_set():
+        if self._closed:
             return
         if isinstance(self.protocol, legacy_ws.LegacyWsProtocol):
             commands = self.protocol.keepalive()
