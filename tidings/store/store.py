@@ -216,7 +216,8 @@ class Store:
                 value = None if f.default is MISSING else f.default
             record[f.name] = _plain(value)
         async with self._writing() as conn:
-            await conn.execute(table.insert().values(record))
+            # A constant statement with parameters: compiled once, not rebuilt per write.
+            await conn.execute(table.insert(), record)
             event = await self._append(
                 conn, coll, Operation.CREATED, record, {}, tuple(f.name for f in coll.fields), actor
             )
@@ -299,7 +300,8 @@ class Store:
             "timestamp": timestamp,
             "actor": actor,
         }
-        result = await conn.execute(self.tables.events.insert().values(row).returning(self.tables.events.c.seq))
+        events = self.tables.events
+        result = await conn.execute(events.insert().returning(events.c.seq), row)
         seq = int(result.scalar_one())
         return ChangeEvent(
             seq=seq,
