@@ -10,12 +10,13 @@ every event below N that will ever commit, which is what resume relies on.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import enum
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -28,6 +29,7 @@ from tidings.store.tables import Tables
 from tidings.types import Record
 
 _ADVISORY_LOCK_KEY = 0x7469_6469  # "tidi"
+_T = TypeVar("_T")
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
 
 
@@ -108,12 +110,22 @@ class Store:
         self.tables = Tables(collections)
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
         self.dialect = self.engine.dialect.name
-        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._write_lock: asyncio.Lock | None = None
+        self._sync_engine: sa.Engine | None = None
+        self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
         if self.dialect == "sqlite":
             # pysqlite begins transactions lazily (only before DML), which would let
             # two SELECTs of one reader see two snapshots; take over BEGIN ourselves.
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            database = self.engine.url.database
+            if database and database != ":memory:":
+                # Writes go through a plain pysqlite engine on one thread of their own.
+                self._sync_engine = sa.create_engine(self.engine.url.set(drivername="sqlite"), echo=echo)
+                sa.event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+                sa.event.listen(self._sync_engine, "begin", _sqlite_begin)
+                self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidings-writer")
+            self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Create missing tables (idempotent)."""
@@ -122,6 +134,9 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._sync_engine is not None and self._write_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_engine.dispose)
+            self._write_thread.shutdown(wait=True)
 
     # -- reads ---------------------------------------------------------------
 
@@ -165,44 +180,54 @@ class Store:
     async def prune(self, *, keep_after: dt.datetime | None = None, keep_last: int | None = None) -> int:
         """Delete events older than ``keep_after`` and/or beyond the newest ``keep_last``.
 
-        Runs under the write lock in one short transaction, so a writer waits at
-        most one delete; returns the new ``pruned_through``.
+        Runs as one short write transaction, so a writer waits at most one delete;
+        returns the new ``pruned_through``.
         """
-        ev = self.tables.events
-        async with self._writing() as conn:
-            last = await self._last_seq(conn)
+        ev, meta = self.tables.events, self.tables.meta
+
+        def work(conn: sa.Connection) -> int:
+            last = int(conn.execute(sa.select(sa.func.max(ev.c.seq))).scalar() or 0)
             bound = 0
             if keep_last is not None:
                 bound = max(bound, last - keep_last)
             if keep_after is not None:
-                old = (await conn.execute(sa.select(sa.func.max(ev.c.seq)).where(ev.c.timestamp < keep_after))).scalar()
+                old = conn.execute(sa.select(sa.func.max(ev.c.seq)).where(ev.c.timestamp < keep_after)).scalar()
                 bound = max(bound, int(old or 0))
-            current = await self._pruned_through(conn)
+            current = int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through")).scalar() or 0)
             if bound <= current:
                 return current
-            await conn.execute(ev.delete().where(ev.c.seq <= bound))
-            await self._set_meta(conn, "pruned_through", bound)
+            conn.execute(ev.delete().where(ev.c.seq <= bound))
+            updated = conn.execute(meta.update().where(meta.c.key == "pruned_through").values(value=bound))
+            if updated.rowcount == 0:
+                conn.execute(meta.insert().values(key="pruned_through", value=bound))
             return bound
 
-    async def _pruned_through(self, conn: AsyncConnection) -> int:
-        meta = self.tables.meta
-        value = (await conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through"))).scalar()
-        return int(value or 0)
-
-    async def _set_meta(self, conn: AsyncConnection, key: str, value: int) -> None:
-        meta = self.tables.meta
-        updated = await conn.execute(meta.update().where(meta.c.key == key).values(value=value))
-        if updated.rowcount == 0:
-            await conn.execute(meta.insert().values(key=key, value=value))
+        return await self._transaction(work)
 
     # -- writes --------------------------------------------------------------
+    #
+    # Each write is one synchronous SQLAlchemy Core transaction body, run by
+    # ``_transaction``: on SQLite whole in one worker thread (one thread hop per
+    # write, where aiosqlite makes one per statement and fetch), on PostgreSQL
+    # through the async connection's greenlet bridge. Writes are serialized (an
+    # asyncio lock and one thread on SQLite, an advisory lock on PostgreSQL), so
+    # event-log order is commit order.
 
-    @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+        if self._sync_engine is not None:
+            assert self._write_lock is not None and self._write_thread is not None
+            async with self._write_lock:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._write_thread, self._run_in_thread, work)
         async with self._write_lock or _nothing(), self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
-            yield conn
+            return await conn.run_sync(work)
+
+    def _run_in_thread(self, work: Callable[[sa.Connection], _T]) -> _T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return work(conn)
 
     async def create(
         self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
@@ -215,13 +240,13 @@ class Store:
             if value is MISSING:
                 value = None if f.default is MISSING else f.default
             record[f.name] = _plain(value)
-        async with self._writing() as conn:
-            # A constant statement with parameters: compiled once, not rebuilt per write.
-            await conn.execute(table.insert(), record)
-            event = await self._append(
-                conn, coll, Operation.CREATED, record, {}, tuple(f.name for f in coll.fields), actor
-            )
-        return record, event
+        changed = tuple(f.name for f in coll.fields)
+
+        def work(conn: sa.Connection) -> ChangeEvent:
+            conn.execute(table.insert(), record)  # a constant statement: compiled once
+            return self._append(conn, coll, Operation.CREATED, record, {}, changed, actor)
+
+        return record, await self._transaction(work)
 
     async def update(
         self,
@@ -236,8 +261,9 @@ class Store:
     ) -> tuple[Record, ChangeEvent | None]:
         """Apply ``values``; a change that alters nothing writes nothing (event None)."""
         table = self.tables.by_collection[coll.name]
-        async with self._writing() as conn:
-            current = await self._current(conn, coll, record_id, guard)
+
+        def work(conn: sa.Connection) -> tuple[Record, ChangeEvent | None]:
+            current = self._current(conn, coll, record_id, guard)
             if expected_version is not None and current["version"] != expected_version:
                 raise Conflict(
                     f"{coll.name} {record_id!r} is at version {current['version']}, not {expected_version}",
@@ -250,37 +276,40 @@ class Store:
             record = {**current, **changes, "updated_at": utcnow(), "version": current["version"] + 1}
             if check is not None:
                 check(record)  # raising here rolls the transaction back: nothing written
-            await conn.execute(
+            conn.execute(
                 table.update()
                 .where(table.c.id == record_id, table.c.version == current["version"])
                 .values(**changes, updated_at=record["updated_at"], version=record["version"])
             )
-            event = await self._append(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
-        return record, event
+            return record, self._append(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
+
+        return await self._transaction(work)
 
     async def delete(
         self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
     ) -> tuple[Record, ChangeEvent]:
         table = self.tables.by_collection[coll.name]
-        async with self._writing() as conn:
-            current = await self._current(conn, coll, record_id, guard)
-            await conn.execute(table.delete().where(table.c.id == record_id))
-            event = await self._append(conn, coll, Operation.DELETED, current, {}, (), actor)
-        return current, event
 
-    async def _current(self, conn: AsyncConnection, coll: Collection, record_id: str, guard: Filter) -> Record:
+        def work(conn: sa.Connection) -> tuple[Record, ChangeEvent]:
+            current = self._current(conn, coll, record_id, guard)
+            conn.execute(table.delete().where(table.c.id == record_id))
+            return current, self._append(conn, coll, Operation.DELETED, current, {}, (), actor)
+
+        return await self._transaction(work)
+
+    def _current(self, conn: sa.Connection, coll: Collection, record_id: str, guard: Filter) -> Record:
         table = self.tables.by_collection[coll.name]
         query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self.dialect))
         if self.dialect == "postgresql":
             query = query.with_for_update()
-        row = (await conn.execute(query)).mappings().first()
+        row = conn.execute(query).mappings().first()
         if row is None:
             raise NotFound(f"No {coll.name} with id {record_id!r}", id=record_id)
         return self.decode_row(coll, row)
 
-    async def _append(
+    def _append(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         coll: Collection,
         operation: Operation,
         record: Record,
@@ -301,8 +330,7 @@ class Store:
             "actor": actor,
         }
         events = self.tables.events
-        result = await conn.execute(events.insert().returning(events.c.seq), row)
-        seq = int(result.scalar_one())
+        seq = int(conn.execute(events.insert().returning(events.c.seq), row).scalar_one())
         return ChangeEvent(
             seq=seq,
             collection=coll.name,
