@@ -309,32 +309,35 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_others_keep_receiv
         assert (await slow.init())["type"] == "connection_ack"
         await slow.subscribe("1", query)
         await wait_subscribers(server, 3)
-        # From here on `slow` reads nothing. Each event is ~32 KB on the wire: the
-        # server's kernel buffer takes ~3 MB before its queue (20 messages, 200 KB) fills.
-        body, events = secrets.token_urlsafe(24_000), 150
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            for i in range(events):
-                r = await http.post(
-                    "/graphql",
-                    json={
-                        "query": CREATE_MESSAGE,
-                        "variables": {"b": f"{i:04d}{body}"},
-                    },
-                )
-                assert "errors" not in r.json()
-        # The others got every event, in order, while the slow one was being cut off.
-        for ws in fast:
-            seqs = []
-            for _ in range(events):
-                message = await ws.recv()
+        # From here on `slow` reads nothing, while the others read everything as it comes.
+        # Each event is ~32 KB on the wire; the kernel buffers a few MB for `slow` before
+        # its queue (20 messages, 200 KB) fills, so publish until the server drops it.
+        got: list[list[int]] = [[] for _ in fast]
+
+        async def read(ws: WS, seqs: list[int]) -> None:
+            while True:
+                message = await ws.recv(timeout=30)
                 seqs.append(int(message["payload"]["data"]["messageEvents"]["seq"]))
-            assert seqs == list(range(1, events + 1))
-        # The server dropped the slow client's subscription and queue at once...
-        for _ in range(200):
-            if server.tidings.dispatcher.subscriber_count == 2:
+
+        readers = [asyncio.create_task(read(ws, seqs)) for ws, seqs in zip(fast, got, strict=True)]
+        body, published, after_drop = secrets.token_urlsafe(24_000), 0, None
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            while published < 1000 and (after_drop is None or published < after_drop + 10):
+                r = await http.post("/graphql", json={"query": CREATE_MESSAGE, "variables": {"b": body}})
+                assert "errors" not in r.json()
+                published += 1
+                if after_drop is None and server.tidings.dispatcher.subscriber_count == 2:
+                    after_drop = published  # dropped: its subscription is gone; ten more for the others
+        assert after_drop is not None, "the slow client was never dropped"
+        # The others got every event, in order, before and after the slow one was cut off.
+        for _ in range(500):
+            if all(len(seqs) >= published for seqs in got):
                 break
             await asyncio.sleep(0.02)
-        assert server.tidings.dispatcher.subscriber_count == 2
+        for task in readers:
+            task.cancel()
+        for seqs in got:
+            assert seqs == list(range(1, published + 1))
         # ...and, once it reads again, it finds what it was sent, then the close telling it to resume.
         received = []
         with pytest.raises(websockets.ConnectionClosed) as info:
@@ -344,7 +347,7 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_others_keep_receiv
         assert info.value.rcvd.code == 4008
         assert "resume" in info.value.rcvd.reason
         seqs = [int(m["payload"]["data"]["messageEvents"]["seq"]) for m in received if m["type"] == "next"]
-        assert 0 < len(seqs) < events and seqs == list(range(1, len(seqs) + 1))
+        assert 0 < len(seqs) < after_drop and seqs == list(range(1, len(seqs) + 1))
         for ws in fast:
             await ws.close()
     finally:
