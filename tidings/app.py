@@ -56,7 +56,9 @@ class Tidings:
         self.collections = list(collections)
         self.store = Store(settings.db, self.collections)
         self.broker = broker or broker_from_url(settings.broker)
-        self.dispatcher = Dispatcher(self.store, self.broker, gap_check_interval=settings.gap_check_interval)
+        self.dispatcher = Dispatcher(
+            self.store, self.broker, gap_check_interval=settings.gap_check_interval, channel=settings.channel
+        )
         self.authenticator = Authenticator(
             secret=settings.jwt_secret,
             public_key=settings.jwt_public_key,

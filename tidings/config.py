@@ -58,6 +58,9 @@ class Settings:
     retention_events: int = _field(100_000, "keep at most this many events (0 = no count limit)")
     prune_interval: float = _field(60.0, "seconds between retention passes")
     gap_check_interval: float = _field(1.0, "seconds between checks of the event log head")
+    channel: str = _field(
+        "tidings:events", "broker channel of the doorbells; deployments that share a broker need distinct ones"
+    )
     log_level: str = _field("info", "log level")
 
     @classmethod

@@ -115,9 +115,11 @@ class Dispatcher:
         *,
         gap_check_interval: float = 1.0,
         replay_page: int = 500,
+        channel: str = doorbell.CHANNEL,
     ) -> None:
         self.store = store
         self.broker = broker
+        self.channel = channel
         self.gap_check_interval = gap_check_interval
         self.replay_page = replay_page
         self.position = 0
@@ -150,13 +152,13 @@ class Dispatcher:
     async def publish(self, event: ChangeEvent) -> None:
         """Ring the doorbell for a committed event (called after commit)."""
         try:
-            await self.broker.publish(doorbell.CHANNEL, doorbell.encode(event))
+            await self.broker.publish(self.channel, doorbell.encode(event))
         except Exception:
             # The commit stands; the gap check delivers it from the log.
             logger.exception("Broker publish failed for seq %s", event.seq)
 
     async def _consume(self, ready: asyncio.Event) -> None:
-        messages = self.broker.subscribe(doorbell.CHANNEL)
+        messages = self.broker.subscribe(self.channel)
         # Subscribe before announcing readiness so no doorbell rung after start is missed.
         first = asyncio.ensure_future(anext(messages))
         await asyncio.sleep(0)
@@ -195,8 +197,11 @@ class Dispatcher:
             while self.position < seq:
                 events = await self.store.read_events(self.position, seq, self.replay_page)
                 if not events:
-                    # Numbers that never committed (rolled back) leave holes.
-                    self.position = seq
+                    # Nothing committed up to seq: numbers that rolled back leave holes, and a
+                    # doorbell may name a seq our log does not hold (yet). Move only as far as
+                    # the log's head, so no event that does commit is ever skipped.
+                    head = await self.store.last_seq()
+                    self.position = max(self.position, min(seq, head))
                     break
                 self.gaps_filled += 1
                 for ev in events:
@@ -204,7 +209,6 @@ class Dispatcher:
                 if events[-1].seq >= seq:
                     break
                 # The next page starts after what we dispatched; holes below are skipped.
-            self.position = max(self.position, seq)
 
     def _dispatch(self, event: ChangeEvent) -> None:
         self.position = event.seq

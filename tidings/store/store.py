@@ -158,6 +158,10 @@ class Store:
 
     async def _last_seq(self, conn: AsyncConnection) -> int:
         value = (await conn.execute(sa.select(sa.func.max(self.tables.events.c.seq)))).scalar()
+        if value is None:
+            # An empty log may be one that retention emptied: the position is where it pruned to.
+            meta = self.tables.meta
+            value = (await conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through"))).scalar()
         return int(value or 0)
 
     async def read_events(self, after: int, upto: int | None = None, limit: int = 1000) -> list[ChangeEvent]:

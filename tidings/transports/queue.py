@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 _EMPTY: deque[str] = deque(maxlen=0)  # shared by every queue that never had to wait; appends are dropped
 
@@ -60,8 +60,7 @@ class SendQueue:
         return True
 
     def _write_now(self, frame: str) -> bool:
-        coro = self._write(frame)
-        assert isinstance(coro, Coroutine)
+        coro = cast("Coroutine[Any, Any, None]", self._write(frame))  # an async def: no isinstance on the hot path
         try:
             waiting_on = coro.send(None)
         except StopIteration:

@@ -272,9 +272,15 @@ class WebSocketConnection:
         self.close_code = int(code)
         self.queue.close()
         self._closed = True
+        # The close frame goes out once the socket takes writes again: for a client that
+        # stopped reading, after what its buffers already hold, so it reads its events and
+        # then learns why (4008, resume from your last seq). If it never reads again, the
+        # WebSocket ping timeout drops the connection and this send ends with it; the bound
+        # below is a last resort.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
-                self._send({"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}), 2.0
+                self._send({"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}),
+                max(60.0, 4 * self.ctx.settings.keepalive),
             )
 
     def keepalive(self) -> None:
