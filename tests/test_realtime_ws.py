@@ -270,3 +270,20 @@ async def test_failed_mutation_publishes_nothing(server: Server, http: httpx.Asy
     assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert await ws.no_message(0.5)
     await ws.close()
+
+
+async def test_a_doorbell_naming_a_seq_beyond_the_log_skips_nothing(server: Server, http: httpx.AsyncClient) -> None:
+    # A doorbell the log cannot back (another deployment on the same broker, a stale message)
+    # must not move the dispatcher past events that commit later.
+    ws = await WS.open(server.ws_url)
+    assert (await ws.init())["type"] == "connection_ack"
+    await ws.subscribe("1", EVENTS)
+    await wait_subscribed(server, 1)
+    tidings = server.tidings
+    server.call(tidings.broker.publish(tidings.dispatcher.channel, b'{"seq": 1000}'))
+    await asyncio.sleep(0.3)
+    assert tidings.dispatcher.position == 0
+    await create(http, title="after the stray doorbell")
+    message = await ws.recv()
+    assert message["payload"]["data"]["taskEvents"]["seq"] == "1"
+    await ws.close()

@@ -119,5 +119,7 @@ async def test_prune_keeps_the_newest_and_records_the_horizon(store: Store) -> N
     assert [e.seq for e in await store.read_events(0)] == [8, 9, 10]
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     assert await store.prune(keep_after=future) == 10
+    assert await store.read_events(0) == []
+    assert await store.last_seq() == 10  # an emptied log still says where it stands
     _, event = await store.create(MESSAGE, {"room": "r", "author": "a", "body": "after"}, account=None, actor=None)
     assert event.seq == 11
