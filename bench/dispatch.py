@@ -113,7 +113,7 @@ async def main() -> None:
     args = parser.parse_args()
     per_room, rooms_n = 10, 1000
     many = [f"r{i % rooms_n}" for i in range(per_room * rooms_n)]
-    # Distinct variables per subscription, so no two share a group: the worst case for grouping.
+    # The subscriptions of one room share their variables, so one group per room: 1,000 groups in all.
     with tempfile.TemporaryDirectory(prefix="tidings-dispatch-") as tmp:
         workdir = Path(tmp)
         setups = {
