@@ -3,20 +3,12 @@
 import { ApolloClient, ApolloLink, HttpLink, InMemoryCache, gql } from '@apollo/client';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
 import { getMainDefinition } from '@apollo/client/utilities';
-import { createClient as createWSClient } from 'graphql-ws';
-import WebSocket from 'ws';
-import { Collector, line, parseArgs } from './common.mjs';
+import { Collector, graphqlWsClient, line, parseArgs } from './common.mjs';
 
 const opts = parseArgs();
 const collector = new Collector(opts);
 
-const wsClient = createWSClient({
-  url: opts.wsUrl,
-  webSocketImpl: WebSocket,
-  retryAttempts: 0,
-  shouldRetry: () => false,
-  on: { connected: () => collector.ready() },
-});
+const wsClient = graphqlWsClient(opts, collector);
 
 const link = ApolloLink.split(
   ({ query }) => {

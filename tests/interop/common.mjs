@@ -1,4 +1,6 @@
 // Shared harness for the interop scripts (driven by tests/test_interop.py).
+import { createClient as createWsClient } from 'graphql-ws';
+import WebSocket from 'ws';
 //
 // Usage: node <client>.mjs --url http://127.0.0.1:PORT --count N
 //                          [--kind task|message] [--timeout MS] [--linger MS]
@@ -118,6 +120,15 @@ export class Collector {
     line('READY');
   }
 
+  /** Subscribe through a graphql-ws or graphql-sse client; returns its unsubscribe. */
+  subscribe(client, ...rest) {
+    return client.subscribe(
+      { query: this.opts.sub.query, variables: this.opts.sub.variables },
+      { next: (result) => this.result(result), error: (err) => this.error(err), complete: () => this.complete() },
+      ...rest,
+    );
+  }
+
   /** Handle one GraphQL execution result ({data, errors}). */
   result(result) {
     if (this.finished) return;
@@ -177,4 +188,15 @@ export class Collector {
     // Give the client a moment to flush its goodbye frames, then leave regardless.
     setTimeout(() => process.exit(code), 100).unref();
   }
+}
+
+/** The graphql-ws client the urql and Apollo scripts hand their subscriptions to. */
+export function graphqlWsClient(opts, collector) {
+  return createWsClient({
+    url: opts.wsUrl,
+    webSocketImpl: WebSocket,
+    retryAttempts: 0,
+    shouldRetry: () => false,
+    on: { connected: () => collector.ready() },
+  });
 }

@@ -11,13 +11,8 @@ const client = createClient({
   retryAttempts: 0,
 });
 
-const unsubscribe = client.subscribe(
-  { query: opts.sub.query, variables: opts.sub.variables },
-  {
-    next: (result) => collector.result(result),
-    error: (err) => collector.error(err),
-    complete: () => collector.complete(),
-  },
+const unsubscribe = collector.subscribe(
+  client,
   {
     // Emitted once the server answered the POST with a 200 text/event-stream response.
     connected: () => collector.ready(),

@@ -19,14 +19,7 @@ const client = createClient({
   },
 });
 
-const unsubscribe = client.subscribe(
-  { query: opts.sub.query, variables: opts.sub.variables },
-  {
-    next: (result) => collector.result(result),
-    error: (err) => collector.error(err),
-    complete: () => collector.complete(),
-  },
-);
+const unsubscribe = collector.subscribe(client);
 
 collector.cleanup = async () => {
   unsubscribe();

@@ -1,9 +1,7 @@
 // @urql/core Client: subscriptions through subscriptionExchange -> graphql-ws client,
 // queries through fetchExchange (HTTP POST).
 import { Client, fetchExchange, subscriptionExchange } from '@urql/core';
-import { createClient as createWSClient } from 'graphql-ws';
-import WebSocket from 'ws';
-import { Collector, line, parseArgs } from './common.mjs';
+import { Collector, graphqlWsClient, line, parseArgs } from './common.mjs';
 
 // urql's fetchExchange aborts its fetch when the operation is torn down; when the
 // response has already been read, node's fetch (undici) rejects a promise nobody
@@ -17,13 +15,7 @@ process.on('unhandledRejection', (err) => {
 const opts = parseArgs();
 const collector = new Collector(opts);
 
-const wsClient = createWSClient({
-  url: opts.wsUrl,
-  webSocketImpl: WebSocket,
-  retryAttempts: 0,
-  shouldRetry: () => false,
-  on: { connected: () => collector.ready() },
-});
+const wsClient = graphqlWsClient(opts, collector);
 
 const client = new Client({
   url: opts.httpUrl,
