@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -139,18 +137,3 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 async def gql_post(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
     response = await client.post("/graphql", json={"query": query, "variables": variables or {}}, **kw)
     return response.json()
-
-
-@pytest.fixture
-def pg_url() -> str:
-    url = os.environ.get("TIDINGS_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("TIDINGS_TEST_PG_URL must be set in CI: .ci/run starts PostgreSQL")
-        pytest.skip("PostgreSQL not configured (set TIDINGS_TEST_PG_URL)")
-    return url
-
-
-@contextlib.contextmanager
-def does_not_raise() -> Iterator[None]:
-    yield

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.backends import service_url
 from tidings.pubsub import Broker, MemoryBroker, broker_from_url
 
 
@@ -16,12 +16,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     if request.param == "memory":
         b: Broker = MemoryBroker()
     else:
-        url = os.environ.get("TIDINGS_TEST_REDIS_URL")
-        if not url:
-            if os.environ.get("CI"):
-                pytest.fail("TIDINGS_TEST_REDIS_URL must be set in CI (scripts/services starts Redis)")
-            pytest.skip("Redis not configured")
-        b = broker_from_url(url)
+        b = broker_from_url(service_url("TIDINGS_TEST_REDIS_URL", "Redis"))
     await b.start()
     yield b
     await b.close()

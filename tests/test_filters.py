@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.backends import service_url
 from tidings.errors import BadUserInput
 from tidings.filters import (
     MATCH_ALL,
@@ -214,11 +214,7 @@ def test_sql_and_python_agree_on_postgresql(records: list[dict[str, Any]], where
 
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    url = os.environ.get("TIDINGS_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("TIDINGS_TEST_PG_URL must be set in CI")
-        pytest.skip("PostgreSQL not configured")
+    url = service_url("TIDINGS_TEST_PG_URL", "PostgreSQL")
 
     async def run() -> None:
         engine = create_async_engine(url)
