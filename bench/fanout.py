@@ -33,13 +33,13 @@ from harness import (
     Publisher,
     Server,
     apply_quick,
+    cli,
     load_workers,
     median,
     pct,
     profiling,
     stamp_pad,
     start_server,
-    stop_on_sigterm,
 )
 
 ROOM = "lobby"
@@ -259,9 +259,4 @@ async def run_all(args: argparse.Namespace, runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    stop_on_sigterm()
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers and load workers stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    cli(main)

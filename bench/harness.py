@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -62,6 +62,16 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def cli(main: Callable[[], Coroutine[Any, Any, None]], what: str = "servers and load workers") -> None:
+    """Run a benchmark's ``main`` from the command line; Ctrl-C and SIGTERM stop everything it started."""
+    stop_on_sigterm()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {what} stopped", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def apply_quick(parser: argparse.ArgumentParser, args: argparse.Namespace, quick: dict[str, Any]) -> None:

@@ -32,11 +32,11 @@ from harness import (
     Publisher,
     Server,
     apply_quick,
+    cli,
     load_workers,
     median,
     pct,
     start_server,
-    stop_on_sigterm,
 )
 
 ROOM = "r0"
@@ -162,9 +162,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_sigterm()
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers and load workers stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    cli(main)

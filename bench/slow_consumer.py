@@ -34,11 +34,11 @@ from harness import (
     Publisher,
     Server,
     apply_quick,
+    cli,
     load_workers,
     pct,
     stamp_pad,
     start_server,
-    stop_on_sigterm,
     tcp_socket,
 )
 
@@ -229,9 +229,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    stop_on_sigterm()
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; server and load workers stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    cli(main, "server and load workers")
