@@ -222,13 +222,11 @@ def create_app(
         else []
     )
     endpoint = _GraphQLEndpoint(tidings)
-    from starlette.routing import WebSocketRoute
-
     app = _App(
         routes=[
             Route("/healthz", healthz),
+            # WebSockets to /graphql never reach the router: _App hands them to tidings.
             Route("/graphql", endpoint, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"]),
-            WebSocketRoute("/graphql", endpoint),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -262,8 +262,8 @@ class Dispatcher:
         if group is None:
             group = Group(key, selection, executor, equality_terms(selection.where))
             self.groups[key] = group
-            bucket_key = (selection.collection.name, account)
-            self._buckets.setdefault(bucket_key, _Bucket()).add(group)
+            group.bucket_key = (selection.collection.name, account)
+            self._buckets.setdefault(group.bucket_key, _Bucket()).add(group)
         start = self.position
         subscriber = Subscriber(sink, op_id, group, min_seq=start if after is None else after)
         group.members[id(subscriber)] = subscriber
@@ -302,11 +302,11 @@ class Dispatcher:
         group.members.pop(id(subscriber), None)
         if not group.members and self.groups.get(group.key) is group:
             del self.groups[group.key]
-            for bucket_key, bucket in list(self._buckets.items()):
-                if bucket_key[0] == group.selection.collection.name:
-                    bucket.remove(group)
-                    if bucket.is_empty():
-                        del self._buckets[bucket_key]
+            bucket = self._buckets.get(group.bucket_key)
+            if bucket is not None:
+                bucket.remove(group)
+                if bucket.is_empty():
+                    del self._buckets[group.bucket_key]
 
     @property
     def subscriber_count(self) -> int:

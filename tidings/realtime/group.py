@@ -77,6 +77,7 @@ class Group:
     __slots__ = (
         "_guard",
         "_in_view",
+        "bucket_key",
         "executor",
         "graphql_names",
         "index_terms",
@@ -97,6 +98,7 @@ class Group:
         self.executor = executor
         self.index_terms = dict(index_terms)
         self.members: dict[int, Subscriber] = {}
+        self.bucket_key: tuple[str, Any] = (selection.collection.name, None)  # set where the dispatcher indexes it
         self._guard = compile_predicate(selection.guard)
         self._in_view: Callable[[Mapping[str, Any]], bool] = compile_predicate(And((selection.guard, selection.where)))
         self.graphql_names = {f.name: f.graphql_name for f in selection.collection.fields}

@@ -160,9 +160,12 @@ class Store:
         value = (await conn.execute(sa.select(sa.func.max(self.tables.events.c.seq)))).scalar()
         if value is None:
             # An empty log may be one that retention emptied: the position is where it pruned to.
-            meta = self.tables.meta
-            value = (await conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through"))).scalar()
+            value = (await conn.execute(self._pruned_through_query())).scalar()
         return int(value or 0)
+
+    def _pruned_through_query(self) -> sa.Select[Any]:
+        meta = self.tables.meta
+        return sa.select(meta.c.value).where(meta.c.key == "pruned_through")
 
     async def read_events(self, after: int, upto: int | None = None, limit: int = 1000) -> list[ChangeEvent]:
         """Events with ``after < seq <= upto``, in order, at most ``limit``."""
@@ -176,9 +179,8 @@ class Store:
 
     async def pruned_through(self) -> int:
         """Events up to this sequence may have been deleted by retention."""
-        meta = self.tables.meta
         async with self.engine.connect() as conn:
-            value = (await conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through"))).scalar()
+            value = (await conn.execute(self._pruned_through_query())).scalar()
         return int(value or 0)
 
     async def prune(self, *, keep_after: dt.datetime | None = None, keep_last: int | None = None) -> int:
@@ -197,7 +199,7 @@ class Store:
             if keep_after is not None:
                 old = conn.execute(sa.select(sa.func.max(ev.c.seq)).where(ev.c.timestamp < keep_after)).scalar()
                 bound = max(bound, int(old or 0))
-            current = int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "pruned_through")).scalar() or 0)
+            current = int(conn.execute(self._pruned_through_query()).scalar() or 0)
             if bound <= current:
                 return current
             conn.execute(ev.delete().where(ev.c.seq <= bound))
