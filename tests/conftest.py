@@ -101,11 +101,8 @@ class _ErrorLogs(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test fails if the server logged an error it swallowed (a fallback hid a bug).
-
-    Tests that provoke errors on purpose carry ``@pytest.mark.allow_error_logs``.
-    """
+def no_server_errors() -> Iterator[None]:
+    """A test fails if the server logged an error it swallowed (a fallback hid a bug)."""
     handler = _ErrorLogs()
     # tidings' own loggers, and uvicorn's, which reports exceptions escaping the ASGI app
     loggers = [logging.getLogger("tidings"), logging.getLogger("uvicorn.error")]
@@ -116,7 +113,7 @@ def no_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
-    if handler.records and request.node.get_closest_marker("allow_error_logs") is None:
+    if handler.records:
         lines = [f"{r.name}: {r.getMessage()}" for r in handler.records]
         pytest.fail("the server logged errors:\n" + "\n".join(lines[:10]), pytrace=False)
 
