@@ -131,6 +131,18 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def wait_subscribers(server: Server, n: int, *, exact: bool = False, timeout: float = 5.0) -> None:
+    """Wait until the server holds ``n`` live subscriptions (at least ``n``, or exactly with ``exact``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = server.tidings.dispatcher.subscriber_count
+        if count == n or (count > n and not exact):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} subscriptions registered, waiting for {'exactly ' if exact else ''}{n}")
+        await asyncio.sleep(0.01)
+
+
 async def gql_post(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, **kw: Any) -> Any:
     response = await client.post("/graphql", json={"query": query, "variables": variables or {}}, **kw)
     return response.json()

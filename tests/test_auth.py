@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from tests.authdemo import COLLECTIONS
-from tests.conftest import Server, make_server
+from tests.conftest import Server, make_server, wait_subscribers
 from tests.test_realtime_sse import read_events
 from tests.wsclient import WS
 
@@ -62,14 +62,6 @@ async def subscriber(server: Server, tok: str | None, query: str = NOTE_EVENTS) 
     assert ack["type"] == "connection_ack", ack
     await ws.subscribe("s", query)
     return ws
-
-
-async def wait_count(server: Server, n: int) -> None:
-    for _ in range(300):
-        if server.tidings.dispatcher.subscriber_count >= n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("subscriptions did not register")
 
 
 async def drain(ws: WS, within: float = 0.4) -> list[dict[str, Any]]:
@@ -165,7 +157,7 @@ async def test_each_subscriber_receives_exactly_what_it_may_see(auth_server: Ser
             'subscription { noteEvents(where: {title: {startsWith: "g"}}) { operation record { title } } }',
         ),
     }
-    await wait_count(auth_server, len(subs))
+    await wait_subscribers(auth_server, len(subs))
     a = await create_note(auth_server, ann, "acme-1")
     await create_note(auth_server, bob, "globex-1")
     await create_note(auth_server, bob, "other-globex")
@@ -260,7 +252,7 @@ async def test_token_expiry_closes_the_socket_and_renewal_keeps_it(auth_server: 
     assert renewed["payload"]["data"]["renewToken"] == {"sub": "ann", "account": "acme"}
     assert (await renewing.recv())["type"] == "complete"
     await asyncio.sleep(3)
-    await wait_count(auth_server, 1)
+    await wait_subscribers(auth_server, 1)
     await create_note(auth_server, token("ann", "acme"), "still here")
     assert (await renewing.recv())["payload"]["data"]["noteEvents"]["record"]["title"] == "still here"
     await renewing.send(
@@ -290,7 +282,7 @@ async def test_sse_auth_header_token_param_and_401(auth_server: Server) -> None:
             headers={"accept": "text/event-stream"},
         ) as bob_stream:
             assert bob_stream.status_code == 200
-            await wait_count(auth_server, 1)
+            await wait_subscribers(auth_server, 1)
             await create_note(auth_server, token("ann", "acme"), "acme only")
             await create_note(auth_server, token("bob", "globex"), "for bob")
             events = await read_events(bob_stream, 1)

@@ -22,7 +22,7 @@ import jwt
 import pytest
 import websockets
 
-from tests.conftest import Server, make_server
+from tests.conftest import Server, make_server, wait_subscribers
 from tests.wsclient import WS
 from tidings import Rules, collection
 
@@ -212,14 +212,6 @@ def card_server(tmp_path: Path) -> Iterator[Server]:
     s = make_server(tmp_path, [Card], jwt_secret=SECRET, admin_role="root")
     yield s
     s.stop()
-
-
-async def wait_subscribers(server: Server, n: int) -> None:
-    for _ in range(500):
-        if server.tidings.dispatcher.subscriber_count >= n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"only {server.tidings.dispatcher.subscriber_count} of {n} subscriptions registered")
 
 
 async def test_grouped_delivery_gives_each_subscriber_what_it_alone_would_get(card_server: Server) -> None:

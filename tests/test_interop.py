@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.backends import unavailable
-from tests.conftest import Server
+from tests.conftest import Server, wait_subscribers
 
 INTEROP = Path(__file__).parent / "interop"
 CLIENTS = ["graphql-ws", "graphql-sse-distinct", "graphql-sse-single", "urql", "apollo"]
@@ -140,22 +140,7 @@ async def wait_ready(server: Server, runs: list[NodeRun], timeout: float = 10.0)
         if waiter not in done:
             await asyncio.sleep(0.1)
             raise AssertionError(f"client never became ready: lines={run.lines!r} rc={run.proc.returncode}")
-    while server.tidings.dispatcher.subscriber_count < len(runs):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(
-                f"only {server.tidings.dispatcher.subscriber_count} of {len(runs)} subscriptions registered"
-            )
-        await asyncio.sleep(0.01)
-
-
-async def wait_unsubscribed(server: Server, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while server.tidings.dispatcher.subscriber_count:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(
-                f"{server.tidings.dispatcher.subscriber_count} subscriptions still registered after the clients left"
-            )
-        await asyncio.sleep(0.02)
+    await wait_subscribers(server, len(runs), timeout=max(deadline - asyncio.get_running_loop().time(), 0.1))
 
 
 # -- the HTTP side and the expected events -------------------------------------
@@ -329,7 +314,7 @@ async def test_client_receives_exactly_the_filtered_events(
     else:
         assert run.queries == []
     # Each client unsubscribed / disconnected on its way out: the server let go of it.
-    await wait_unsubscribed(server)
+    await wait_subscribers(server, 0, exact=True)
 
 
 async def test_all_clients_at_once_see_the_same_stream(node: str, server: Server, http: httpx.AsyncClient) -> None:
@@ -340,4 +325,4 @@ async def test_all_clients_at_once_see_the_same_stream(node: str, server: Server
         await board.play()
     for run in runs:
         check_events(run, board)
-    await wait_unsubscribed(server)
+    await wait_subscribers(server, 0, exact=True)

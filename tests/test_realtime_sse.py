@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server
-from tests.test_realtime_ws import create, update, wait_subscribed
+from tests.conftest import Server, wait_subscribers
+from tests.test_realtime_ws import create, update
 from tidings.protocols.sse import SSEParser
 
 SUB = 'subscription { taskEvents(where: {status: {eq: "open"}}) { operation seq record { title } } }'
@@ -42,7 +42,7 @@ async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server
     ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        await wait_subscribed(server, 1)
+        await wait_subscribers(server, 1)
         await create(http, title="closed one", status="closed")
         await create(http, title="open one", status="open")
         events = await read_events(response, 1)
@@ -119,7 +119,7 @@ async def test_single_connection_mode_reservation_flow(server: Server, http: htt
                 headers={"x-graphql-event-stream-token": "nope"},
             )
             assert unknown.status_code == 404
-            await wait_subscribed(server, 1)
+            await wait_subscribers(server, 1)
             await create(http, title="live", status="open")
             events = await read_events(stream, 1)
             body = json.loads(events[0].data)
@@ -129,10 +129,6 @@ async def test_single_connection_mode_reservation_flow(server: Server, http: htt
                 "/graphql", params={"operationId": "op1"}, headers={"x-graphql-event-stream-token": token}
             )
             assert stop.status_code == 200
-            for _ in range(100):
-                if server.tidings.dispatcher.subscriber_count == 0:
-                    break
-                await asyncio.sleep(0.02)
-            assert server.tidings.dispatcher.subscriber_count == 0
+            await wait_subscribers(server, 0, exact=True)
         other_method = await client.request("PATCH", "/graphql", headers={"accept": "text/event-stream"})
         assert other_method.status_code == 405

@@ -10,7 +10,7 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.conftest import Server, gql_post
+from tests.conftest import Server, gql_post, wait_subscribers
 from tests.wsclient import WS
 
 EVENTS = """subscription($where: TaskWhere, $ops: [Operation!], $id: ID, $after: String) {
@@ -43,19 +43,11 @@ async def delete(http: httpx.AsyncClient, id_: str) -> None:
     await mutate(http, "mutation($id: ID!) { deleteTask(id: $id) { id } }", {"id": id_})
 
 
-async def wait_subscribed(server: Server, count: int) -> None:
-    for _ in range(200):
-        if server.tidings.dispatcher.subscriber_count >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{count} subscriptions never registered")
-
-
 async def test_filtered_subscription_sees_entered_stayed_left(server: Server, http: httpx.AsyncClient) -> None:
     ws = await WS.open(server.ws_url)
     assert (await ws.init())["type"] == "connection_ack"
     await ws.subscribe("1", EVENTS, {"where": {"status": {"eq": "open"}}})
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     other = await create(http, title="other", status="closed")
     tid = await create(http, title="a", status="open")
     await update(http, tid, priority=3)
@@ -95,7 +87,7 @@ async def test_operations_and_id_narrow_the_stream(server: Server, http: httpx.A
     await ws.init()
     await ws.subscribe("by-id", EVENTS, {"id": tid})
     await ws.subscribe("deletes", EVENTS, {"ops": ["DELETED"]})
-    await wait_subscribed(server, 2)
+    await wait_subscribers(server, 2)
     await create(http, title="unrelated")
     await update(http, tid, title="renamed")
     await delete(http, tid)
@@ -112,25 +104,17 @@ async def test_complete_stops_delivery_and_id_can_be_reused(server: Server, http
     ws = await WS.open(server.ws_url)
     await ws.init()
     await ws.subscribe("s", EVENTS)
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     await ws.send({"id": "s", "type": "complete"})
-    await wait_subscribed_exact(server, 0)
+    await wait_subscribers(server, 0, exact=True)
     await create(http, title="nobody listens")
     assert await ws.no_message()
     await ws.subscribe("s", EVENTS)
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     await create(http, title="heard")
     msg = await ws.recv()
     assert msg["payload"]["data"]["taskEvents"]["record"]["title"] == "heard"
     await ws.close()
-
-
-async def wait_subscribed_exact(server: Server, count: int) -> None:
-    for _ in range(200):
-        if server.tidings.dispatcher.subscriber_count == count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"subscriber count never reached {count}")
 
 
 async def test_queries_and_mutations_travel_over_the_socket(server: Server) -> None:
@@ -197,7 +181,7 @@ async def test_subscription_limit_errors_without_disturbing_others(tmp_path: Any
             err = await ws.recv()
             assert err["type"] == "error" and err["id"] == "c"
             assert err["payload"][0]["extensions"]["code"] == "RATE_LIMITED"
-            await wait_subscribed(server, 2)
+            await wait_subscribers(server, 2)
             await create(http, title="still flowing")
             ids = {(await ws.recv())["id"], (await ws.recv())["id"]}
             assert ids == {"a", "b"}
@@ -216,14 +200,14 @@ async def test_legacy_graphql_ws_protocol(server: Server, http: httpx.AsyncClien
     assert ws.conn.subprotocol == "graphql-ws"
     assert (await ws.init())["type"] == "connection_ack"
     await ws.subscribe("1", EVENTS, {"where": {"title": {"startsWith": "leg"}}})
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     await create(http, title="nope")
     await create(http, title="legacy")
     msg = await ws.recv()
     assert msg["type"] == "data" and msg["id"] == "1"
     assert msg["payload"]["data"]["taskEvents"]["record"]["title"] == "legacy"
     await ws.send({"id": "1", "type": "stop"})
-    await wait_subscribed_exact(server, 0)
+    await wait_subscribers(server, 0, exact=True)
     await ws.close()
 
 
@@ -248,7 +232,7 @@ async def test_gql_client_receives_filtered_events(server: Server, http: httpx.A
                     return
 
         task = asyncio.create_task(consume())
-        await wait_subscribed(server, 1)
+        await wait_subscribers(server, 1)
         low = await create(http, title="low", priority=1)
         high = await create(http, title="high", priority=7)
         await update(http, low, priority=5)
@@ -265,7 +249,7 @@ async def test_failed_mutation_publishes_nothing(server: Server, http: httpx.Asy
     ws = await WS.open(server.ws_url)
     await ws.init()
     await ws.subscribe("1", EVENTS)
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     body = await gql_post(http, 'mutation { updateTask(id: "missing", input: {title: "x"}) { id } }')
     assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert await ws.no_message(0.5)
@@ -278,7 +262,7 @@ async def test_a_doorbell_naming_a_seq_beyond_the_log_skips_nothing(server: Serv
     ws = await WS.open(server.ws_url)
     assert (await ws.init())["type"] == "connection_ack"
     await ws.subscribe("1", EVENTS)
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     tidings = server.tidings
     server.call(tidings.broker.publish(tidings.dispatcher.channel, b'{"seq": 1000}'))
     await asyncio.sleep(0.3)

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, gql_post, make_server
+from tests.conftest import Server, gql_post, make_server, wait_subscribers
 from tests.test_realtime_sse import read_events
-from tests.test_realtime_ws import create, wait_subscribed
+from tests.test_realtime_ws import create
 from tests.wsclient import WS
 from tidings.pubsub import MemoryBroker
 
@@ -48,7 +48,7 @@ async def test_reconnect_with_after_replays_exactly_what_was_missed_then_goes_li
     ws = await WS.open(server.ws_url)
     await ws.init()
     await ws.subscribe("1", SUB)
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     await post_many(http, [("r1", "first")])
     last_seen = int((await ws.recv())["payload"]["data"]["messageEvents"]["seq"])
     await ws.close()
@@ -97,7 +97,7 @@ async def test_query_seq_then_subscribe_after_misses_nothing(server: Server, htt
     await ws.init()
     await ws.subscribe("1", SUB, {"after": seq})
     assert events_of([await ws.recv()])[0][1] == "between"
-    await wait_subscribed(server, 1)
+    await wait_subscribers(server, 1)
     await post_many(http, [("r1", "after")])
     assert events_of([await ws.recv()])[0][1] == "after"
     assert await ws.no_message()
@@ -135,7 +135,7 @@ async def test_lost_doorbells_are_filled_from_the_log(tmp_path: Path) -> None:
             ws = await WS.open(server.ws_url)
             await ws.init()
             await ws.subscribe("1", SUB)
-            await wait_subscribed(server, 1)
+            await wait_subscribers(server, 1)
             await post_many(http, [("r1", f"m{i}") for i in range(50)], concurrency=1)
             got = [await ws.recv() for _ in range(50)]
             assert [b for _, b in events_of(got)] == [f"m{i}" for i in range(50)]
