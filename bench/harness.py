@@ -348,8 +348,12 @@ class Worker:
 
     # -- commands ------------------------------------------------------------
 
-    async def connect(self, url: str, query: str, layout: list[list[str]], slow: bool = False) -> list[int]:
+    async def connect(
+        self, url: str, query: str, layout: list[list[str]], slow: bool = False, variables: dict[str, Any] | None = None
+    ) -> list[int]:
         """One connection per entry of ``layout``; one subscription per room in it (op ids "1", "2", ...).
+
+        ``variables`` are sent with each subscription besides ``room`` (e.g. ``after`` to resume).
 
         A slow connection reads its first event (so it is known to be subscribed) and then
         nothing: with a small receive buffer and ``max_queue=1`` it soon stops reading its socket.
@@ -388,7 +392,7 @@ class Worker:
                     message = {
                         "id": op_id,
                         "type": "subscribe",
-                        "payload": {"query": query, "variables": {"room": room}},
+                        "payload": {"query": query, "variables": {"room": room, **(variables or {})}},
                     }
                     await ws.send(orjson.dumps(message).decode())  # text frames, as the protocol requires
                 return Conn(ws, subs, ws.local_address[1])
@@ -502,6 +506,7 @@ class Worker:
             "first": stats.first,
             "closed": [c.closed for c in self.conns if c.closed],
             "errors": stats.errors[:5],
+            "error_count": len(stats.errors),
         }
 
     async def drain_slow(self, timeout: float) -> list[dict[str, Any]]:
@@ -603,9 +608,11 @@ class Load:
         """Run ``command`` in every worker (the same ``args``, or one dict each); their answers."""
         return await asyncio.to_thread(self._call, command, per_worker or [args] * len(self.pipes), timeout)
 
-    async def connect(self, url: str, query: str, layout: list[list[str]], slow: bool = False) -> list[int]:
+    async def connect(
+        self, url: str, query: str, layout: list[list[str]], slow: bool = False, variables: dict[str, Any] | None = None
+    ) -> list[int]:
         parts = split(layout, len(self))
-        args = [{"url": url, "query": query, "layout": p, "slow": slow} for p in parts]
+        args = [{"url": url, "query": query, "layout": p, "slow": slow, "variables": variables} for p in parts]
         return [port for ports in await self.call("connect", args, timeout=300) for port in ports]
 
     async def wait(self, room: str, expected: int, timeout: float) -> dict[str, Any]:

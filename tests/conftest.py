@@ -17,6 +17,8 @@ import uvicorn
 
 from tidings.app import create_app
 from tidings.config import Settings
+from tidings.redaction import install_redaction
+from tidings.serving import uvicorn_options
 
 
 def free_port() -> int:
@@ -35,6 +37,7 @@ class Server:
         self.ws_url = f"ws://127.0.0.1:{port}/graphql"
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **uvicorn_kwargs)
         self.server = uvicorn.Server(config)
+        install_redaction()
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -63,15 +66,18 @@ class Server:
         return self.tidings._loop
 
 
-def make_server(tmp_path: Path, collections: Any = None, broker: Any = None, **settings: Any) -> Server:
+def make_server(
+    tmp_path: Path, collections: Any = None, broker: Any = None, uvicorn_overrides: Any = None, **settings: Any
+) -> Server:
     db = settings.pop("db", None) or f"sqlite:///{tmp_path / 'test.db'}"
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
-    app = create_app(collections, Settings(**base), broker=broker)
-    uv = {
-        "ws_max_size": base.get("max_message_size", 262_144),
-        "ws_per_message_deflate": base.get("ws_compression", False),
-    }
+    config = Settings(**base)
+    app = create_app(collections, config, broker=broker)
+    # What `tidings serve` runs, bar where it listens and how much it logs.
+    uv = uvicorn_options(config, **(uvicorn_overrides or {}))
+    for own in ("host", "port", "log_level"):
+        del uv[own]
     server = Server(app, free_port(), **uv)
     _capture_loop(app)
     server.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -142,3 +143,18 @@ async def test_healthz(http: httpx.AsyncClient) -> None:
     response = await http.get("/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+async def test_subscription_over_plain_http_is_a_request_error_not_a_logged_fault(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await http.post("/graphql", json={"query": "subscription S { taskEvents { seq } }"})
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "WebSocket" in error["message"]
+    assert "Server-Sent Events" in error["message"]
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
+    # A query mentioning the word is still a query.
+    assert (await gql_post(http, '{ tasks(where: {title: {eq: "subscription"}}) { id } }'))["data"] == {"tasks": []}

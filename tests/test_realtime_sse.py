@@ -49,7 +49,8 @@ async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server
     assert [e.event for e in events] == ["next"]
     data = json.loads(events[0].data)
     assert data["data"]["taskEvents"]["record"]["title"] == "open one"
-    assert events[0].id == data["data"]["taskEvents"]["seq"] == "2"
+    assert data["data"]["taskEvents"]["seq"] == "2"
+    assert events[0].id == f"{server.tidings.store.epoch}:2"
 
 
 async def test_distinct_mode_post_and_validation_error_on_stream(server: Server) -> None:
@@ -91,7 +92,8 @@ async def test_last_event_id_resumes(server: Server, http: httpx.AsyncClient) ->
         events = await read_events(response, 2)
     titles = [json.loads(e.data)["data"]["taskEvents"]["record"]["title"] for e in events]
     assert titles == ["b", "a2"]
-    assert [e.id for e in events] == ["2", "3"]
+    epoch = server.tidings.store.epoch  # ids are cursors, epoch:seq; a plain seq is still accepted
+    assert [e.id for e in events] == [f"{epoch}:2", f"{epoch}:3"]
 
 
 async def test_single_connection_mode_reservation_flow(server: Server, http: httpx.AsyncClient) -> None:

@@ -6,32 +6,41 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 import strawberry
+from graphql import GraphQLError, OperationType
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request as StarletteRequest
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.types import ExecutionResult
 
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.rules import Authorizer
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
 from tidings.errors import ErrorCode, TidingsError
+from tidings.limits import Limits
+from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
 from tidings.realtime.dispatcher import Dispatcher
-from tidings.realtime.engine import Engine
+from tidings.realtime.engine import Engine, Request
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.session import RENEW_TOKEN
 from tidings.schema.build import build_schema
 from tidings.schema.collection import Collection
 from tidings.store import Store
-from tidings.transports.common import TransportContext, header
+from tidings.transports.body import limit_body
+from tidings.transports.common import TransportContext, declares_json, header, unsupported_media_type
+from tidings.transports.negotiation import GRAPHQL_RESPONSE_JSON, route
+from tidings.transports.origins import OriginCORS, OriginPolicy
 from tidings.transports.sse import SSEEndpoint
 from tidings.transports.websocket import serve_websocket
 
@@ -39,13 +48,80 @@ logger = logging.getLogger("tidings")
 
 
 class HTTPView(GraphQL[Context, None]):
-    """Strawberry serves plain HTTP queries and mutations (and GraphiQL)."""
+    """Strawberry serves plain HTTP queries and mutations."""
 
     services: Services
+    engine: Engine
 
     async def get_context(self, request: Any, response: Any) -> Context:
         principal = request.scope.get("tidings.principal", ANONYMOUS)
         return Context(self.services, principal=principal, request=request, response=response)
+
+    async def execute_single(
+        self,
+        request: Any,
+        request_adapter: Any,
+        sub_response: Any,
+        context: Context,
+        root_value: Any,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        # Strawberry would execute a subscription as a query here and fail in the resolver:
+        # a client's mistake, answered 400 BAD_USER_INPUT rather than logged as a fault.
+        query = request_data.query
+        if (
+            query is not None
+            and "subscription" in query
+            and self.engine.operation_type(Request(query, None, request_data.operation_name, None))
+            is OperationType.SUBSCRIPTION
+        ):
+            sub_response.status_code = 400
+            message = (
+                "Subscriptions need a WebSocket (graphql-transport-ws or graphql-ws) "
+                "or Server-Sent Events (Accept: text/event-stream)"
+            )
+            return ExecutionResult(
+                data=None, errors=[GraphQLError(message, extensions={"code": ErrorCode.BAD_USER_INPUT.value})]
+            )
+        return await super().execute_single(request, request_adapter, sub_response, context, root_value, request_data)
+
+    async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
+        response = await super().process_result(request, result)
+        if request.scope.get("tidings.media_type") == GRAPHQL_RESPONSE_JSON and is_request_error(result):
+            # GraphQL over HTTP: no execution, so no data entry, and a 4xx (set in __call__).
+            response.pop("data", None)
+            request.scope["tidings.request_error"] = True
+        return response
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("tidings.media_type") != GRAPHQL_RESPONSE_JSON:
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_as_graphql_response(message: MutableMapping[str, Any]) -> None:
+            # Strawberry writes application/json; its own refusals (text/plain) keep their type.
+            if message["type"] == "http.response.start":
+                headers = [
+                    (b"content-type", b"application/graphql-response+json; charset=utf-8")
+                    if key == b"content-type" and value.split(b";")[0].strip() == b"application/json"
+                    else (key, value)
+                    for key, value in message.get("headers", [])
+                ]
+                status = message["status"]
+                if status == 200 and scope.get("tidings.request_error"):
+                    status = 400
+                message = {**message, "headers": headers, "status": status}
+            await send(message)
+
+        await super().__call__(scope, receive, send_as_graphql_response)
+
+
+def is_request_error(result: ExecutionResult) -> bool:
+    """A parse, validation or variable coercion error: execution never started.
+
+    Field errors always carry a ``path``; request errors never do.
+    """
+    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors or ())
 
 
 class Tidings:
@@ -71,33 +147,62 @@ class Tidings:
             claim_role=settings.claim_role,
         )
         self.authorizer = Authorizer.from_settings(self.collections, settings, auth_enabled=self.authenticator.enabled)
+        introspection, suggestions = settings.switch("introspection"), settings.switch("suggestions")
         self.schema, self.types = build_schema(
-            self.collections, extra_mutations=[RENEW_TOKEN], max_depth=settings.max_depth
+            self.collections,
+            extra_mutations=[RENEW_TOKEN],
+            max_depth=settings.max_depth,
+            introspection=introspection,
+            suggestions=suggestions,
         )
+        self.limits = Limits.from_settings(settings, broker_url=getattr(self.broker, "url", settings.broker))
         self.services = Services(
-            store=self.store, publisher=self.dispatcher, authorizer=self.authorizer, max_limit=settings.max_limit
+            store=self.store,
+            publisher=self.dispatcher,
+            authorizer=self.authorizer,
+            max_limit=settings.max_limit,
+            limits=self.limits,
         )
         self.engine = Engine(
-            self.schema, self.services, self.dispatcher, self.collections, max_depth=settings.max_depth
+            self.schema,
+            self.services,
+            self.dispatcher,
+            self.collections,
+            max_depth=settings.max_depth,
+            limits=self.limits,
+            introspection=introspection,
+            suggestions=suggestions,
         )
         self.transport = TransportContext(settings, self.engine, self.authenticator)
         self.sse = SSEEndpoint(self.transport)
-        self.http = HTTPView(
-            self.schema, graphql_ide="graphiql" if settings.graphiql else None, allow_queries_via_get=True
+        self.cors_origins = OriginPolicy.parse(settings.cors_origins, auth_enabled=self.authenticator.enabled)
+        # Browsers get tidings' playground (local assets), never Strawberry's CDN page.
+        self.http = HTTPView(self.schema, graphql_ide=None, allow_queries_via_get=True)
+        self.playground = (
+            Playground(self.collections, auth_enabled=self.authenticator.enabled, introspection=introspection)
+            if settings.graphiql
+            else None
         )
         self.http.services = self.services
+        self.http.engine = self.engine
         self._tasks: list[asyncio.Task[None]] = []
+        self.draining = False
 
     async def start(self) -> None:
         await self.store.start()
         await self.broker.start()
+        await self.limits.start()
         await self.dispatcher.start()
-        self._tasks = [
-            asyncio.create_task(self._keepalive(), name="tidings-keepalive"),
-            asyncio.create_task(self._prune(), name="tidings-retention"),
-        ]
+        self._tasks = [asyncio.create_task(self._prune(), name="tidings-retention")]
+        if self.settings.keepalive > 0:  # 0 turns keepalives off (a zero-second ticker would spin)
+            self._tasks.append(asyncio.create_task(self._keepalive(), name="tidings-keepalive"))
         if not self.authenticator.enabled:
             logger.warning("No JWT secret or key configured: the API is open to anyone (demo mode)")
+        cors, websocket = self.cors_origins.describe(), self.transport.origins.describe()
+        if cors == websocket:
+            logger.info("Browser pages from %s may use HTTP, SSE and WebSocket", cors)
+        else:
+            logger.info("Browser pages from %s may use HTTP and SSE; from %s, WebSocket", cors, websocket)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -105,8 +210,36 @@ class Tidings:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.dispatcher.close()
+        await self.limits.close()
         await self.broker.close()
         await self.store.close()
+
+    async def drain(self, timeout: float) -> None:
+        """End every open connection for a restart, flushing what each has queued, within ``timeout``.
+
+        WebSockets close 1012 and SSE responses end; clients reconnect to the next process
+        and resume from their last seq. New SSE streams are refused (503) from now on.
+        """
+        self.draining = True
+        connections = list(self.transport.connections)
+        if not connections:
+            return
+        started = time.monotonic()
+        tasks = [asyncio.create_task(conn.drain(timeout), name="tidings-drain") for conn in connections]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        failed = sum(1 for task in done if task.exception() is not None)
+        logger.info(
+            "Ended %d connections for shutdown in %.2f s (%d past the %.0f s deadline, %d failed)",
+            len(connections),
+            time.monotonic() - started,
+            len(pending),
+            timeout,
+            failed,
+        )
 
     async def _keepalive(self) -> None:
         while True:
@@ -136,14 +269,33 @@ class Tidings:
         if scope["type"] == "websocket":
             await serve_websocket(self.transport, scope, receive, send)
             return
-        accept = header(scope, b"accept") or ""
-        is_sse = (
-            scope["method"] in ("PUT", "DELETE")
-            or "text/event-stream" in accept
-            or header(scope, b"x-graphql-event-stream-token") is not None
-        )
-        if is_sse:
+        if self.playground is not None and self.playground.wants_page(scope):
+            # The page holds no data: served without a token, like its assets.
+            await self.playground.page(scope)(scope, receive, send)
+            return
+        # Every HTTP path (JSON, SSE, single-connection) reads its body through the limit.
+        await limit_body(self._serve_http, scope, receive, send, self.settings.max_message_size)
+
+    async def _serve_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        chosen = await route(self.engine, scope, receive)
+        receive = chosen.receive
+        if chosen.sse:
+            if self.draining:
+                # The process is shutting down: the client's retry reaches the next one.
+                restarting = Response("Server restarting; retry", 503, {"retry-after": "1"}, "text/plain")
+                await restarting(scope, receive, send)
+                return
             await self.sse(scope, receive, send)
+            return
+        if scope["method"] == "POST" and not declares_json(scope):
+            await JSONResponse(unsupported_media_type(scope), 415)(scope, receive, send)
+            return
+        if scope["method"] == "GET" and self._is_mutation(scope):
+            # GraphQL over HTTP: 405 (Strawberry says 400); a GET must never change anything.
+            refusal = {
+                "errors": [{"message": "Mutations need POST", "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]
+            }
+            await JSONResponse(refusal, 405, {"allow": "POST"})(scope, receive, send)
             return
         try:
             principal = self.http_principal(scope)
@@ -153,7 +305,15 @@ class Tidings:
             await response(scope, receive, send)
             return
         scope["tidings.principal"] = principal
+        scope["tidings.media_type"] = chosen.media_type
         await self.http(scope, receive, send)
+
+    def _is_mutation(self, scope: dict[str, Any]) -> bool:
+        params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query, name = params.get("query", [""])[0], params.get("operationName", [None])[0]
+        if "mutation" not in query:
+            return False
+        return self.engine.operation_type(Request(query, None, name, None)) is OperationType.MUTATION
 
     def http_principal(self, scope: dict[str, Any]) -> Principal:
         principal = self.authenticator.optional(bearer(header(scope, b"authorization")))
@@ -203,6 +363,10 @@ def create_app(
     async def healthz(_: StarletteRequest) -> Response:
         return JSONResponse({"status": "ok", "seq": str(tidings.dispatcher.position)})
 
+    async def to_playground(request: StarletteRequest) -> Response:
+        # A browser pointed at the server's root lands on the playground.
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/graphql", 302)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await tidings.start()
@@ -211,15 +375,11 @@ def create_app(
         finally:
             await tidings.stop()
 
-    cors = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    cors = tidings.cors_origins
     middleware = (
-        [
-            Middleware(
-                CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"]
-            )
-        ]
-        if cors
-        else []
+        []
+        if cors.is_empty
+        else [Middleware(OriginCORS, policy=cors, allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"])]
     )
     endpoint = _GraphQLEndpoint(tidings)
     app = _App(
@@ -227,6 +387,8 @@ def create_app(
             Route("/healthz", healthz),
             # WebSockets to /graphql never reach the router: _App hands them to tidings.
             Route("/graphql", endpoint, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"]),
+            *([Route(f"{ASSETS_PATH}/{{name}}", tidings.playground.asset)] if tidings.playground else []),
+            *([Route("/", to_playground)] if tidings.playground else []),
         ],
         middleware=middleware,
         lifespan=lifespan,

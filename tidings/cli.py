@@ -62,29 +62,33 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from tidings.app import create_app
+    from tidings.redaction import install_redaction
+    from tidings.server import run
+    from tidings.serving import uvicorn_options
+    from tidings.startup import check_dependencies, check_settings, describe
 
+    # Settings first, then what they name: a failure is one line (main), before any banner.
+    check_settings(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(load_collections(settings.collections), settings)
+    collections = load_collections(settings.collections)
+    app = create_app(collections, settings)
+    check_dependencies(settings, collections)
     # The schema, types and tables live as long as the process: move them out of the
     # cyclic collector's view, so its passes under load walk only what requests made.
     gc.collect()
     gc.freeze()
-    print(f"tidings: GraphQL and GraphiQL at http://{settings.host}:{settings.port}/graphql", flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=settings.max_message_size,
-        ws_per_message_deflate=settings.ws_compression,
-        ws_ping_interval=settings.keepalive,
-        ws_ping_timeout=settings.keepalive,
-        h11_max_incomplete_event_size=settings.max_message_size,
-    )
+    print("\n".join(describe(app)), flush=True)
+    config = uvicorn.Config(app, **uvicorn_options(settings))
+    install_redaction()  # after uvicorn.Config: building it configures uvicorn's loggers
+    if not run(app, config):
+        raise SystemExit(3)  # uvicorn's exit status for a failed startup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tidings.startup import Unavailable, version
+
     parser = argparse.ArgumentParser(prog="tidings", description="Realtime GraphQL over declared collections.")
+    parser.add_argument("--version", action="version", version=f"tidings {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser = sub.add_parser("serve", help="run the server")
     _add_settings(serve_parser)
@@ -115,9 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.role:
                 claims[settings.claim_role] = args.role
             print(auth.mint(claims, ttl=args.ttl))
-    except ConfigurationError as exc:
+    except ConfigurationError as exc:  # a setting is wrong: exit 2, like a bad flag
         print(f"tidings: {exc.message}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # what a setting names is down or taken: exit 1
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

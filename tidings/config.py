@@ -39,20 +39,57 @@ class Settings:
     anonymous: str = _field(
         "auto", "anonymous access: auto (on without a key), on, off, or a comma list of collections"
     )
-    allowed_origins: str = _field("*", "comma list of origins allowed to open WebSockets ('*' = any)")
-    cors_origins: str = _field("", "comma list of origins allowed by CORS on HTTP and SSE ('*' = any)")
+    allowed_origins: str = _field(
+        "",
+        "comma list of other origins allowed to open WebSockets ('*' = any, 'http://host:*' = any port); "
+        "empty: same origin only, plus http://localhost:* and http://127.0.0.1:* in demo mode",
+    )
+    cors_origins: str = _field(
+        "", "comma list of other origins allowed by CORS on HTTP and SSE (same syntax and default as --allowed-origins)"
+    )
     # limits
-    keepalive: float = _field(15.0, "seconds between WebSocket pings and SSE heartbeats")
+    keepalive: float = _field(
+        15.0, "seconds between WebSocket pings and SSE heartbeats; a ping unanswered this long closes 4008 (0 = off)"
+    )
+    shutdown_timeout: float = _field(
+        10.0, "seconds a SIGTERM gives open connections to flush their queues before the process exits"
+    )
     init_timeout: float = _field(5.0, "seconds a WebSocket has to send connection_init")
+    header_timeout: float = _field(10.0, "seconds a client has to send an HTTP request's headers (0 = no limit)")
+    body_timeout: float = _field(30.0, "seconds a client has to send an HTTP request's body (0 = no limit)")
     max_subscriptions: int = _field(100, "active operations per connection")
     max_message_size: int = _field(262_144, "largest inbound WebSocket message or HTTP body, bytes")
     queue_messages: int = _field(1000, "send queue bound per connection, in messages")
     queue_bytes: int = _field(1_048_576, "send queue bound per connection, in bytes")
+    write_timeout: float = _field(
+        10.0, "seconds a connection's frames may wait without its backlog once clearing before it is closed (0 = off)"
+    )
     ws_compression: bool = _field(
         False, "permessage-deflate on WebSockets (compresses every message once per connection: off for fan-out)"
     )
     max_limit: int = _field(1000, "largest page a list query may ask for")
-    max_depth: int = _field(10, "deepest query allowed")
+    max_depth: int = _field(10, "deepest query allowed (introspection included)")
+    introspection: str = _field(
+        "auto", "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off"
+    )
+    suggestions: str = _field(
+        "auto", "'Did you mean ...?' in error messages: auto (on in demo mode, off with a JWT secret or key), on, off"
+    )
+    # rate limits (token buckets: so many a second, up to a burst; a rate of 0 turns one off)
+    rate_subscribe: float = _field(20.0, "subscribe operations per second per connection (0 = off)")
+    rate_subscribe_burst: int = _field(50, "subscribe operations a connection may send at once")
+    rate_user_subscribe: float = _field(100.0, "subscribe operations per second per user, all connections together")
+    rate_user_subscribe_burst: int = _field(500, "subscribe operations a user may send at once")
+    rate_mutations: float = _field(
+        100.0, "mutations per second per user (anonymous: per WebSocket, or per IP on HTTP and SSE; 0 = off)"
+    )
+    rate_mutations_burst: int = _field(1000, "mutations a user may send at once")
+    rate_queries: float = _field(0.0, "queries per second, counted like mutations (0 = off)")
+    rate_queries_burst: int = _field(1000, "queries a user may send at once")
+    rate_events: float = _field(
+        0.0, "events delivered per second per subscription; beyond, it ends with RATE_LIMITED to resume (0 = off)"
+    )
+    rate_events_burst: int = _field(100, "events a subscription may receive at once")
     # resume
     retention_seconds: float = _field(86_400.0, "keep events this long for resume (0 = no age limit)")
     retention_events: int = _field(100_000, "keep at most this many events (0 = no count limit)")
@@ -77,6 +114,17 @@ class Settings:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.jwt_secret or self.jwt_public_key)
+
+    def switch(self, name: str) -> bool:
+        """An on/off/auto setting's value; auto means on in demo mode (no JWT secret or key) only."""
+        value = str(getattr(self, name)).strip().lower()
+        if value == "auto":
+            return not self.auth_enabled
+        if value in ("on", "true", "1", "yes"):
+            return True
+        if value in ("off", "false", "0", "no"):
+            return False
+        raise ConfigurationError(f"--{name.replace('_', '-')} must be auto, on or off, got {value!r}")
 
 
 def coerce(f: dataclasses.Field[Any], raw: str) -> Any:

@@ -8,6 +8,7 @@ TidingsError
  ├── Forbidden           FORBIDDEN
  ├── RateLimited         RATE_LIMITED
  ├── CursorExpired       CURSOR_EXPIRED
+ ├── CursorInvalid       CURSOR_INVALID
  └── ConfigurationError  CONFIGURATION_ERROR (raised at start-up, never to clients)
 
 graphql-core copies a raised exception's ``extensions`` into the GraphQL error,
@@ -28,6 +29,7 @@ class ErrorCode(str, enum.Enum):
     FORBIDDEN = "FORBIDDEN"
     RATE_LIMITED = "RATE_LIMITED"
     CURSOR_EXPIRED = "CURSOR_EXPIRED"
+    CURSOR_INVALID = "CURSOR_INVALID"
     CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
     GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
@@ -75,6 +77,12 @@ class RateLimited(TidingsError):
 
 class CursorExpired(TidingsError):
     code = ErrorCode.CURSOR_EXPIRED
+
+
+class CursorInvalid(TidingsError):
+    """A resume cursor this event log never issued: another database's, or ahead of the head."""
+
+    code = ErrorCode.CURSOR_INVALID
 
 
 class ConfigurationError(TidingsError):

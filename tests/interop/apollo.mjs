@@ -3,6 +3,7 @@
 import { ApolloClient, ApolloLink, HttpLink, InMemoryCache, gql } from '@apollo/client';
 import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
 import { getMainDefinition } from '@apollo/client/utilities';
+import { map } from 'rxjs';
 import { Collector, graphqlWsClient, line, parseArgs } from './common.mjs';
 
 const opts = parseArgs();
@@ -10,13 +11,24 @@ const collector = new Collector(opts);
 
 const wsClient = graphqlWsClient(opts, collector);
 
+// README "Resume without gaps" (Apollo Client), verbatim:
+let cursor = null; // extensions.cursor of the latest query response (extensions.seq beside it)
+const cursorLink = new ApolloLink((operation, forward) =>
+  forward(operation).pipe(
+    map((result) => {
+      if (result.extensions?.cursor) cursor = result.extensions.cursor;
+      return result;
+    }),
+  ),
+);
+
 const link = ApolloLink.split(
   ({ query }) => {
     const definition = getMainDefinition(query);
     return definition.kind === 'OperationDefinition' && definition.operation === 'subscription';
   },
   new GraphQLWsLink(wsClient),
-  new HttpLink({ uri: opts.httpUrl }),
+  ApolloLink.from([cursorLink, new HttpLink({ uri: opts.httpUrl })]),
 );
 
 const client = new ApolloClient({ link, cache: new InMemoryCache() });
@@ -40,6 +52,7 @@ collector.afterEvents = async () => {
   const result = await client.query({ query: gql(opts.sub.followUp), fetchPolicy: 'network-only' });
   if (result.error) throw result.error;
   line(JSON.stringify({ query: result.data[opts.sub.followUpField] }));
+  line(JSON.stringify({ cursor }));
 };
 
 collector.cleanup = async () => {

@@ -3,14 +3,9 @@
 import { Client, fetchExchange, subscriptionExchange } from '@urql/core';
 import { Collector, graphqlWsClient, line, parseArgs } from './common.mjs';
 
-// urql's fetchExchange aborts its fetch when the operation is torn down; when the
-// response has already been read, node's fetch (undici) rejects a promise nobody
-// awaits with an AbortError. That is client-side teardown noise, not a failed
-// request: ignore exactly that, and let every other unhandled rejection crash.
-process.on('unhandledRejection', (err) => {
-  if (err && err.name === 'AbortError') return;
-  throw err;
-});
+// urql's defaults throughout: its Accept header lists text/event-stream beside the JSON
+// types, and tidings must still answer its queries as JSON (an SSE answer makes the
+// fetch outlive toPromise() and node die on an unhandled AbortError).
 
 const opts = parseArgs();
 const collector = new Collector(opts);
@@ -52,6 +47,10 @@ collector.afterEvents = async () => {
   const result = await client.query(opts.sub.followUp, {}).toPromise();
   if (result.error) throw result.error;
   line(JSON.stringify({ query: result.data[opts.sub.followUpField] }));
+  // README "Resume without gaps" (urql), verbatim:
+  const { data, extensions } = await client.query('{ tasks { id title } }', {}).toPromise();
+  // extensions.cursor: subscribe with after: it, and apply events on top of data
+  line(JSON.stringify({ cursor: extensions.cursor, seq: extensions.seq, tasks: data.tasks.length }));
 };
 
 collector.cleanup = async () => {

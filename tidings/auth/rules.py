@@ -100,6 +100,11 @@ def _substitute(value: Any, principal: Principal) -> Any:
     return value
 
 
+def _field_name(collection: Any, column: str) -> str:
+    f = collection.field_map.get(column)
+    return str(f.graphql_name) if f is not None else column
+
+
 class Authorizer:
     """Decides, per principal, collection and action, which records are in reach."""
 
@@ -117,10 +122,14 @@ class Authorizer:
         self.anonymous = anonymous
         self.collections = {c.name: c for c in collections}
         self._rules: dict[tuple[str, Action], _Compiled] = {}
+        # Columns an owner rule binds to the caller's sub: written only as the caller's own.
+        self._owner_columns: dict[str, tuple[str, ...]] = {}
         for c in collections:
             rules = c.rules or Rules()
             for action in Action:
                 self._rules[(c.name, action)] = _compile_rule(rules.spec(action), c)
+            owners = (self._rules[(c.name, a)].column for a in Action if self._rules[(c.name, a)].kind == "owner")
+            self._owner_columns[c.name] = tuple(dict.fromkeys(col for col in owners if col is not None))
 
     @classmethod
     def from_settings(cls, collections: Sequence[Any], settings: Any, *, auth_enabled: bool) -> Authorizer:
@@ -187,13 +196,18 @@ class Authorizer:
         return principal.account if self.multi_tenant else None
 
     def prepare_create(self, collection: Any, principal: Principal, values: dict[str, Any]) -> None:
-        """Fill the owner field, then raise ``Forbidden`` unless the new record passes the create rule."""
-        # A collection with an owner rule gets its owner field filled with the creator.
-        for action in Action:
-            rule = self._rules.get((collection.name, action))
-            owner = rule.column if rule is not None and rule.kind == "owner" else None
-            if owner and principal.sub and values.get(owner) is None:
-                values[owner] = principal.sub
+        """Fill the owner fields, then raise ``Forbidden`` unless the new record passes the create rule.
+
+        An owner field (one an ``owner:<field>`` rule names, for any action) is always the
+        creator's ``sub``: naming another owner is refused, except for the admin role.
+        """
+        for column in self._owner_columns.get(collection.name, ()):
+            given = values.get(column)
+            if given is None:
+                if principal.sub is not None:
+                    values[column] = principal.sub
+            elif given != principal.sub and not self.is_admin(principal):
+                raise Forbidden(f"{collection.name}: {_field_name(collection, column)} must be your own id")
         guard = self.guard(collection.name, principal, Action.CREATE)
         record = {
             **{f.name: f.default for f in collection.fields},
@@ -203,8 +217,18 @@ class Authorizer:
         if not compile_predicate(guard)(record):
             raise Forbidden(f"{collection.name}: not allowed to create this record")
 
-    def check_write_result(self, collection: Any, principal: Principal, record: Mapping[str, Any]) -> None:
-        """Raise ``Forbidden`` if an update would move a record out of what ``principal`` may write."""
+    def check_write_result(
+        self, collection: Any, principal: Principal, record: Mapping[str, Any], previous: Mapping[str, Any]
+    ) -> None:
+        """Raise ``Forbidden`` if an update would move a record out of what ``principal`` may write.
+
+        ``previous`` holds the changed fields' old values: an owner field may change only to
+        the caller's own ``sub`` (the admin role may hand records to anyone).
+        """
+        if not self.is_admin(principal):
+            for column in self._owner_columns.get(collection.name, ()):
+                if column in previous and record.get(column) != principal.sub:
+                    raise Forbidden(f"{collection.name}: only you can be the new {_field_name(collection, column)}")
         guard = self.guard(collection.name, principal, Action.UPDATE)
         if not compile_predicate(guard)(record):
             raise Forbidden(f"{collection.name}: the change would put the record out of your reach")

@@ -6,17 +6,21 @@ chooses the algorithm, so ``alg: none`` and HS/RS key confusion are refused.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.algorithms import get_default_algorithms
 
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import ConfigurationError, Unauthenticated
 
-_HMAC = ("HS256", "HS384", "HS512")
+logger = logging.getLogger("tidings.auth")
+
+_HMAC = {"HS256": 32, "HS384": 48, "HS512": 64}  # the least key length, bytes: the hash output's
 _ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 
 
@@ -37,21 +41,41 @@ class Authenticator:
         claim_role: str = "role",
     ) -> None:
         if secret and public_key:
-            raise ConfigurationError("Give a JWT secret or a public key, not both")
+            raise ConfigurationError("--jwt-secret and --jwt-public-key: give one, not both")
         self.key: str | None = None
         if secret:
             self.algorithm = algorithm or "HS256"
             if self.algorithm not in _HMAC:
-                raise ConfigurationError(f"A JWT secret needs an HS* algorithm, got {self.algorithm!r}")
+                raise ConfigurationError(f"--jwt-algorithm {self.algorithm!r}: a secret needs HS256, HS384 or HS512")
+            size, needed = len(secret.encode()), _HMAC[self.algorithm]
+            if size < needed:
+                # RFC 7518 section 3.2: a key at least as long as the hash output MUST be used.
+                # A shorter one falls to an offline guess from any one token its holder has.
+                raise ConfigurationError(
+                    f"--jwt-secret: {size} bytes is too short for {self.algorithm}, which needs at least {needed} "
+                    "(RFC 7518 section 3.2); make one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
             self.key = secret
         elif public_key:
             self.algorithm = algorithm or "RS256"
             if self.algorithm not in _ASYMMETRIC:
-                raise ConfigurationError(f"A JWT public key needs an asymmetric algorithm, got {self.algorithm!r}")
+                raise ConfigurationError(
+                    f"--jwt-algorithm {self.algorithm!r}: a JWT public key needs an asymmetric algorithm "
+                    f"({', '.join(_ASYMMETRIC)})"
+                )
             try:
                 self.key = Path(public_key).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigurationError(f"Cannot read JWT public key {public_key!r}: {exc}") from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not a text (PEM) file"
+                raise ConfigurationError(f"--jwt-public-key {public_key}: cannot read it: {reason}") from exc
+            try:
+                # Parsed now, not at the first token: pyjwt would only then find it is garbage.
+                get_default_algorithms()[self.algorithm].prepare_key(self.key)
+            except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"--jwt-public-key {public_key}: not a PEM public key for {self.algorithm}"
+                ) from exc
         else:
             self.algorithm = algorithm or "HS256"
         self.issuer = issuer
@@ -82,7 +106,9 @@ class Authenticator:
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("Token expired") from exc
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"Invalid token: {exc}") from exc
+            # pyjwt's text helps whoever forges tokens more than whoever holds one: it goes to the log.
+            logger.info("Refused a token: %s: %s", type(exc).__name__, exc)
+            raise Unauthenticated("Invalid token") from exc
         sub = claims.get(self.claim_sub)
         account = claims.get(self.claim_account)
         role = claims.get(self.claim_role)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tidings.errors import ConfigurationError
-from tidings.pubsub.base import Broker
+from tidings.pubsub.base import Broker, BrokerUnavailable
 from tidings.pubsub.memory import MemoryBroker
 
-__all__ = ["Broker", "MemoryBroker", "broker_from_url"]
+__all__ = ["Broker", "BrokerUnavailable", "MemoryBroker", "broker_from_url"]
 
 
 def broker_from_url(url: str) -> Broker:

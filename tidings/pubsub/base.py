@@ -3,12 +3,22 @@
 A broker carries doorbells between server processes: bytes on a channel.
 It is allowed to lose messages (the event log is the source of truth and the
 dispatcher fills gaps from it), but not to reorder one publisher's messages.
+
+Faults are the caller's to survive, not the broker's to hide: ``publish``
+raises ``BrokerUnavailable`` when the broker is unreachable (the dispatcher bounds how long it may
+take and drops the doorbell), and a subscription's iterator raises ``BrokerUnavailable``
+when its connection is lost (the dispatcher subscribes again with backoff, then reads
+what it missed from the log). A broker never retries or logs on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker cannot be reached; a backend's own exceptions are mapped to this."""
 
 
 class Broker(Protocol):
@@ -16,10 +26,21 @@ class Broker(Protocol):
         """Connect; called once before use."""
 
     async def publish(self, channel: str, message: bytes) -> None:
-        """Send ``message`` to every current subscriber of ``channel``."""
+        """Send ``message`` to every current subscriber of ``channel``.
 
-    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
-        """Messages published on ``channel`` from now on, until ``close``."""
+        Raises ``BrokerUnavailable`` if the broker cannot take it; may be
+        cancelled at any await, which must leave the broker usable.
+        """
+
+    def subscribe(self, channel: str, *, on_ready: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+        """Messages published on ``channel`` from now on, until ``close``.
+
+        ``on_ready`` is called once the subscription is in place on the broker:
+        every message published after that call reaches this iterator. The
+        iterator ends when the broker closes and raises ``BrokerUnavailable``
+        when its connection is lost; the subscription is then gone and the caller subscribes again.
+        """
 
     async def close(self) -> None:
-        """Stop every subscription and release connections."""
+        """Stop every subscription and release connections, without waiting on
+        an unreachable broker."""

@@ -38,9 +38,11 @@ class MemoryBroker:
             except asyncio.QueueFull:
                 self.dropped += 1
 
-    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+    async def subscribe(self, channel: str, *, on_ready: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[object] = asyncio.Queue(self.max_backlog)
         self._queues[channel].add(queue)
+        if on_ready is not None:
+            on_ready()
         try:
             while not self._closed:
                 item = await queue.get()

@@ -3,7 +3,10 @@
 One task consumes the broker. It keeps ``position``, the last sequence it
 dispatched, and dispatches strictly in order: a doorbell that skips numbers
 makes it read the gap from the event log first, and a periodic check of the
-log's head catches a lost last doorbell. Subscriptions are found through an
+log's head catches a lost last doorbell. The broker may fail at any time:
+the consumer subscribes again with capped, jittered backoff and then reads
+what it missed from the log, the gap check delivers meanwhile, and a publish
+never holds a mutation's response longer than ``publish_timeout``. Subscriptions are found through an
 index on (collection, account), then record id or an equality term of their
 filter, so an event only touches the groups that may want it.
 """
@@ -13,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import defaultdict
-from collections.abc import Hashable
+from collections.abc import AsyncGenerator, Hashable
 from typing import Any
 
 from graphql.execution import Executor
@@ -26,6 +30,7 @@ from tidings.filters import equality_terms
 from tidings.pubsub import Broker
 from tidings.realtime import doorbell
 from tidings.realtime.group import Group, Selection, Sink, Subscriber
+from tidings.realtime.replay import Replayer
 from tidings.schema.collection import Collection
 from tidings.store import Store
 
@@ -115,13 +120,17 @@ class Dispatcher:
         *,
         gap_check_interval: float = 1.0,
         replay_page: int = 500,
+        replay_db_slots: int = 2,
         channel: str = doorbell.CHANNEL,
+        publish_timeout: float = 0.25,
+        reconnect_backoff: tuple[float, float] = (0.05, 1.0),
     ) -> None:
         self.store = store
         self.broker = broker
         self.channel = channel
         self.gap_check_interval = gap_check_interval
         self.replay_page = replay_page
+        self.replayer = Replayer(store, page_size=replay_page, db_slots=replay_db_slots)
         self.position = 0
         self.groups: dict[Hashable, Group] = {}
         self._buckets: dict[tuple[str, Any], _Bucket] = {}
@@ -130,6 +139,14 @@ class Dispatcher:
         self._lock = asyncio.Lock()  # one dispatch pass at a time: order is the invariant
         self.dispatched = 0
         self.gaps_filled = 0
+        self.publish_timeout = publish_timeout
+        self.reconnect_backoff = reconnect_backoff
+        # Broker health: one WARNING when an outage starts, one INFO when it ends.
+        self.broker_outages = 0
+        self._broker_down = False
+        self._subscribed = False  # the consumer holds a subscription the broker confirmed
+        self._probing = False  # while down, one publish at a time tries the broker
+        self._wake = asyncio.Event()  # wakes the gap check early, e.g. after resubscribing
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -143,45 +160,104 @@ class Dispatcher:
         self._poll_task.add_done_callback(_log_failure)
 
     async def close(self) -> None:
-        for task in (self._task, self._poll_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [task for task in (self._task, self._poll_task) if task is not None]
+        for task in tasks:
+            task.cancel()
+        # A task that already failed was logged by _log_failure; shutdown goes on.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.replayer.close()
 
     async def publish(self, event: ChangeEvent) -> None:
-        """Ring the doorbell for a committed event (called after commit)."""
+        """Ring the doorbell for a committed event (called after commit).
+
+        Takes at most ``publish_timeout``: the commit stands whatever happens
+        here, and a lost doorbell is delivered from the log by the gap check.
+        While the broker is down only one publish at a time probes it; the
+        others return at once.
+        """
+        if self._broker_down and self._probing:
+            return
+        probe = self._broker_down
+        self._probing = self._probing or probe
         try:
-            await self.broker.publish(self.channel, doorbell.encode(event))
-        except Exception:
-            # The commit stands; the gap check delivers it from the log.
-            logger.exception("Broker publish failed for seq %s", event.seq)
+            async with asyncio.timeout(self.publish_timeout):
+                await self.broker.publish(self.channel, doorbell.encode(event))
+        except Exception as exc:
+            self._broker_lost(exc)
+        else:
+            self._broker_back()
+        finally:
+            if probe:
+                self._probing = False
 
     async def _consume(self, ready: asyncio.Event) -> None:
-        messages = self.broker.subscribe(self.channel)
-        # Subscribe before announcing readiness so no doorbell rung after start is missed.
-        first = asyncio.ensure_future(anext(messages))
-        await asyncio.sleep(0)
-        ready.set()
-        try:
-            message = await first
-            while True:
-                seq, event = doorbell.decode(message, self.store.collections)
-                await self._advance(seq, event)
-                message = await anext(messages)
-        except StopAsyncIteration:
-            return
+        failures = 0
+
+        def subscribed() -> None:
+            nonlocal failures
+            failures = 0
+            self._subscribed = True
+            ready.set()
+            self._broker_back()
+            # Doorbells rung while we were not subscribed are lost: read them from the log now.
+            self._wake.set()
+
+        while True:
+            messages = self.broker.subscribe(self.channel, on_ready=subscribed)
+            try:
+                while True:
+                    try:
+                        message = await anext(messages)
+                    except StopAsyncIteration:
+                        return  # the broker closed
+                    except Exception as exc:
+                        self._subscribed = False
+                        self._broker_lost(exc)
+                        break
+                    try:
+                        seq, event = doorbell.decode(message, self.store.collections)
+                        await self._advance(seq, event)
+                    except Exception:
+                        # Nothing past position was dispatched: the gap check retries it.
+                        logger.warning("Dispatching a doorbell failed; the gap check retries", exc_info=True)
+            finally:
+                self._subscribed = False
+                if isinstance(messages, AsyncGenerator):
+                    await messages.aclose()
+            failures += 1
+            low, cap = self.reconnect_backoff
+            await asyncio.sleep(min(cap, low * 2 ** (failures - 1)) * random.uniform(0.5, 1.0))
+
+    def _broker_lost(self, exc: BaseException) -> None:
+        if not self._broker_down:
+            self._broker_down = True
+            self.broker_outages += 1
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {self.publish_timeout} s"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "Broker unreachable (%s); reconnecting with backoff, delivering from the event log meanwhile", reason
+            )
+
+    def _broker_back(self) -> None:
+        # A publish that went through is not enough after a disconnect: live delivery is
+        # back only once the consumer holds a confirmed subscription again.
+        if self._broker_down and self._subscribed:
+            self._broker_down = False
+            logger.info("Broker reachable again; live delivery resumed")
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.gap_check_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.gap_check_interval)
+            self._wake.clear()
             try:
                 head = await self.store.last_seq()
+                if head > self.position:
+                    await self._advance(head, None)
             except Exception:
                 logger.exception("Gap check could not read the event log")
-                continue
-            if head > self.position:
-                await self._advance(head, None)
 
     async def _advance(self, seq: int, event: ChangeEvent | None) -> None:
         """Dispatch everything up to ``seq``, in order, exactly once."""
@@ -248,10 +324,12 @@ class Dispatcher:
         Registration and reading ``position`` happen with no await between
         them, so every live event after this point has seq > start and reaches
         the subscriber's buffer; the replay covers (after, start]. The buffer is
-        then flushed with seq > last replayed: no gap, no duplicate.
+        then flushed with seq > last replayed: no gap, no duplicate. The replay
+        itself is shared with the other subscribers resuming meanwhile (see
+        ``Replayer``): it pushes only seqs in (after, start], straight to the sink.
         """
         if after is not None:
-            pruned = await self.store.pruned_through()
+            pruned = await self.replayer.pruned_through()
             if after < pruned:
                 raise CursorExpired(
                     f"Events after seq {after} are no longer retained (oldest kept is {pruned + 1}); "
@@ -271,23 +349,7 @@ class Dispatcher:
             return subscriber
         subscriber.buffer = []
         try:
-            cursor = after
-            while cursor < start:
-                events = await self.store.read_events(cursor, start, self.replay_page)
-                if not events:
-                    break
-                for ev in events:
-                    match = group.match(ev)
-                    if match is not None:
-                        subscriber.sink.push(op_id, ev.seq, group.render(ev, match))
-                cursor = events[-1].seq
-            if after < start and cursor < start:
-                # Pruned while we read: a partial replay would be a silent loss.
-                pruned = await self.store.pruned_through()
-                if pruned > after:
-                    raise CursorExpired(
-                        f"Events after seq {after} were pruned during replay", oldestSeq=str(pruned + 1)
-                    )
+            await self.replayer.replay(group, subscriber, after, start)
         except BaseException:
             self.unsubscribe(subscriber)
             raise
@@ -302,6 +364,7 @@ class Dispatcher:
         group.members.pop(id(subscriber), None)
         if not group.members and self.groups.get(group.key) is group:
             del self.groups[group.key]
+            self.replayer.forget(group)
             bucket = self._buckets.get(group.bucket_key)
             if bucket is not None:
                 bucket.remove(group)

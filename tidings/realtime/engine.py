@@ -22,25 +22,29 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    VariableNode,
+    Visitor,
     parse,
     specified_rules,
     validate,
+    visit,
 )
 from graphql.execution import Executor
 from graphql.execution.values import get_argument_values
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action
-from tidings.errors import BadUserInput, TidingsError
+from tidings.errors import BadUserInput, CursorInvalid, TidingsError
 from tidings.events import Operation
 from tidings.filters import parse_filter
+from tidings.limits import Limits
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.convert import input_to_dict
 from tidings.schema.collection import Collection
 from tidings.schema.extensions import classify_all
+from tidings.schema.validation import validation_rules
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,15 +104,19 @@ class Engine:
         max_depth: int = 10,
         max_aliases: int = 100,
         cache_size: int = 1000,
+        limits: Limits | None = None,
+        introspection: bool = True,
+        suggestions: bool = True,
     ) -> None:
         self.schema = schema
+        self.suggestions = suggestions
+        self.limits = limits
         self.services = services
         self.dispatcher = dispatcher
         self.by_field = {c.events_field: c for c in collections}
         self._rules = [
             *specified_rules,
-            *QueryDepthLimiter(max_depth=max_depth).validation_rules,
-            *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+            *validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection),
         ]
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
         self._cache_size = cache_size
@@ -141,7 +149,7 @@ class Engine:
         """The errors that keep a request from running (empty when it can run)."""
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
-            return [dict(e.formatted) for e in classify_all(list(parsed.errors))]
+            return [dict(e.formatted) for e in classify_all(list(parsed.errors), suggestions=self.suggestions)]
         if _find_operation(parsed.document, request.operation_name) is None:
             return [_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")]
         return []
@@ -155,19 +163,24 @@ class Engine:
         op_id: str,
         connection: Any = None,
         allow: frozenset[OperationType] | None = None,
-        after: int | None = None,
+        after: str | None = None,
     ) -> Outcome:
         """Run one operation. ``after`` (an SSE Last-Event-ID) overrides the ``after`` argument."""
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
-            return Rejected([dict(e.formatted) for e in classify_all(list(parsed.errors))])
+            errors = classify_all(list(parsed.errors), suggestions=self.suggestions)
+            return Rejected([dict(e.formatted) for e in errors])
         operation = _find_operation(parsed.document, request.operation_name)
         if operation is None:
             return Rejected([_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")])
         if allow is not None and operation.operation not in allow:
             return Rejected([_error(f"{operation.operation.value} operations are not allowed here", "BAD_USER_INPUT")])
+        if operation.operation is OperationType.SUBSCRIPTION and self.limits is not None:
+            limited = await self.limits.check_subscribe(principal, sink)
+            if limited is not None:
+                return Rejected([_tidings_error(limited)])
         if operation.operation is not OperationType.SUBSCRIPTION:
-            context = Context(self.services, principal=principal, connection=connection)
+            context = Context(self.services, principal=principal, connection=connection, client=sink)
             result = await self.schema.execute(
                 request.query,
                 variable_values=request.variables,
@@ -181,9 +194,14 @@ class Engine:
                 payload["extensions"] = result.extensions
             return Finished(payload)
         try:
-            return await self._subscribe(request, parsed.document, operation, principal, sink, op_id, after)
+            outcome = await self._subscribe(request, parsed.document, operation, principal, sink, op_id, after)
         except TidingsError as exc:
             return Rejected([_tidings_error(exc)])
+        if isinstance(outcome, Streaming) and self.limits is not None:
+            # Set after the replay: the event rate counts live events only. No await
+            # between here and the transport registering the stream.
+            outcome.subscriber.rate = self.limits.event_bucket()
+        return outcome
 
     async def _subscribe(
         self,
@@ -193,7 +211,7 @@ class Engine:
         principal: Principal,
         sink: Sink,
         op_id: str,
-        after_override: int | None,
+        after_override: str | None,
     ) -> Outcome:
         built = Executor.build(
             self.schema._schema,
@@ -203,7 +221,7 @@ class Engine:
             operation_name=request.operation_name,
         )
         if isinstance(built, list):
-            return Rejected([dict(e.formatted) for e in classify_all(built)])
+            return Rejected([dict(e.formatted) for e in classify_all(built, suggestions=self.suggestions)])
         node = _root_field(operation.selection_set, document)
         collection = self.by_field[node.name.value]
         subscription_type = self.schema._schema.subscription_type
@@ -213,9 +231,7 @@ class Engine:
         guard = authorizer.guard(collection.name, principal, Action.READ)
         where = parse_filter(input_to_dict(args.get("where")), collection.filter_fields)
         ops = args.get("operations")
-        after = _parse_seq(args.get("after"))
-        if after_override is not None:
-            after = after_override
+        after = await self._check_cursor(args.get("after") if after_override is None else after_override)
         record_id = args.get("id")
         selection = Selection(
             collection=collection,
@@ -223,17 +239,22 @@ class Engine:
             operations=frozenset(Operation(o.value) for o in ops) if ops else None,
             record_id=str(record_id) if record_id is not None else None,
             guard=guard,
+            epoch=self.services.store.epoch,
         )
         account = authorizer.index_account(principal)
         # Members of a group share every decision and every byte, so the key holds all
         # that decides them: the document, its variables, and the read guard itself
         # (account, owner and claim values already substituted), not who the caller is.
         # Two users whose rules resolve to the same guard share; any difference splits.
-        # `after` is not in the key unless passed as a variable: it shapes only the replay.
+        # `after` is not in the key, nor the variable that only feeds it: it shapes only the
+        # replay, so clients resuming from different seqs join one group (and share the replay).
+        variables = request.variables or {}
+        for name in _after_only_variables(document, node):
+            variables = {k: v for k, v in variables.items() if k != name}
         key = (
             request.query,
             request.operation_name,
-            orjson.dumps(request.variables or {}, option=orjson.OPT_SORT_KEYS),
+            orjson.dumps(variables, option=orjson.OPT_SORT_KEYS),
             repr(guard),
             account,
         )
@@ -251,14 +272,75 @@ class Engine:
     def stop(self, outcome: Streaming) -> None:
         self.dispatcher.unsubscribe(outcome.subscriber)
 
+    def cursor(self, seq: int) -> str:
+        """The resume cursor of ``seq`` in this event log: ``<epoch>:<seq>``."""
+        return f"{self.services.store.epoch}:{seq}"
 
-def _parse_seq(value: Any) -> int | None:
+    async def _check_cursor(self, value: Any) -> int | None:
+        """The seq to resume after, from a cursor or a plain seq this log could have issued.
+
+        Checked here, before the dispatcher replays anything: a cursor of another
+        event log (its epoch differs) or one ahead of the head would otherwise be
+        accepted and then deliver nothing, or the wrong events, without a word.
+        """
+        parsed = _parse_cursor(value)
+        if parsed is None:
+            return None
+        epoch, seq = parsed
+        if epoch is not None and epoch != self.services.store.epoch:
+            raise CursorInvalid(
+                f"Cursor {value!s:.60} is from another event log (the database was replaced or reset): "
+                "re-query, then subscribe again with the cursor of that response"
+            )
+        # position may trail the log by a doorbell in flight (a query just read seq N the
+        # dispatcher has not reached): only a seq past the log's own head is refused.
+        if seq > self.dispatcher.position and seq > await self.services.store.last_seq():
+            raise CursorInvalid(
+                f"Cursor {value!s:.60} is ahead of this event log's head (the database was replaced or reset): "
+                "re-query, then subscribe again with the cursor of that response"
+            )
+        return seq
+
+
+def _parse_cursor(value: Any) -> tuple[str | None, int] | None:
+    """``<epoch>:<seq>`` or a plain ``<seq>`` (decimal digits) as (epoch or None, seq)."""
     if value is None:
         return None
     text = str(value)
-    if not text.isdigit() or len(text) > 19:
-        raise BadUserInput(f"after must be a seq (decimal digits), got {text[:40]!r}", field="after")
-    return int(text)
+    epoch, colon, digits = text.rpartition(":")
+    if (
+        not digits.isdigit()
+        or not digits.isascii()
+        or len(digits) > 18
+        or (colon and not (0 < len(epoch) <= 32 and epoch.isascii() and epoch.isalnum()))
+    ):
+        raise BadUserInput(
+            f"after must be a cursor (epoch:seq) or a seq (decimal digits), got {text[:40]!r}", field="after"
+        )
+    return (epoch if colon else None), int(digits)
+
+
+class _VariableUses(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def enter_variable(self, node: VariableNode, *_: Any) -> None:
+        self.names.append(node.name.value)
+
+
+def _after_only_variables(document: DocumentNode, field: FieldNode) -> list[str]:
+    """Variables used by the root field's ``after`` argument and nowhere else (besides their definition)."""
+    names = [
+        arg.value.name.value
+        for arg in field.arguments or ()
+        if arg.name.value == "after" and isinstance(arg.value, VariableNode)
+    ]
+    if not names:
+        return names
+    uses = _VariableUses()
+    visit(document, uses)
+    return [name for name in names if uses.names.count(name) == 2]
 
 
 def _find_operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:

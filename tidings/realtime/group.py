@@ -8,6 +8,7 @@ renders once, and each member only wraps the shared payload in its own frame.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from graphql.execution import Executor, execute_subscription_event
 
 from tidings.events import ChangeEvent, Operation
 from tidings.filters import And, Filter, compile_predicate
+from tidings.limits import TokenBucket, rate_limited_events
 from tidings.schema.collection import Collection
 from tidings.schema.extensions import classify_all
 from tidings.schema.inputs import Match
@@ -46,12 +48,13 @@ class Selection:
     operations: frozenset[Operation] | None
     record_id: str | None
     guard: Filter  # the subscriber's read permission, account scope included
+    epoch: str = ""  # the event log's identity, the first half of each event's cursor
 
 
 class Subscriber:
     """One subscription of one connection, member of a group."""
 
-    __slots__ = ("buffer", "group", "min_seq", "op_id", "sink")
+    __slots__ = ("buffer", "group", "min_seq", "op_id", "rate", "sink")
 
     def __init__(self, sink: Sink, op_id: str, group: Group, min_seq: int) -> None:
         self.sink = sink
@@ -60,6 +63,7 @@ class Subscriber:
         self.min_seq = min_seq
         # While a resume replays the log, live events wait here (see Dispatcher.subscribe).
         self.buffer: list[tuple[int, str]] | None = None
+        self.rate: TokenBucket | None = None  # events delivered per second (None: unlimited)
 
     def push(self, seq: int, payload: str) -> None:
         if seq <= self.min_seq:
@@ -67,8 +71,24 @@ class Subscriber:
         if self.buffer is not None:
             self.buffer.append((seq, payload))
             return
+        rate = self.rate
+        if rate is not None and rate.take():
+            self._over_rate(rate)
+            return
         self.min_seq = seq
         self.sink.push(self.op_id, seq, payload)
+
+    def _over_rate(self, rate: TokenBucket) -> None:
+        """Over its event rate: end this one subscription, saying where to resume.
+
+        Nothing is dropped silently: the client learns the last seq it received
+        and resubscribes with ``after:`` it, replaying the rest from the event log.
+        Holding events back here instead would keep unbounded memory per subscriber.
+        """
+        error = rate_limited_events(rate, self.min_seq)
+        self.min_seq = sys.maxsize  # whatever still arrives before the unsubscribe is past its end
+        self.rate = None
+        self.sink.finish(self.op_id, [error])
 
 
 class Group:
@@ -137,6 +157,7 @@ class Group:
         view = {
             "operation": _OPERATIONS[event.operation],
             "seq": str(event.seq),
+            "cursor": f"{self.selection.epoch}:{event.seq}",
             "id": event.record_id,
             "record": record,
             "previous": previous,
@@ -145,7 +166,11 @@ class Group:
             "actor": event.actor,
             "match": match,
         }
-        result = execute_subscription_event(self.executor.build_per_event_executor(view))
+        executor = self.executor.build_per_event_executor(view)
+        # The copy shares graphql-core's subfield memo with the group's executor, keyed by
+        # lists made anew for each event: shared, it would grow by every event ever rendered.
+        executor._relevant_sub_fields = {}
+        result = execute_subscription_event(executor)
         payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
         errors: list[GraphQLError] | None = result.errors  # type: ignore[union-attr]
         if errors:

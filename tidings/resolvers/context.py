@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
@@ -11,6 +12,7 @@ from tidings.events import ChangeEvent
 
 if TYPE_CHECKING:
     from tidings.auth.rules import Authorizer
+    from tidings.limits import Limits
     from tidings.store import Reader, Store
 
 
@@ -32,6 +34,7 @@ class Services:
     publisher: Publisher
     authorizer: Authorizer
     max_limit: int = 1000
+    limits: Limits | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -41,24 +44,45 @@ class Context:
     request: Any = None
     response: Any = None
     connection: CredentialsHolder | None = None
+    client: Any = None  # who sent it, for rate limits: a WebSocket connection, or an SSE stream
     _reader_stack: contextlib.AsyncExitStack | None = None
     _reader: Reader | None = None
+    # Root fields resolve concurrently: the first to ask opens the snapshot while the
+    # others wait on this lock, so a request holds one connection and reads one snapshot.
+    _reader_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    _closed: bool = False
     seq: int | None = None
 
     async def reader(self) -> Reader:
         """One read snapshot per request, opened on first use."""
-        if self._reader is None:
-            stack = contextlib.AsyncExitStack()
-            self._reader = await stack.enter_async_context(self.services.store.reader())
-            self._reader_stack = stack
-        return self._reader
+        if self._reader is not None:
+            return self._reader
+        async with self._reader_lock:
+            if self._reader is None:
+                if self._closed:
+                    raise RuntimeError("The request's read snapshot was already closed")
+                stack = contextlib.AsyncExitStack()
+                try:
+                    reader = await stack.enter_async_context(self.services.store.reader())
+                except BaseException:
+                    await stack.aclose()
+                    raise
+                self._reader, self._reader_stack = reader, stack
+            return self._reader
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self.seq = await self._reader.seq()
-        if self._reader_stack is not None:
-            stack, self._reader_stack, self._reader = self._reader_stack, None, None
-            await stack.aclose()
+        """Record the snapshot's ``seq`` and release its connection; idempotent."""
+        # Under the lock: an open still under way finishes first and is closed here.
+        async with self._reader_lock:
+            self._closed = True
+            stack, reader = self._reader_stack, self._reader
+            self._reader_stack = self._reader = None
+            if stack is None or reader is None:
+                return
+            try:
+                self.seq = await reader.seq()
+            finally:
+                await stack.aclose()
 
     # Strawberry's views read these keys off a dict context; keep them reachable.
     def __getitem__(self, key: str) -> Any:

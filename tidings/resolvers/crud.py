@@ -146,7 +146,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
                 expected_version=expected_version,
                 guard=guard,
                 actor=ctx.principal.sub,
-                check=lambda new: authorizer.check_write_result(coll, ctx.principal, new),
+                check=lambda new, previous: authorizer.check_write_result(coll, ctx.principal, new, previous),
             )
         except NotFound:
             await _forbidden_if_readable(ctx, coll, str(id), Action.UPDATE)
@@ -209,7 +209,7 @@ def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[A
             name=coll.events_field,
             description=(
                 f"Every change to {coll.plural} that where, operations and id select. "
-                "Give after (a seq) to replay what you missed first."
+                "Give after (a cursor, epoch:seq, or a plain seq) to replay what you missed first."
             ),
         )
     ]

@@ -7,21 +7,18 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import AddValidationRules, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
 
+from tidings.limits import RateLimit
 from tidings.resolvers.crud import build_mutation_fields, build_query_fields, build_subscription_fields
 from tidings.schema.collection import Collection
-from tidings.schema.extensions import ErrorCodes, ReadSnapshot, log_unexpected
+from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
 from tidings.schema.types import CollectionTypes, TypeFactory
+from tidings.schema.validation import validation_rules
 
 
 def resolve_attribute(obj: Any, name: str) -> Any:
@@ -34,8 +31,19 @@ def resolve_attribute(obj: Any, name: str) -> Any:
 class TidingsSchema(strawberry.Schema):
     """Logs only unexpected errors; user errors are answers, not incidents."""
 
+    suggestions: bool = True
+    """False: no "Did you mean ...?" in error messages (they name fields a caller did not ask for)."""
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         log_unexpected(errors)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        # Errors raised outside the resolvers (an extension hook, closing the snapshot) skip
+        # ErrorCodes' pass; mask them here too so no library text reaches a client.
+        result = await super().execute(*args, **kwargs)
+        if result.errors:
+            result.errors = classify_all(list(result.errors), suggestions=self.suggestions)
+        return result
 
 
 def build_schema(
@@ -44,7 +52,10 @@ def build_schema(
     extra_mutations: Sequence[Any] = (),
     max_depth: int = 10,
     max_aliases: int = 100,
+    introspection: bool = True,
+    suggestions: bool = True,
 ) -> tuple[strawberry.Schema, dict[str, CollectionTypes]]:
+    """The schema; ``introspection`` off refuses ``__schema``/``__type``, ``suggestions`` off drops "Did you mean"."""
     factory = TypeFactory()
     types = {c.name: factory.build(c) for c in collections}
     query_fields: list[Any] = []
@@ -56,12 +67,10 @@ def build_schema(
         subscription_fields += build_subscription_fields(t, Operation)
     # The limit rules are made once, so every request carries the same rule classes and
     # the validation cache (keyed by document and rules) answers repeated operations.
-    limits = [
-        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
-    ]
+    limits = validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
     extensions: list[Callable[[], Any] | type] = [
         ErrorCodes,
+        RateLimit,
         ReadSnapshot,
         lambda: AddValidationRules(limits),
         lambda: ValidationCache(maxsize=1024),
@@ -73,4 +82,5 @@ def build_schema(
         config=StrawberryConfig(default_resolver=resolve_attribute),
         extensions=extensions,
     )
+    schema.suggestions = suggestions
     return schema, types

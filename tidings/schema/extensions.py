@@ -10,14 +10,17 @@ from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
 from tidings.errors import ErrorCode, TidingsError
+from tidings.schema.validation import strip_suggestions
 
 logger = logging.getLogger("tidings")
 
 _INPUT_HINTS = ("of required type", "got invalid value", "Expected value of type", "Variable '$", "Expected type")
 
 
-def classify(error: GraphQLError) -> GraphQLError:
-    """Give every error an ``extensions.code``; mask unexpected ones."""
+def classify(error: GraphQLError, *, suggestions: bool = True) -> GraphQLError:
+    """Give every error an ``extensions.code``; mask unexpected ones; without ``suggestions``, no "Did you mean"."""
+    if not suggestions:
+        error.message = strip_suggestions(error.message)
     original = error.original_error
     if isinstance(original, TidingsError):
         return error
@@ -40,8 +43,8 @@ def classify(error: GraphQLError) -> GraphQLError:
     return error
 
 
-def classify_all(errors: list[GraphQLError]) -> list[GraphQLError]:
-    return [classify(e) for e in errors]
+def classify_all(errors: list[GraphQLError], *, suggestions: bool = True) -> list[GraphQLError]:
+    return [classify(e, suggestions=suggestions) for e in errors]
 
 
 def log_unexpected(errors: list[GraphQLError]) -> None:
@@ -58,7 +61,8 @@ class ErrorCodes(SchemaExtension):
         yield
         result = self.execution_context.result
         if result is not None and result.errors:
-            result.errors = classify_all(list(result.errors))
+            suggestions = getattr(self.execution_context.schema, "suggestions", True)
+            result.errors = classify_all(list(result.errors), suggestions=suggestions)
             response = getattr(self.execution_context.context, "response", None)
             if response is not None and any(
                 (e.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value for e in result.errors
@@ -72,14 +76,22 @@ class ReadSnapshot(SchemaExtension):
 
     The response's ``extensions.seq`` is the sequence the data reflects: a
     client may subscribe with ``after: seq`` and neither miss nor double-apply.
+    ``extensions.cursor`` is the same position with the event log's identity
+    (``<epoch>:<seq>``), which a resume checks against the log it reaches.
     """
 
     async def on_execute(self) -> AsyncIterator[None]:
-        yield
-        ctx = self.execution_context.context
-        if hasattr(ctx, "close"):
-            await ctx.close()
+        try:
+            yield
+        finally:
+            # Also when a resolver raised or the request was cancelled: the connection goes back.
+            ctx = self.execution_context.context
+            if hasattr(ctx, "close"):
+                await ctx.close()
 
     def get_results(self) -> dict[str, Any]:
-        seq = getattr(self.execution_context.context, "seq", None)
-        return {"seq": str(seq)} if seq is not None else {}
+        ctx = self.execution_context.context
+        seq = getattr(ctx, "seq", None)
+        if seq is None:
+            return {}
+        return {"seq": str(seq), "cursor": f"{ctx.services.store.epoch}:{seq}"}

@@ -15,6 +15,7 @@ update = "owner:assignedTo"
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import enum
 import tomllib
 from pathlib import Path
@@ -36,11 +37,25 @@ _KINDS = {
 }
 
 
+_COLLECTION_KEYS = ("fields", "plural", "description", "rules")
+_FIELD_KEYS = ("type", "default", "values")
+
+
+def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """A misspelt key (``defualt``) would otherwise be ignored without a word."""
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigurationError(f"{where}: unknown key {key!r}; {hint}expected {', '.join(allowed)}")
+
+
 def _field(collection: str, name: str, spec: Any) -> Field:
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise ConfigurationError(f"{collection}.{name}: expected a type string or a table with 'type', got {spec!r}")
+    _check_keys(spec, _FIELD_KEYS, f"field {collection}.{name}")
     type_name: str = spec["type"]
     required = type_name.endswith("!")
     kind = _KINDS.get(type_name.rstrip("!"))
@@ -67,14 +82,24 @@ def load_toml(path: str | Path) -> list[Collection]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"Cannot read collections from {str(path)!r}: {exc}") from exc
+    try:
+        return _collections(data)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc.message}") from exc
+
+
+def _collections(data: dict[str, Any]) -> list[Collection]:
+    _check_keys(data, ("collections",), "top level")
     table = data.get("collections")
     if not isinstance(table, dict) or not table:
-        raise ConfigurationError(f"{str(path)!r} has no [collections.<Name>] tables")
+        raise ConfigurationError("no [collections.<Name>] tables")
     result = []
     for name, spec in table.items():
+        if isinstance(spec, dict):
+            _check_keys(spec, _COLLECTION_KEYS, f"collection {name}")
         fields = spec.get("fields") if isinstance(spec, dict) else None
         if not isinstance(fields, dict):
-            raise ConfigurationError(f"Collection {name!r} in {str(path)!r} has no [collections.{name}.fields] table")
+            raise ConfigurationError(f"collection {name}: no [collections.{name}.fields] table")
         result.append(
             build_collection(
                 name,

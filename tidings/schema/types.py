@@ -88,6 +88,7 @@ class TypeFactory:
         event_ann = {
             "operation": Operation,
             "seq": str,
+            "cursor": str,
             "id": strawberry.ID,
             "record": record,
             "previous": previous,
@@ -100,6 +101,7 @@ class TypeFactory:
             _new_type(f"{c.name}Event", event_ann, {}),
             description=(
                 f"One change to a {c.name}. seq is the event-log sequence (decimal digits); "
+                "cursor is seq with the log's identity (epoch:seq), to resume with after; "
                 "record is the state after the change (for DELETED, the last state)."
             ),
         )

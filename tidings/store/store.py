@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import enum
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -111,6 +112,7 @@ class Store:
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
         self.dialect = self.engine.dialect.name
         self._write_lock: asyncio.Lock | None = None
+        self.epoch = ""  # read by start()
         self._sync_engine: sa.Engine | None = None
         self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
         if self.dialect == "sqlite":
@@ -128,9 +130,29 @@ class Store:
             self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        """Create missing tables (idempotent)."""
+        """Create missing tables (idempotent), and the event log's epoch if it has none."""
         async with self.engine.begin() as conn:
             await conn.run_sync(self.tables.metadata.create_all)
+        self.epoch = await self._epoch()
+
+    async def _epoch(self) -> str:
+        """The event log's identity, made once with the database (resume cursors carry it).
+
+        A database that is replaced or reset gets a new one, so a cursor it never
+        issued is told apart from one it did, though seqs start again from 1.
+        """
+        meta = self.tables.meta
+        query = sa.select(meta.c.value).where(meta.c.key == "epoch")
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        if value is None:
+            # Processes starting at once on a new database race here: one insert wins, all read it.
+            with contextlib.suppress(sa.exc.IntegrityError):
+                async with self.engine.begin() as conn:
+                    await conn.execute(meta.insert().values(key="epoch", value=secrets.randbits(48) | 1 << 47))
+            async with self.engine.connect() as conn:
+                value = (await conn.execute(query)).scalar()
+        return f"{value:x}"
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -263,9 +285,12 @@ class Store:
         expected_version: int | None,
         guard: Filter,
         actor: str | None,
-        check: Callable[[Record], None] | None = None,
+        check: Callable[[Record, Record], None] | None = None,
     ) -> tuple[Record, ChangeEvent | None]:
-        """Apply ``values``; a change that alters nothing writes nothing (event None)."""
+        """Apply ``values``; a change that alters nothing writes nothing (event None).
+
+        ``check(record, previous)`` sees the new record and the changed fields' old values.
+        """
         table = self.tables.by_collection[coll.name]
 
         def work(conn: sa.Connection) -> tuple[Record, ChangeEvent | None]:
@@ -281,7 +306,7 @@ class Store:
             previous = {k: current[k] for k in changes}
             record = {**current, **changes, "updated_at": utcnow(), "version": current["version"] + 1}
             if check is not None:
-                check(record)  # raising here rolls the transaction back: nothing written
+                check(record, previous)  # raising here rolls the transaction back: nothing written
             conn.execute(
                 table.update()
                 .where(table.c.id == record_id, table.c.version == current["version"])

@@ -8,7 +8,9 @@ from typing import Any
 
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
+from tidings.errors import ErrorCode
 from tidings.realtime.engine import Engine
+from tidings.transports.origins import OriginPolicy, is_same_origin
 
 
 @dataclasses.dataclass(slots=True)
@@ -17,14 +19,40 @@ class TransportContext:
     engine: Engine
     authenticator: Authenticator
     connections: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
+    origins: OriginPolicy = dataclasses.field(init=False)
+    """``--allowed-origins``: who may open a WebSocket from another origin."""
 
-    def origin_allowed(self, origin: str | None) -> bool:
+    def __post_init__(self) -> None:
+        self.origins = OriginPolicy.parse(self.settings.allowed_origins, auth_enabled=self.authenticator.enabled)
+
+    def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:
         """Cross-site WebSocket hijacking guard (OWASP ASVS 4.4.2)."""
-        allowed = [o.strip() for o in self.settings.allowed_origins.split(",") if o.strip()]
-        if "*" in allowed or origin is None:
+        if origin is None:
             # No Origin header: not a browser, so no ambient credentials to hijack.
             return True
-        return origin in allowed
+        return is_same_origin(origin, host) or self.origins.allows(origin)
+
+
+def client_ip(scope: dict[str, Any]) -> str | None:
+    """The peer's address (behind a proxy, as uvicorn's --forwarded-allow-ips makes it)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def declares_json(scope: dict[str, Any]) -> bool:
+    """Whether a POST says its body is JSON (GraphQL over HTTP: else 415).
+
+    The types a form can send (text/plain, urlencoded, multipart) and a missing type
+    need no CORS preflight: executing them would let any site forge requests.
+    """
+    content_type = header(scope, b"content-type") or ""
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def unsupported_media_type(scope: dict[str, Any]) -> dict[str, Any]:
+    given = header(scope, b"content-type")
+    message = f"Content-Type must be application/json, got {given!r}" if given else "Content-Type is required"
+    return {"errors": [{"message": message, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]}
 
 
 def header(scope: dict[str, Any], name: bytes) -> str | None:

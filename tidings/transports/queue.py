@@ -1,10 +1,13 @@
 """The bounded per-connection send queue.
 
 Overflow policy: when a connection holds more than ``max_messages`` frames or
-``max_bytes`` bytes not yet written (its client stopped reading), the queue
-is discarded and the connection is closed with a retryable code telling the
-client to resume from its last seq. Other connections never wait for it, and
-the server never holds more than the bound for it.
+``max_bytes`` bytes not yet written (its client stopped reading), or has had
+frames waiting for ``write_timeout`` seconds without its backlog once clearing
+(it stopped reading, or reads slower than it is sent to, at a rate too low to
+reach the bound soon), the queue is discarded and the connection is closed with
+a retryable code telling the client to resume from its last seq. Other
+connections never wait for it, and the server never holds more than the bound
+for it.
 
 Writing is eager: a frame put on an empty queue is written at once, in the
 caller's turn, and a task is made only when the write has to wait (the
@@ -26,7 +29,18 @@ _EMPTY: deque[str] = deque(maxlen=0)  # shared by every queue that never had to 
 class SendQueue:
     """Frames waiting to be written, and the one task that writes them when writes wait."""
 
-    __slots__ = ("_bytes", "_frames", "_on_overflow", "_write", "_writer", "closed", "max_bytes", "max_messages")
+    __slots__ = (
+        "_bytes",
+        "_deadline",
+        "_frames",
+        "_on_overflow",
+        "_write",
+        "_writer",
+        "closed",
+        "max_bytes",
+        "max_messages",
+        "write_timeout",
+    )
 
     def __init__(
         self,
@@ -35,11 +49,14 @@ class SendQueue:
         *,
         max_messages: int = 1000,
         max_bytes: int = 1_048_576,
+        write_timeout: float = 0.0,
     ) -> None:
         self._write = write
         self._on_overflow = on_overflow
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.write_timeout = write_timeout  # 0 = writes may wait for ever
+        self._deadline: asyncio.TimerHandle | None = None  # armed while a writer task exists
         self._frames: deque[str] = _EMPTY  # a real deque only once a write has to wait
         self._bytes = 0
         self._writer: asyncio.Task[None] | None = None
@@ -71,7 +88,10 @@ class SendQueue:
         # The write waits (the socket is full): a task finishes it, then drains what queues meanwhile.
         if self._frames is _EMPTY:
             self._frames = deque()
-        self._writer = asyncio.get_running_loop().create_task(self._finish(_Resume(coro, waiting_on)))
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._finish(_Resume(coro, waiting_on)))
+        if self.write_timeout > 0:
+            self._deadline = loop.call_later(self.write_timeout, self._backlog_too_old)
         return True
 
     async def _finish(self, pending: _Resume) -> None:
@@ -86,6 +106,23 @@ class SendQueue:
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
+                self._disarm()
+
+    def _backlog_too_old(self) -> None:
+        # The writer task lives from the first write that waited until the queue is
+        # empty: alive now, the client has not caught up once in write_timeout. "No
+        # write completed" would not do: a socket whose buffer the kernel keeps
+        # growing takes a trickle of writes from a client that reads nothing.
+        self._deadline = None
+        if self._writer is None or self.closed:
+            return
+        self.close()
+        self._on_overflow()
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     @property
     def pending(self) -> int:
@@ -103,6 +140,7 @@ class SendQueue:
         self.closed = True
         self._frames = _EMPTY
         self._bytes = 0
+        self._disarm()
         writer, self._writer = self._writer, None
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()

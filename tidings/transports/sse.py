@@ -32,7 +32,7 @@ from tidings.protocols.reservations import (
     status_for,
 )
 from tidings.realtime.engine import Finished, Rejected, Request, Streaming
-from tidings.transports.common import TransportContext, header
+from tidings.transports.common import TransportContext, client_ip, declares_json, header, unsupported_media_type
 from tidings.transports.queue import SendQueue
 
 logger = logging.getLogger("tidings.sse")
@@ -79,11 +79,16 @@ class EventStream:
         self.ctx = ctx
         self._send = send
         self.single = single
+        self.client_ip: str | None = None  # anonymous callers' rate limits are per IP on HTTP
         self.started = False
         self.done = asyncio.Event()
         self.pending: list[str] = []  # single mode: results before the stream opened (bounded)
         self.queue = SendQueue(
-            self._write, self._overflow, max_messages=ctx.settings.queue_messages, max_bytes=ctx.settings.queue_bytes
+            self._write,
+            self._overflow,
+            max_messages=ctx.settings.queue_messages,
+            max_bytes=ctx.settings.queue_bytes,
+            write_timeout=ctx.settings.write_timeout,
         )
         self.streams: dict[str, Streaming] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -122,7 +127,8 @@ class EventStream:
 
     # Sink
     def push(self, op_id: str, seq: int, payload: str) -> None:
-        self._put(sse.encode_next(payload, operation_id=op_id if self.single else None, event_id=str(seq)))
+        event_id = self.ctx.engine.cursor(seq)  # a reconnect's Last-Event-ID: checked against this log
+        self._put(sse.encode_next(payload, operation_id=op_id if self.single else None, event_id=event_id))
 
     def finish(self, op_id: str, errors: list[dict[str, Any]] | None = None) -> None:
         outcome = self.streams.pop(op_id, None)
@@ -140,7 +146,7 @@ class EventStream:
         if self.started and not self.done.is_set():
             self.queue.put(sse.encode_comment())
 
-    async def run(self, request: Request, op_id: str, principal: Principal, after: int | None = None) -> None:
+    async def run(self, request: Request, op_id: str, principal: Principal, after: str | None = None) -> None:
         try:
             outcome = await self.ctx.engine.run(request, principal=principal, sink=self, op_id=op_id, after=after)
         except asyncio.CancelledError:
@@ -164,20 +170,41 @@ class EventStream:
             # graphql-sse: validation errors travel through the accepted stream (E2).
             self.finish(op_id, outcome.errors)
 
-    def start(self, request: Request, op_id: str, principal: Principal, after: int | None = None) -> None:
+    def start(self, request: Request, op_id: str, principal: Principal, after: str | None = None) -> None:
         self.tasks[op_id] = asyncio.get_running_loop().create_task(self.run(request, op_id, principal, after))
 
-    def stop(self, op_id: str) -> None:
+    def stop(self, op_id: str) -> bool:
+        """Stop ``op_id`` without a word to the client; ``True`` if it was running."""
         task = self.tasks.pop(op_id, None)
         if task is not None:
             task.cancel()
         outcome = self.streams.pop(op_id, None)
         if outcome is not None:
             self.ctx.engine.stop(outcome)
+        return task is not None or outcome is not None
+
+    def cancel(self, op_id: str) -> None:
+        """The client's DELETE: stop ``op_id`` and, if it was running, send its ``complete``
+        (the reference handler ends the operation's iterator, which emits one)."""
+        if self.stop(op_id):
+            self._put(sse.encode_complete(operation_id=op_id))
 
     def stop_all(self) -> None:
         for op_id in list(self.tasks) + list(self.streams):
             self.stop(op_id)
+
+    async def drain(self, timeout: float) -> None:
+        """For a restart: let starting operations answer, flush the queue, end the response.
+
+        No ``complete`` is sent: the graphql-sse client takes the stream's end as a
+        network failure and reconnects, with ``Last-Event-ID`` in distinct mode.
+        """
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=timeout)
+        for op_id in list(self.streams):
+            self.stop(op_id)
+        await self.queue.flush(timeout)
+        self.done.set()
 
     async def wait(self, receive: Any) -> None:
         """Hold the response open until the client leaves or the stream ends."""
@@ -229,7 +256,8 @@ def _request_from(params: dict[str, str], body: bytes | None) -> Request:
                 if data.get(key):
                     data[key] = orjson.loads(data[key])
     except orjson.JSONDecodeError as exc:
-        raise HTTPError(400, _graphql_error(f"Malformed JSON: {exc}", "BAD_USER_INPUT")) from exc
+        # orjson's text names its parser's state, not what the client must fix.
+        raise HTTPError(400, _graphql_error("Malformed JSON", "BAD_USER_INPUT")) from exc
     if not isinstance(data, dict) or not isinstance(data.get("query"), str):
         raise HTTPError(400, _graphql_error("A GraphQL request needs a 'query' string", "BAD_USER_INPUT"))
     variables = data.get("variables")
@@ -287,6 +315,8 @@ class SSEEndpoint:
             extra = [(b"allow", b"GET, POST, PUT, DELETE")] if kind is StreamResult.METHOD_NOT_ALLOWED else None
             await respond(send, status_for(SingleConnectionRequest.RESERVE, kind), b"", b"text/plain", extra)
             return
+        if method == "POST" and not declares_json(scope):
+            raise HTTPError(415, unsupported_media_type(scope))
         principal = self.principal(scope, params)
         owner = (principal.sub, principal.account)
         now = time.monotonic()
@@ -300,6 +330,7 @@ class SSEEndpoint:
                 return
             stream = EventStream(self.ctx, send, single=True)
             stream.principal = principal
+            stream.client_ip = client_ip(scope)
             self.single_streams[result] = stream
             await respond(send, 201, result.encode(), b"text/plain; charset=utf-8")
         elif kind is SingleConnectionRequest.OPEN_STREAM:
@@ -334,6 +365,12 @@ class SSEEndpoint:
             if parsed_type is None:
                 outcome = await self.ctx.engine.validate(request)
                 raise HTTPError(400, {"errors": outcome})
+            if method == "GET" and parsed_type is OperationType.MUTATION:
+                # GraphQL over HTTP: a GET never changes anything, in either mode.
+                await respond(
+                    send, 405, _graphql_error("Mutations need POST", "BAD_USER_INPUT"), extra=[(b"allow", b"POST")]
+                )
+                return
             result = self.reservations.add_operation(reservation, op_id, owner, now=now)
             if result is not StreamResult.OK or stream_obj is None:
                 await respond(
@@ -351,7 +388,7 @@ class SSEEndpoint:
             result = self.reservations.stop_operation(reservation, op_id, owner)
             stream_obj = self.single_streams.get(reservation)
             if result is StreamResult.OK and stream_obj is not None:
-                stream_obj.stop(op_id)
+                stream_obj.cancel(op_id)
             await respond(send, status_for(kind, result), b"", b"text/plain")
 
     async def _distinct(
@@ -365,11 +402,10 @@ class SSEEndpoint:
                 send, 405, _graphql_error("Mutations need POST", "BAD_USER_INPUT"), extra=[(b"allow", b"POST")]
             )
             return
-        after: int | None = None
-        last_event_id = header(scope, b"last-event-id")
-        if last_event_id and last_event_id.isdigit():
-            after = int(last_event_id)
+        # A cursor (epoch:seq) or, from before cursors, a plain seq; the engine checks either.
+        after = header(scope, b"last-event-id") or None
         stream = EventStream(self.ctx, send, single=False)
+        stream.client_ip = client_ip(scope)
         stream.watch_expiry(principal)
         await stream.open()
         stream.start(request, "", principal, after)

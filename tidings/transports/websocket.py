@@ -75,7 +75,11 @@ class WebSocketConnection:
         )
         self.encode_next = self.protocol.encode_next
         self.queue = SendQueue(
-            self._write, self._overflow, max_messages=settings.queue_messages, max_bytes=settings.queue_bytes
+            self._write,
+            self._overflow,
+            max_messages=settings.queue_messages,
+            max_bytes=settings.queue_bytes,
+            write_timeout=settings.write_timeout,
         )
         self.principal: Principal = ANONYMOUS
         self.starting: dict[str, asyncio.Task[None]] = {}
@@ -92,7 +96,9 @@ class WebSocketConnection:
         message = await self._receive()
         if message["type"] != "websocket.connect":
             return
-        if not self.ctx.origin_allowed(header(self.scope, b"origin")):
+        origin = header(self.scope, b"origin")
+        if not self.ctx.origin_allowed(origin, header(self.scope, b"host")):
+            logger.warning("WebSocket from origin %r refused: add it to --allowed-origins to allow it", origin)
             await self._send({"type": "websocket.close", "code": 1008, "reason": "Origin not allowed"})
             return
         await self._send({"type": "websocket.accept", "subprotocol": self.subprotocol})
@@ -282,6 +288,23 @@ class WebSocketConnection:
                 self._send({"type": "websocket.close", "code": int(code), "reason": close_reason(reason)}),
                 max(60.0, 4 * self.ctx.settings.keepalive),
             )
+
+    async def drain(self, timeout: float) -> None:
+        """For a restart: let starting operations answer, flush the queue, close 1012.
+
+        Subscriptions stop first, so the queue only shrinks; the client resumes on the
+        next process with its last seq (1012 is retryable). ``timeout`` bounds each wait;
+        the app cancels this as a whole at its deadline.
+        """
+        if self._closed:
+            return
+        if self.starting:
+            await asyncio.wait(list(self.starting.values()), timeout=timeout)
+        for outcome in self.streams.values():
+            self.ctx.engine.stop(outcome)
+        self.streams.clear()
+        await self.queue.flush(timeout)
+        await self._close_now(CloseCode.SERVICE_RESTART, "Server restarting; reconnect and resume with your last seq")
 
     def keepalive(self) -> None:
         """Called by the app's keepalive ticker."""

@@ -1,0 +1,215 @@
+"""Redis faults: a killed, restarted, disconnected or stalled broker never stops delivery for good.
+
+Each test runs its own redis-server on a free loopback port (never the shared one: these
+tests kill it) and a real server using it as broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.backends import unavailable
+from tests.conftest import Server, free_port, gql_post, make_server, wait_subscribers
+from tests.wsclient import WS
+from tidings.pubsub import broker_from_url
+
+SUB = 'subscription { messageEvents(where: {room: {eq: "r1"}}) { seq record { body } } }'
+CREATE = 'mutation($body: String!) { createMessage(input: {room: "r1", author: "a", body: $body}) { id } }'
+OUTAGE = "Broker unreachable"
+RECOVERY = "Broker reachable again"
+
+
+class RedisProcess:
+    """A throwaway redis-server that a test may kill, restart, pause and resume."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while self.command(b"PING") != b"+PONG":
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def command(self, *words: bytes) -> bytes | None:
+        """One command over a fresh connection; its first reply line, or None if unreachable."""
+        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                s.sendall(request)
+                return s.recv(1024).split(b"\r\n", 1)[0]
+        except OSError:
+            return None
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server not installed")
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+@pytest.fixture
+def broker_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="tidings.realtime")
+    return caplog
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tidings.realtime" and text in r.getMessage()]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def post(http: httpx.AsyncClient, body: str) -> None:
+    result = await gql_post(http, CREATE, {"body": body})
+    assert "errors" not in result, result
+
+
+async def bodies(ws: WS, n: int, timeout: float = 5.0) -> list[tuple[int, str]]:
+    got = [(await ws.recv(timeout))["payload"]["data"]["messageEvents"] for _ in range(n)]
+    return [(int(e["seq"]), e["record"]["body"]) for e in got]
+
+
+def redis_app(tmp_path: Path, redis: RedisProcess, **settings: Any) -> Server:
+    return make_server(tmp_path, broker=broker_from_url(redis.url), **settings)
+
+
+@pytest.mark.parametrize("fault", ["restart", "client-kill"])
+async def test_consumer_resubscribes_and_fills_the_gap_after_a_disconnect(
+    tmp_path: Path, redis_server: RedisProcess, broker_logs: pytest.LogCaptureFixture, fault: str
+) -> None:
+    # The gap check is slow here, so what arrives in time came through the broker or the
+    # gap fill that follows resubscribing.
+    server = redis_app(tmp_path, redis_server, gap_check_interval=30.0)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            ws = await WS.open(server.ws_url)
+            await ws.init()
+            await ws.subscribe("1", SUB)
+            await wait_subscribers(server, 1)
+            await post(http, "before")
+            assert [b for _, b in await bodies(ws, 1)] == ["before"]
+            if fault == "restart":
+                redis_server.kill()
+                await post(http, "while-down-1")  # the doorbells are lost: the broker is gone
+                await post(http, "while-down-2")
+                redis_server.start()
+            else:
+                assert redis_server.command(b"CLIENT", b"KILL", b"TYPE", b"pubsub") == b":1"
+                await post(http, "while-down-1")
+                await post(http, "while-down-2")
+            await until(lambda: bool(lines(broker_logs, RECOVERY)))
+            await post(http, "after")
+            got = await bodies(ws, 3, timeout=2.0)
+            assert [b for _, b in got] == ["while-down-1", "while-down-2", "after"]
+            assert [s for s, _ in got] == sorted({s for s, _ in got})
+            assert await ws.no_message(0.3)
+            assert len(lines(broker_logs, OUTAGE)) == 1
+            assert len(lines(broker_logs, RECOVERY)) == 1
+            assert all(r.levelno == logging.WARNING for r in lines(broker_logs, OUTAGE))
+            await ws.close()
+    finally:
+        server.stop()
+
+
+async def test_stalled_broker_holds_no_mutation_and_the_gap_check_delivers(
+    tmp_path: Path, redis_server: RedisProcess, broker_logs: pytest.LogCaptureFixture
+) -> None:
+    server = redis_app(tmp_path, redis_server, gap_check_interval=0.2)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            ws = await WS.open(server.ws_url)
+            await ws.init()
+            await ws.subscribe("1", SUB)
+            await wait_subscribers(server, 1)
+            await post(http, "before")
+            assert [b for _, b in await bodies(ws, 1)] == ["before"]
+            redis_server.signal(signal.SIGSTOP)
+            try:
+                for i in range(3):
+                    # Each answers within a bound although Redis stays stalled far longer.
+                    await asyncio.wait_for(post(http, f"stalled-{i}"), 2.0)
+                # Meanwhile the gap check delivers from the log.
+                assert [b for _, b in await bodies(ws, 3)] == ["stalled-0", "stalled-1", "stalled-2"]
+                assert len(lines(broker_logs, OUTAGE)) == 1
+            finally:
+                redis_server.signal(signal.SIGCONT)
+            await post(http, "after")
+            assert [b for _, b in await bodies(ws, 1, timeout=2.0)] == ["after"]
+            await until(lambda: bool(lines(broker_logs, RECOVERY)))
+            assert await ws.no_message(0.3)
+            assert len(lines(broker_logs, OUTAGE)) == 1
+            await ws.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("fault", ["killed", "stalled"])
+async def test_server_stops_cleanly_while_the_broker_is_down(
+    tmp_path: Path, redis_server: RedisProcess, broker_logs: pytest.LogCaptureFixture, fault: str
+) -> None:
+    server = redis_app(tmp_path, redis_server, gap_check_interval=0.2)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            ws = await WS.open(server.ws_url)
+            await ws.init()
+            await ws.subscribe("1", SUB)
+            await wait_subscribers(server, 1)
+            if fault == "killed":
+                redis_server.kill()
+            else:
+                redis_server.signal(signal.SIGSTOP)
+            await asyncio.wait_for(post(http, "down"), 2.0)
+            assert [b for _, b in await bodies(ws, 1)] == ["down"]
+            await until(lambda: bool(lines(broker_logs, OUTAGE)))
+    finally:
+        started = time.monotonic()
+        server.stop()
+    assert not server.thread.is_alive()
+    assert time.monotonic() - started < 5
+    # No ERROR either: the autouse fixture checks that (uvicorn's "Application shutdown failed" included).

@@ -1,0 +1,319 @@
+"""The playground: GraphiQL from assets in the package, in a real headless Chromium that may reach only 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from graphql import parse, validate
+
+from tests.conftest import Server, make_server, wait_subscribers
+from tidings.playground import example_tabs
+from tidings.schema.build import build_schema
+from tidings.schema.collection import JSON, collection, collections_from
+
+SECRET = "playground-test-secret-of-at-least-32-bytes"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+RESULT = ".result-window .CodeMirror"
+# Without these, Chromium calls its vendor's services at start: blocked here, noisy, slow.
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+# -- without a browser ---------------------------------------------------------
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@collection
+class Reading:
+    """Every kind of field, all required: the example mutation must give each a valid literal."""
+
+    label: str
+    count: int
+    ratio: float
+    ok: bool
+    at: dt.datetime
+    level: Level
+    data: JSON
+
+
+def test_examples_are_valid_operations_for_every_field_kind() -> None:
+    for collections in (collections_from([Reading]), collections_from(_demo())):
+        schema, _ = build_schema(collections)
+        tabs = example_tabs(collections)
+        assert len(tabs) == 3
+        for tab in tabs:
+            assert validate(schema._schema, parse(tab["query"])) == [], tab["query"]
+    tabs = example_tabs(collections_from(_demo()))
+    assert "subscription TaskEvents" in tabs[0]["query"]
+    assert 'createTask(input: {title: "hello"})' in tabs[1]["query"]
+
+
+def _demo() -> list[Any]:
+    from tidings.schema.demo import COLLECTIONS
+
+    return list(COLLECTIONS)
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[Server]:
+    s = make_server(tmp_path, jwt_secret=SECRET)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def introspectable_auth_server(tmp_path: Path) -> Iterator[Server]:
+    s = make_server(tmp_path, jwt_secret=SECRET, introspection="on")
+    yield s
+    s.stop()
+
+
+async def test_page_and_assets_need_no_token_and_are_cached(auth_server: Server) -> None:
+    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client:
+        page = await client.get("/graphql", headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert "connect-src 'self'" in page.headers["content-security-policy"]
+        assert "unpkg" not in page.text and "jsdelivr" not in page.text and "https://" not in page.text
+        config = json.loads(page.text.split('type="application/json">')[1].split("</script>")[0])
+        assert config["auth"] is True and config["endpoint"] == "/graphql"
+        assert "taskEvents" in config["tabs"][0]["query"]
+        srcs = [part.split('"')[0] for part in page.text.split('="/playground/')[1:]]
+        assert sorted(s.split("?")[0] for s in srcs) == ["playground.css", "playground.js"]
+        for src in srcs:
+            asset = await client.get(f"/playground/{src}")
+            assert asset.status_code == 200
+            assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+            kind = "text/javascript" if src.startswith("playground.js") else "text/css"
+            assert asset.headers["content-type"] == f"{kind}; charset=utf-8"
+            assert asset.headers["content-encoding"] == "gzip"  # httpx asks for it
+            again = await client.get(f"/playground/{src}", headers={"if-none-match": asset.headers["etag"]})
+            assert again.status_code == 304
+        assert (await client.get("/playground/nothing.js")).status_code == 404
+        # The data still needs a token.
+        denied = await client.post("/graphql", json={"query": "{ tasks { id } }"})
+        assert denied.status_code == 401
+        assert denied.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        # Not a browser: a query by GET still runs as a query.
+        assert (await client.get("/graphql", params={"query": "{ tasks { id } }"})).status_code == 401
+
+
+async def test_no_page_with_graphiql_off(tmp_path: Path) -> None:
+    s = make_server(tmp_path, graphiql=False)
+    try:
+        async with httpx.AsyncClient(base_url=s.url, timeout=10) as client:
+            page = await client.get("/graphql", headers={"accept": "text/html"})
+            assert "tidings-config" not in page.text
+            assert (await client.get("/playground/playground.js")).status_code == 404
+    finally:
+        s.stop()
+
+
+# -- in Chromium -----------------------------------------------------------------
+
+
+def _need_browser() -> Any:
+    reason = None
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        reason = "the playwright package is not installed (pip install -e '.[test]')"
+    if reason is None and CHROMIUM is None:
+        reason = "no chromium on PATH (scripts/setup installs Debian's chromium)"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return async_playwright
+
+
+class Offline:
+    """Lets requests to 127.0.0.1 through and records (and aborts) every other one."""
+
+    def __init__(self) -> None:
+        self.blocked: list[str] = []
+        self.sockets: list[str] = []
+        self.page_errors: list[str] = []
+
+    async def route(self, route: Any) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname == "127.0.0.1":
+            await route.continue_()
+        else:
+            self.blocked.append(url)
+            await route.abort()
+
+    def check(self) -> None:
+        assert self.blocked == []
+        assert all(urlsplit(u).hostname == "127.0.0.1" for u in self.sockets), self.sockets
+        assert self.page_errors == []
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[tuple[Any, Offline]]:
+    async_playwright = _need_browser()
+    offline = Offline()
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=20_000)
+        try:
+            context = await chromium.new_context(viewport={"width": 1400, "height": 900})
+            context.set_default_timeout(10_000)
+            await context.route("**/*", offline.route)
+            yield context, offline
+            await context.close()
+        finally:
+            await chromium.close()
+    offline.check()
+
+
+async def open_page(context: Any, offline: Offline, server: Server, transport: str = "ws") -> Any:
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: offline.page_errors.append(str(exc)))
+    page.on("websocket", lambda ws: offline.sockets.append(ws.url))
+    await page.goto(f"{server.url}/graphql")
+    await page.wait_for_selector(".graphiql-query-editor .CodeMirror")
+    await page.click(f"#tidings-transport-{transport}")
+    assert await page.evaluate("() => window.__tidingsPlayground.transport()") == transport
+    return page
+
+
+async def cm_value(page: Any, selector: str) -> str:
+    return str(await page.evaluate("s => document.querySelector(s).CodeMirror.getValue()", selector))
+
+
+async def type_authorization(page: Any, value: str) -> None:
+    """Types ``{"Authorization": value}`` into GraphiQL's Headers editor, pasting the value as people do."""
+    await page.click('.graphiql-editor-tools button[data-name="headers"]')
+    editor = page.locator(".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror")
+    await editor.click()
+    await page.keyboard.press("Control+A")
+    await page.keyboard.press("Delete")
+    await page.keyboard.type('{"Authorization": "')
+    await page.keyboard.insert_text(value)
+    await page.keyboard.type('"}')
+    # CodeMirror closes brackets and quotes as one types: check what it holds.
+    assert json.loads(await editor.evaluate("e => e.CodeMirror.getValue()")) == {"Authorization": value}
+
+
+async def run_tab(page: Any, name: str, authorization: str = "") -> None:
+    """Opens GraphiQL tab ``name``, types the Authorization header (a tab change resets the editors), runs it."""
+    await page.click(f'.graphiql-tab-button:text-is("{name}")')
+    if authorization:
+        await type_authorization(page, authorization)
+    await page.click(".graphiql-execute-button")
+
+
+async def result(page: Any, predicate: str, timeout: float = 10_000) -> Any:
+    """The result pane's JSON, once ``predicate`` (a JS expression over ``r``) holds for it."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        await page.wait_for_function(
+            f"""() => {{
+                const text = document.querySelector('{RESULT}').CodeMirror.getValue();
+                try {{ const r = JSON.parse(text); return {predicate}; }} catch {{ return false; }}
+            }}""",
+            timeout=timeout,
+        )
+    except PlaywrightTimeout:
+        shown = await cm_value(page, RESULT)
+        raise AssertionError(f"the result pane never satisfied {predicate}; it shows {shown!r}") from None
+    return json.loads(await cm_value(page, RESULT))
+
+
+async def subscribe_then_mutate(
+    context: Any, offline: Offline, server: Server, transport: str, authorization: str
+) -> None:
+    watcher = await open_page(context, offline, server, transport)
+    await run_tab(watcher, "TaskEvents", authorization)
+    try:
+        await wait_subscribers(server, 1, timeout=10)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the result pane shows {await cm_value(watcher, RESULT)!r}") from None
+
+    writer = await open_page(context, offline, server, transport)
+    await run_tab(writer, "CreateTask", authorization)
+    created = await result(writer, "r.data && r.data.createTask")
+    assert created["data"]["createTask"]["title"] == "hello"
+
+    event = await result(watcher, "r.data && r.data.taskEvents")
+    assert event["data"]["taskEvents"]["operation"] == "CREATED"
+    assert event["data"]["taskEvents"]["record"]["id"] == created["data"]["createTask"]["id"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_browser_subscription_sees_mutation_from_another_tab(
+    server: Server, browser: tuple[Any, Offline], transport: str
+) -> None:
+    context, offline = browser
+    await subscribe_then_mutate(context, offline, server, transport, authorization="")
+    page = context.pages[0]
+    assert "tidings token" in await page.inner_text("#tidings-auth-hint")
+    if shot := os.environ.get("TIDINGS_PLAYGROUND_SCREENSHOT"):  # to look at the page: a .png path
+        await page.screenshot(path=shot.replace(".png", f"-{transport}.png"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_browser_token_in_headers_editor_reaches_every_transport(
+    introspectable_auth_server: Server, browser: tuple[Any, Offline], transport: str
+) -> None:
+    context, offline = browser
+    server = introspectable_auth_server
+    token = server.tidings.authenticator.mint({"sub": "alice", "account": "acme"})
+    await subscribe_then_mutate(context, offline, server, transport, authorization=f"Bearer {token}")
+    # Introspection without the token failed; with it typed, docs and completion load.
+    await context.pages[0].wait_for_function("() => window.__tidingsPlayground.hasSchema()")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("transport", "authorization", "message", "extensions"),
+    [
+        ("ws", "", "WebSocket closed with 4403: A bearer token is required", {"closeCode": 4403}),
+        ("ws", "Bearer nonsense", "WebSocket closed with 4403: Invalid token", {"closeCode": 4403}),
+        ("sse", "", "A bearer token is required", {"code": "UNAUTHENTICATED", "status": 401}),
+        ("sse", "Bearer nonsense", "Invalid token", {"code": "UNAUTHENTICATED", "status": 401}),
+    ],
+)
+async def test_browser_refused_subscription_shows_the_error(
+    auth_server: Server,
+    browser: tuple[Any, Offline],
+    transport: str,
+    authorization: str,
+    message: str,
+    extensions: dict[str, Any],
+) -> None:
+    context, offline = browser
+    page = await open_page(context, offline, auth_server, transport)
+    assert not await page.evaluate("() => window.__tidingsPlayground.hasSchema()")
+    assert "--introspection on" in await page.inner_text("#tidings-auth-hint")  # off by default with auth
+    await run_tab(page, "TaskEvents", authorization)
+    shown = await result(page, "r.errors")
+    [error] = shown["errors"]
+    assert error["message"].startswith(message), error
+    assert error["extensions"] == extensions
+    # The run is over (no spinner, no silent retry): the button offers to run again.
+    await page.wait_for_selector(".graphiql-execute-button[aria-label^='Execute']")
+    assert auth_server.tidings.dispatcher.subscriber_count == 0

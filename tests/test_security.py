@@ -1,0 +1,361 @@
+"""Security review findings (issue 10): owner spoofing, simple content types, secrets in logs, what the server says."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import Server, free_port, make_server
+from tests.test_auth import SECRET, call, token
+from tests.wsclient import WS
+from tidings import Rules, collection
+from tidings.protocols.sse import SSEParser
+
+
+@collection(rules=Rules(create="authenticated", update="owner:owner"))
+class Card:
+    title: str
+    owner: str | None = None
+
+
+@collection(rules=Rules(read="owner:owner", update="authenticated"))
+class Diary:
+    title: str
+    owner: str | None = None
+
+
+@collection(rules=Rules(create={"owner": {"eq": "$sub"}}, update={"owner": {"eq": "$sub"}}))
+class Claim:
+    title: str
+    owner: str | None = None
+
+
+@collection(rules=Rules(read={"assignee": {"eq": "$sub"}}))
+class Chore:
+    title: str
+    assignee: str | None = None
+
+
+@pytest.fixture
+def owners(tmp_path: Path) -> Iterator[Server]:
+    s = make_server(tmp_path, [Card, Diary, Claim, Chore], jwt_secret=SECRET, admin_role="root", jwt_leeway=0)
+    yield s
+    s.stop()
+
+
+def code(r: httpx.Response) -> str:
+    body = r.json()
+    assert "errors" in body, body
+    return str(body["errors"][0]["extensions"]["code"])
+
+
+async def write(server: Server, tok: str, mutation: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = (await call(server, tok, mutation, variables)).json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+async def test_create_cannot_name_another_owner(owners: Server) -> None:
+    alice, bob, root = token("alice", "acme"), token("bob", "acme"), token("ops", "acme", role="root")
+    planted = await call(owners, bob, 'mutation { createCard(input: {title: "t", owner: "alice"}) { id owner } }')
+    assert code(planted) == "FORBIDDEN"
+    assert (await call(owners, alice, "{ cards { id } }")).json()["data"]["cards"] == []
+    own = await write(owners, bob, 'mutation { createCard(input: {title: "t", owner: "bob"}) { owner } }')
+    assert own["createCard"]["owner"] == "bob"
+    filled = await write(owners, bob, 'mutation { createCard(input: {title: "t"}) { owner } }')
+    assert filled["createCard"]["owner"] == "bob"
+    handed = await write(owners, root, 'mutation { createCard(input: {title: "t", owner: "alice"}) { owner } }')
+    assert handed["createCard"]["owner"] == "alice"
+    # An owner rule on read alone binds the field just the same.
+    diary = await call(owners, bob, 'mutation { createDiary(input: {title: "d", owner: "alice"}) { id } }')
+    assert code(diary) == "FORBIDDEN"
+    assert (await call(owners, alice, "{ diarys { id } }")).json()["data"]["diarys"] == []
+
+
+async def test_update_cannot_move_a_record_to_another_owner(owners: Server) -> None:
+    alice, bob, root = token("alice", "acme"), token("bob", "acme"), token("ops", "acme", role="root")
+    move = 'mutation($id: ID!, $o: String) { updateDiary(id: $id, input: {owner: $o, title: "x"}) { owner } }'
+    bobs = (await write(owners, bob, 'mutation { createDiary(input: {title: "mine"}) { id } }'))["createDiary"]["id"]
+    alices = (await write(owners, alice, 'mutation { createDiary(input: {title: "a"}) { id } }'))["createDiary"]["id"]
+    # update="authenticated" lets bob edit alice's diary, but not plant his own in her view...
+    assert code(await call(owners, bob, move, {"id": bobs, "o": "alice"})) == "FORBIDDEN"
+    assert (await call(owners, alice, "{ diarys { title } }")).json()["data"]["diarys"] == [{"title": "a"}]
+    # ...and an unchanged owner in the input is no move.
+    assert (await write(owners, bob, move, {"id": alices, "o": "alice"}))["updateDiary"]["owner"] == "alice"
+    assert (await write(owners, root, move, {"id": bobs, "o": "alice"}))["updateDiary"]["owner"] == "alice"
+
+
+async def test_where_rules_on_writes_check_the_written_record(owners: Server) -> None:
+    alice, bob = token("alice", "acme"), token("bob", "acme")
+    create = 'mutation($o: String) { createClaim(input: {title: "c", owner: $o}) { id } }'
+    assert code(await call(owners, bob, create, {"o": "alice"})) == "FORBIDDEN"
+    cid = (await write(owners, bob, create, {"o": "bob"}))["createClaim"]["id"]
+    give = 'mutation($id: ID!) { updateClaim(id: $id, input: {owner: "alice"}) { id } }'
+    assert code(await call(owners, bob, give, {"id": cid})) == "FORBIDDEN"
+    assert (await call(owners, alice, "{ claims { id } }")).json()["data"]["claims"] == [{"id": cid}]  # read: public
+    one = await call(owners, alice, "query($id: ID!) { claim(id: $id) { owner } }", {"id": cid})
+    assert one.json()["data"]["claim"] == {"owner": "bob"}
+    # A read-only where rule is visibility, not ownership: assigning to someone else is the point.
+    await write(owners, bob, 'mutation { createChore(input: {title: "dishes", assignee: "alice"}) { id } }')
+    assert (await call(owners, alice, "{ chores { title } }")).json()["data"]["chores"] == [{"title": "dishes"}]
+    # The account column is not an input: a caller cannot create into another tenant.
+    other = await call(owners, bob, 'mutation { createCard(input: {title: "t", account: "globex"}) { id } }')
+    assert code(other) == "BAD_USER_INPUT"
+
+
+MUTATION = orjson.dumps({"query": 'mutation { createTask(input: {title: "forged"}) { id } }'})
+SIMPLE_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
+
+
+async def task_count(client: httpx.AsyncClient) -> int:
+    return len((await client.post("/graphql", json={"query": "{ tasks { id } }"})).json()["data"]["tasks"])
+
+
+@pytest.mark.parametrize("content_type", SIMPLE_TYPES)
+async def test_posts_without_a_json_content_type_are_415_on_every_path(
+    server: Server, content_type: str | None
+) -> None:
+    # A "simple" request needs no CORS preflight: executing one would be cross-site request forgery.
+    ctype = {"content-type": content_type} if content_type else {}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        reserved = (await client.put("/graphql")).text
+        attempts = {
+            "sse distinct": {"accept": "text/event-stream"},
+            "sse single connection": {"x-graphql-event-stream-token": reserved},
+            "json": {"accept": "application/json"},
+        }
+        for path, headers in attempts.items():
+            r = await client.post("/graphql", content=MUTATION, headers={**headers, **ctype})
+            assert r.status_code == 415, (path, r.status_code, r.text)
+        # GET needs no preflight either: it never runs a mutation, on any path.
+        mutation = {"query": orjson.loads(MUTATION)["query"], "operationId": "m"}
+        for headers in attempts.values():
+            r = await client.get("/graphql", params=mutation, headers=headers)
+            assert r.status_code == 405, (headers, r.status_code, r.text)
+        assert await task_count(client) == 0
+        ok = await client.post(
+            "/graphql", content=MUTATION, headers={"accept": "text/event-stream", "content-type": "application/json"}
+        )
+        assert ok.status_code == 200 and await task_count(client) == 1
+        broken = await client.post(
+            "/graphql", content=b"{nope", headers={"accept": "text/event-stream", "content-type": "application/json"}
+        )
+        assert broken.status_code == 400 and broken.json()["errors"][0]["message"] == "Malformed JSON"
+
+
+class LogTail:
+    """The lines a process wrote so far; ``wait_for`` awaits one containing a string."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+
+    async def wait_for(self, needle: str, timeout: float = 5.0) -> str:
+        async def find() -> str:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if needle in line:
+                        return line
+                seen = len(self.lines)
+                self._changed.clear()  # no await since the scan: no line can slip in between
+                await self._changed.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@contextlib.asynccontextmanager
+async def serve_process(tmp_path: Path, *args: str) -> AsyncIterator[tuple[str, LogTail]]:
+    """A real `tidings serve` process; yields its URL and its log (stdout and stderr)."""
+    port = free_port()
+    tidings = str(Path(sys.executable).with_name("tidings"))
+    proc = await asyncio.create_subprocess_exec(
+        tidings, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'serve.db'}", *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    log = LogTail()
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            log.append(raw.decode(errors="replace"))
+
+    reader = asyncio.create_task(read())
+    try:
+        await log.wait_for("Application startup complete", 20)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await asyncio.wait_for(reader, 5)
+
+
+async def test_sse_token_parameter_never_reaches_the_log(tmp_path: Path) -> None:
+    jwt_token = token("ann", "acme")
+    async with (
+        serve_process(tmp_path, "--jwt-secret", SECRET, "--log-level", "info") as (url, log),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        params = {"query": "subscription { taskEvents { seq } }", "token": jwt_token, "api_key": "k-123"}
+        async with client.stream("GET", "/graphql", params=params, headers={"accept": "text/event-stream"}) as r:
+            assert r.status_code == 200
+        refused = await client.get("/graphql", params={"query": "{ tasks { id } }", "access_token": jwt_token})
+        assert refused.status_code == 401
+        logged = await log.wait_for("GET /graphql?query=subscription")
+        await log.wait_for("access_token=")
+    text = log.text
+    assert jwt_token not in text and jwt_token.split(".")[2] not in text and "k-123" not in text
+    assert "token=[REDACTED]" in logged and "api_key=[REDACTED]" in logged, logged
+    assert "access_token=[REDACTED]" in text
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[Server]:
+    (tmp_path / "auth").mkdir()
+    s = make_server(tmp_path / "auth", jwt_secret=SECRET, jwt_leeway=0)
+    yield s
+    s.stop()
+
+
+async def test_bad_tokens_get_a_short_reason_and_the_detail_is_logged(
+    auth_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad_padding = token("ann", "acme")[:-1] + "!"
+    header_only = "eyJhbGciOiJIUzI1NiJ9x.e30.sig"
+    expired = token("ann", "acme", ttl=-10)
+    caplog.set_level(logging.INFO, logger="tidings.auth")
+    for tok, reason in ((bad_padding, "Invalid token"), (header_only, "Invalid token"), (expired, "Token expired")):
+        ws = await WS.open(auth_server.ws_url)
+        await ws.send({"type": "connection_init", "payload": {"token": tok}})
+        assert await ws.closed() == (4403, reason)
+        http = await call(auth_server, tok, "{ tasks { id } }")
+        assert http.status_code == 401
+        assert http.json()["errors"][0] == {"message": reason, "extensions": {"code": "UNAUTHENTICATED"}}
+        async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client:
+            sse = await client.get(
+                "/graphql", params={"query": "subscription { taskEvents { seq } }", "token": tok},
+                headers={"accept": "text/event-stream"},
+            )  # fmt: skip
+        assert sse.status_code == 401 and sse.json()["errors"][0]["message"] == reason
+    details = [r.getMessage() for r in caplog.records if r.name == "tidings.auth"]
+    assert any("Signature" in d or "padding" in d or "decode" in d.lower() for d in details), details
+
+
+async def test_oversized_websocket_message_closes_1009_message_too_large(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.server")
+    ws = await WS.open(server.ws_url)
+    assert (await ws.init())["type"] == "connection_ack"
+    limit = server.tidings.settings.max_message_size
+    await ws.send({"type": "ping", "payload": {"pad": "x" * limit}})
+    assert await ws.closed() == (1009, "Message too large")
+    assert any("exceeds limit" in r.getMessage() for r in caplog.records if r.name == "tidings.server")
+
+
+INTROSPECTION = ["{ __schema { queryType { name } } }", '{ __type(name: "Task") { name } }']
+TYPO = "{ tasks { titel } }"
+ENUM_TYPO = "subscription($o: [Operation!]) { taskEvents(operations: $o) { seq } }"
+
+
+async def errors_everywhere(server: Server, query: str, variables: dict[str, Any] | None = None) -> list[Any]:
+    """The errors of ``query`` over HTTP, graphql-transport-ws and SSE, in that order."""
+    out: list[Any] = []
+    body = {"query": query, "variables": variables or {}}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        if not query.startswith("subscription"):
+            out.append((await client.post("/graphql", json=body)).json()["errors"])
+        ws = await WS.open(server.ws_url)
+        await ws.init()
+        await ws.subscribe("1", query, variables)
+        message = await ws.recv()
+        assert message["type"] == "error", message
+        out.append(message["payload"])
+        await ws.close()
+        sse = await client.post("/graphql", json=body, headers={"accept": "text/event-stream"})
+        if sse.status_code == 400:
+            out.append(sse.json()["errors"])
+        else:
+            events = SSEParser().feed(sse.text)
+            assert events[0].event == "next", sse.text
+            out.append(orjson.loads(events[0].data)["errors"])
+    return out
+
+
+async def test_introspection_and_suggestions_can_be_turned_off_on_every_path(tmp_path: Path) -> None:
+    server = make_server(tmp_path, introspection="off", suggestions="off")
+    try:
+        for query in INTROSPECTION:
+            for errors in await errors_everywhere(server, query):
+                assert errors[0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", errors
+                assert "introspection" in errors[0]["message"], errors
+        for query, variables in ((TYPO, None), (ENUM_TYPO, {"o": ["CREATD"]})):
+            for errors in await errors_everywhere(server, query, variables):
+                assert "Did you mean" not in str(errors) and errors[0]["message"], errors
+    finally:
+        server.stop()
+
+
+async def test_introspection_and_suggestions_default_on_in_demo_mode_off_with_auth(
+    server: Server, auth_server: Server
+) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        demo = (await client.post("/graphql", json={"query": INTROSPECTION[0]})).json()
+        assert demo["data"]["__schema"]["queryType"]["name"] == "Query"
+        typo = (await client.post("/graphql", json={"query": TYPO})).json()
+        assert "Did you mean 'title'?" in typo["errors"][0]["message"]
+    tok = token("ann", "acme")
+    refused = (await call(auth_server, tok, INTROSPECTION[1])).json()
+    assert refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "Did you mean" not in (await call(auth_server, tok, TYPO)).json()["errors"][0]["message"]
+
+
+async def test_depth_limit_counts_introspection_fields(tmp_path: Path) -> None:
+    from graphql import get_introspection_query
+
+    server = make_server(tmp_path, max_depth=3)
+    try:
+        deep = "{ __schema { types { fields { type { name } } } } }"
+        for errors in await errors_everywhere(server, deep):
+            assert errors[0]["message"] == "'anonymous' exceeds maximum operation depth of 3", errors
+        shallow = "{ __schema { types { fields { name } } } }"
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            assert "errors" not in (await client.post("/graphql", json={"query": shallow})).json()
+    finally:
+        server.stop()
+    # The ofType chain of a type reference counts once: the query GraphiQL and codegen send passes.
+    (tmp_path / "default").mkdir()
+    server = make_server(tmp_path / "default")
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            full = (await client.post("/graphql", json={"query": get_introspection_query()})).json()
+        assert "errors" not in full and full["data"]["__schema"]["types"]
+    finally:
+        server.stop()

@@ -1,0 +1,241 @@
+"""``tidings serve`` at startup: what it says before it listens, and one clear line when it cannot start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import Server, free_port
+from tidings.app import create_app
+from tidings.auth.tokens import Authenticator
+from tidings.config import Settings
+from tidings.errors import ConfigurationError
+from tidings.schema.toml import load_toml
+from tidings.startup import describe, mask_url
+
+pytestmark = pytest.mark.timeout(60)
+
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+SECRET = "startup-test-secret-of-at-least-32-bytes"
+BANNER_START = "tidings "  # the banner's first line: "tidings <version>"
+
+
+def serve(tmp_path: Path, *args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``tidings serve`` expected to give up at startup: its exit status and output."""
+    command = [TIDINGS, "serve", "--port", str(free_port()), "--db", db or f"sqlite:///{tmp_path / 'x.db'}", *args]
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], status: int, *words: str) -> str:
+    """Exit ``status``, one ``tidings:`` line on stderr holding ``words``, nothing else said."""
+    output = result.stdout + result.stderr
+    assert result.returncode == status, output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tidings:")]
+    assert len(lines) == 1, output
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in output
+    assert not result.stdout.startswith(BANNER_START), output  # no banner
+    assert "Uvicorn running" not in output and "Started server process" not in output
+    return lines[0]
+
+
+def closed_port() -> int:
+    return free_port()  # bound and closed at once: nothing listens there
+
+
+# -- settings that are wrong: exit 2 ------------------------------------------
+
+
+def test_sqlite_file_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    result = serve(tmp_path, db=f"sqlite:///{tmp_path / 'nowhere' / 'x.db'}")
+    assert_refused(result, 2, "--db", f"directory {tmp_path / 'nowhere'} does not exist")
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    result = serve(tmp_path, db=f"sqlite:///{tmp_path / 'notes.txt'}")
+    assert_refused(result, 2, "--db", str(tmp_path / "notes.txt"), "file is not a database")
+
+
+def test_an_unsupported_database_scheme_is_refused(tmp_path: Path) -> None:
+    result = serve(tmp_path, db="mysql://app:hunter2@127.0.0.1/app")
+    line = assert_refused(result, 2, "--db mysql://app:***@127.0.0.1/app", "unsupported URL scheme 'mysql'")
+    assert "hunter2" not in line
+
+
+def test_an_unsupported_broker_scheme_is_refused(tmp_path: Path) -> None:
+    assert_refused(serve(tmp_path, "--broker", "kafka://127.0.0.1"), 2, "--broker", "unsupported URL scheme 'kafka'")
+
+
+def test_an_unknown_log_level_is_refused(tmp_path: Path) -> None:
+    assert_refused(serve(tmp_path, "--log-level", "loud"), 2, "--log-level 'loud'", "unknown level")
+
+
+def test_a_garbage_public_key_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----\n")
+    assert_refused(serve(tmp_path, "--jwt-public-key", str(key)), 2, f"--jwt-public-key {key}", "not a PEM public key")
+
+
+def test_a_jwt_secret_shorter_than_the_hash_is_refused(tmp_path: Path) -> None:
+    line = assert_refused(serve(tmp_path, "--jwt-secret", "s3cret-but-short"), 2, "--jwt-secret", "16 bytes")
+    assert "at least 32" in line and "s3cret" not in line
+
+
+def test_a_misspelt_key_in_collections_toml_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "collections.toml"
+    toml.write_text('[collections.Task.fields]\ntitle = "String!"\npriority = { type = "Int", defualt = 0 }\n')
+    result = serve(tmp_path, "--collections", str(toml))
+    assert_refused(result, 2, str(toml), "Task.priority", "'defualt'", "did you mean 'default'?")
+
+
+def test_a_misspelt_collection_key_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[collections.Task]\nplurl = "tasks"\n[collections.Task.fields]\ntitle = "String!"\n')
+    with pytest.raises(ConfigurationError, match=r"collection Task: unknown key 'plurl'; did you mean 'plural'\?"):
+        load_toml(toml)
+
+
+# -- what a setting names is unavailable: exit 1 --------------------------------
+
+
+def test_refused_postgresql_is_one_line_without_the_password(tmp_path: Path) -> None:
+    result = serve(tmp_path, db=f"postgresql://u:secret@127.0.0.1:{closed_port()}/x")
+    line = assert_refused(result, 1, "--db postgresql://u:***@127.0.0.1:", "connection refused")
+    assert "secret" not in result.stdout + result.stderr, line
+
+
+def test_refused_redis_is_one_line(tmp_path: Path) -> None:
+    port = closed_port()
+    result = serve(tmp_path, "--broker", f"redis://:hunter22@127.0.0.1:{port}/0")
+    assert_refused(result, 1, f"--broker redis://:***@127.0.0.1:{port}/0", "connection refused")
+    assert "hunter22" not in result.stdout + result.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [TIDINGS, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'x.db'}"]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert_refused(result, 1, f"--port {port}", "already in use")
+
+
+# -- starting -------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str], str]]:
+    """A ``tidings serve`` that started: the process, its stdout lines, its URL."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        TIDINGS, "serve", "--port", str(port), "--db", "sqlite:///app.db", *args,
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while not (line := (await proc.stderr.readline()).decode()).startswith("INFO:     Uvicorn running on"):
+                assert line, "tidings serve exited before it listened"
+            # The banner was flushed before uvicorn started: it is all in the pipe by now.
+            while len(stdout) < 7:
+                stdout.append((await proc.stdout.readline()).decode().rstrip("\n"))
+        yield proc, stdout, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_the_banner_says_what_serves_before_listening(tmp_path: Path) -> None:
+    args = ("--jwt-secret", SECRET, "--jwt-issuer", "acme", "--cors-origins", "http://localhost:5173")
+    async with running(tmp_path, *args) as (proc, banner, url):
+        version = importlib.metadata.version("tidings")
+        assert banner == [
+            f"tidings {version}",
+            f"  database:    sqlite:///app.db (file {tmp_path / 'app.db'})",
+            "  broker:      memory:// (this process only)",
+            "  collections: Task, Message (the demo)",
+            f"  auth:        HS256 tokens required (--jwt-secret, {len(SECRET)} bytes), issuer 'acme'",
+            banner[5],  # worded by the origin policies (tidings/transports/origins.py)
+            f"  GraphQL and the playground at {url}/graphql",
+        ]
+        assert banner[5].startswith("  origins:     ") and "http://localhost:5173" in banner[5]
+        assert SECRET not in "\n".join(banner)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/healthz")).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+def test_describe_names_the_public_key_and_masks_passwords(tmp_path: Path) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "key.pem").write_bytes(pem)
+    settings = Settings(
+        db="postgresql://app:pg-pass@db.internal/app",
+        broker="redis://:redis-pass@cache.internal:6379/0",
+        jwt_public_key=str(tmp_path / "key.pem"),
+        jwt_audience="api",
+    )
+    lines = describe(create_app(None, settings))
+    text = "\n".join(lines)
+    assert "pg-pass" not in text and "redis-pass" not in text
+    assert "  database:    postgresql://app:***@db.internal/app" in lines
+    assert "  broker:      redis://:***@cache.internal:6379/0" in lines
+    assert f"  auth:        RS256 tokens required (--jwt-public-key {tmp_path / 'key.pem'}), audience 'api'" in lines
+    demo = describe(create_app(None, Settings(db=f"sqlite:///{tmp_path / 'demo.db'}")))
+    assert demo[4].startswith("  auth:        none: demo mode")
+    assert demo[5].startswith("  origins:     ") and "http://localhost:*" in demo[5]
+    # The key parsed at startup still verifies what its private half signs.
+    auth = Authenticator(public_key=str(tmp_path / "key.pem"))
+    token = jwt.encode({"sub": "ann", "exp": 2**31}, private, algorithm="RS256")
+    assert auth.verify(token).sub == "ann"
+
+
+def test_mask_url_keeps_what_is_not_a_secret() -> None:
+    assert mask_url("sqlite:////var/lib/app.db") == "sqlite:////var/lib/app.db"
+    assert mask_url("postgresql://u@h/x") == "postgresql://u@h/x"
+    assert mask_url("rediss://user:p%40ss@h:6380/1") == "rediss://user:***@h:6380/1"
+    assert (
+        mask_url("postgresql://u@h/x?password=pw&sslmode=require") == "postgresql://u@h/x?password=***&sslmode=require"
+    )
+
+
+def test_version_is_the_installed_distributions() -> None:
+    result = subprocess.run([TIDINGS, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"tidings {importlib.metadata.version('tidings')}\n"
+
+
+async def test_the_root_redirects_to_the_playground(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.get("/", headers={"accept": "text/html"})
+        assert (response.status_code, response.headers["location"]) == (302, "/graphql")
+        page = await client.get("/", headers={"accept": "text/html"}, follow_redirects=True)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
