@@ -1,25 +1,35 @@
-"""Broker contract: one suite over every backend (memory, real Redis)."""
+"""Broker contract: one suite over every backend (memory, real Redis, real PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
+import httpx
+import orjson
 import pytest
 
-from tests.backends import service_url
-from tests.test_broker_faults import RedisProcess
-from tidings.pubsub import Broker, BrokerUnavailable, MemoryBroker, broker_from_url
+from tests.backends import fresh_database, service_url
+from tests.conftest import make_server, wait_subscribers
+from tests.test_broker_faults import OUTAGE, RECOVERY, SUB, RedisProcess, bodies, lines, post, until
+from tests.wsclient import WS
+from tidings.errors import ConfigurationError
+from tidings.pubsub import Broker, BrokerUnavailable, MemoryBroker, broker_from_url, resolve_broker_url
+from tidings.pubsub.postgres import PostgresBroker, asyncpg_url, fit
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "postgres"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     if request.param == "memory":
         b: Broker = MemoryBroker()
-    else:
+    elif request.param == "redis":
         b = broker_from_url(service_url("TIDINGS_TEST_REDIS_URL", "Redis"))
+    else:
+        b = broker_from_url(service_url("TIDINGS_TEST_PG_URL", "PostgreSQL"))
     await b.start()
     yield b
     await b.close()
@@ -111,3 +121,112 @@ async def test_redis_faults_raise_to_the_caller_and_close_never_waits(tmp_path: 
         await asyncio.wait_for(broker.close(), 2)
     finally:
         redis.stop()
+
+
+async def test_ping_answers_while_the_broker_is_up(broker: Broker) -> None:
+    await asyncio.wait_for(broker.ping(), 5)
+
+
+def test_auto_broker_follows_the_database() -> None:
+    pg = "postgresql://u:p@127.0.0.1/db"
+    assert resolve_broker_url("auto", "sqlite:///x.db") == "memory://"
+    assert resolve_broker_url("auto", pg) == pg
+    assert resolve_broker_url("postgres", pg) == pg
+    assert resolve_broker_url("memory://", pg) == "memory://"  # explicit memory stays memory
+    assert resolve_broker_url("redis://h:6379/0", pg) == "redis://h:6379/0"
+    assert isinstance(broker_from_url("auto", db=pg), PostgresBroker)
+    assert isinstance(broker_from_url("auto", db="sqlite:///x.db"), MemoryBroker)
+    with pytest.raises(ConfigurationError, match="needs a PostgreSQL --db"):
+        resolve_broker_url("postgres", "sqlite:///x.db")
+
+
+def test_a_doorbell_too_large_for_notify_keeps_only_its_seq() -> None:
+    small = orjson.dumps({"seq": 7, "record": {"body": "x"}})
+    assert fit(small) == small
+    large = orjson.dumps({"seq": 8, "record": {"body": "x" * 9000}})
+    assert orjson.loads(fit(large)) == {"seq": 8}
+    with pytest.raises(ValueError, match="not a doorbell"):
+        fit(b"y" * 9000)
+
+
+async def test_postgres_large_doorbell_arrives_as_its_seq() -> None:
+    broker = broker_from_url(service_url("TIDINGS_TEST_PG_URL", "PostgreSQL"))
+    await broker.start()
+    try:
+        ready = asyncio.Event()
+        stream = broker.subscribe("big", on_ready=ready.set)
+        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+        await asyncio.wait_for(ready.wait(), 5)
+        await broker.publish("big", orjson.dumps({"seq": 41, "record": {"body": "é" * 5000}}))
+        assert orjson.loads(await asyncio.wait_for(pending, 5)) == {"seq": 41}
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await broker.close()
+
+
+async def test_postgres_faults_raise_to_the_caller_and_a_new_subscription_works() -> None:
+    # pg_terminate_backend on the listener: its iterator raises BrokerUnavailable (the
+    # dispatcher subscribes again and reads the gap from the log).
+    url = service_url("TIDINGS_TEST_PG_URL", "PostgreSQL")
+    broker = broker_from_url(url)
+    await broker.start()
+    admin = await asyncpg.connect(asyncpg_url(url))
+    try:
+        ready = asyncio.Event()
+        stream = broker.subscribe("pgfault", on_ready=ready.set)
+        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+        await asyncio.wait_for(ready.wait(), 5)
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN %pgfault%'"
+        )
+        assert killed == 1
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(pending, 5)
+        ready.clear()
+        stream = broker.subscribe("pgfault", on_ready=ready.set)
+        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+        await asyncio.wait_for(ready.wait(), 5)
+        await broker.publish("pgfault", b"back")
+        assert await asyncio.wait_for(pending, 5) == b"back"
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await admin.close()
+        await broker.close()
+
+
+async def test_postgres_broker_listener_terminated_the_server_resubscribes_and_fills_the_gap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A PostgreSQL --db and no --broker: LISTEN/NOTIFY on the same database. The gap check is
+    # slow, so what arrives in time came through the new LISTEN or the gap fill that follows it.
+    caplog.set_level(logging.INFO, logger="tidings.realtime")
+    db = await fresh_database("postgresql", tmp_path)
+    server = make_server(tmp_path, db=db, gap_check_interval=30.0)
+    assert isinstance(server.tidings.broker, PostgresBroker)
+    admin = await asyncpg.connect(asyncpg_url(db))
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            ws = await WS.open(server.ws_url)
+            await ws.init()
+            await ws.subscribe("1", SUB)
+            await wait_subscribers(server, 1)
+            await post(http, "before")
+            assert [b for _, b in await bodies(ws, 1)] == ["before"]
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            )
+            assert killed == 1
+            await post(http, "while-down-1")
+            await post(http, "while-down-2")
+            await until(lambda: bool(lines(caplog, RECOVERY)))
+            await post(http, "after")
+            got = await bodies(ws, 3, timeout=2.0)
+            assert [b for _, b in got] == ["while-down-1", "while-down-2", "after"]
+            assert [s for s, _ in got] == [2, 3, 4]
+            assert await ws.no_message(0.3)
+            assert [r.levelno for r in lines(caplog, OUTAGE)] == [logging.WARNING]
+            await ws.close()
+    finally:
+        await admin.close()
+        server.stop()

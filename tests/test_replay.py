@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import Server, gql_post, wait_subscribers
 from tests.test_resume import SUB, events_of, post_many
 from tests.wsclient import WS
+from tidings.errors import CursorExpired
 from tidings.events import ChangeEvent, Operation
 from tidings.realtime.group import Subscriber
 from tidings.realtime.replay import Replayer
@@ -262,3 +264,18 @@ async def test_rendering_events_does_not_grow_the_group_executor(server: Server,
     # on the group's long-lived executor that memo would hold every event ever rendered.
     assert len(group.executor._relevant_sub_fields) <= 2
     await ws.close()
+
+
+async def test_replay_of_a_page_pruned_meanwhile_is_cursor_expired() -> None:
+    log = FakeLog(head=300)
+    replayer = Replayer(log, page_size=100)  # type: ignore[arg-type]
+    group = FakeGroup()
+    sink = ListSink()
+    subscriber = Subscriber(sink, "1", group, min_seq=120)  # type: ignore[arg-type]
+    group.members[id(subscriber)] = subscriber
+    log.pruned = 150  # retention deleted up to 150 after the subscriber's cursor was checked
+    with pytest.raises(CursorExpired) as caught:
+        await asyncio.wait_for(replayer.replay(group, subscriber, 120, 300), 5)  # type: ignore[arg-type]
+    assert caught.value.extensions == {"code": "CURSOR_EXPIRED", "oldestSeq": "151"}
+    assert sink.got == []  # nothing of a partial replay was sent
+    await replayer.close()

@@ -97,6 +97,12 @@ def test_a_jwt_secret_shorter_than_the_hash_is_refused(tmp_path: Path) -> None:
     assert "at least 32" in line and "s3cret" not in line
 
 
+def test_tidings_token_refuses_a_short_secret_too(tmp_path: Path) -> None:
+    command = [TIDINGS, "token", "--sub", "ann", "--jwt-secret", "short"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert_refused(result, 2, "--jwt-secret", "5 bytes")
+
+
 def test_a_misspelt_key_in_collections_toml_is_refused(tmp_path: Path) -> None:
     toml = tmp_path / "collections.toml"
     toml.write_text('[collections.Task.fields]\ntitle = "String!"\npriority = { type = "Int", defualt = 0 }\n')

@@ -1,6 +1,7 @@
 """tidings: a realtime GraphQL backend over declared collections."""
 
 from tidings.app import Tidings, create_app, export_schema
+from tidings.auth.channel_rules import Channel
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Rules
 from tidings.config import Settings
@@ -12,6 +13,7 @@ from tidings.schema.toml import load_toml
 __all__ = [
     "JSON",
     "ChangeEvent",
+    "Channel",
     "Collection",
     "ErrorCode",
     "Field",

@@ -22,16 +22,21 @@ from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
+from tidings.auth.channel_rules import Channel, ChannelRules, channels_from
+from tidings.admin import Admin, admin_fields
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.rules import Authorizer
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
 from tidings.errors import ErrorCode, TidingsError
 from tidings.limits import Limits
+from tidings.metrics import Metrics, MetricsAccess, exposition, mutation_counter, registry_for
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
+from tidings.realtime.channels import Channels
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.engine import Engine, Request
+from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.session import RENEW_TOKEN
 from tidings.schema.build import build_schema
@@ -127,11 +132,18 @@ def is_request_error(result: ExecutionResult) -> bool:
 class Tidings:
     """Everything one server process runs, wired together."""
 
-    def __init__(self, collections: Sequence[Collection], settings: Settings, *, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        collections: Sequence[Collection],
+        settings: Settings,
+        *,
+        broker: Broker | None = None,
+        channels: Sequence[Channel] = (),
+    ) -> None:
         self.settings = settings
         self.collections = list(collections)
         self.store = Store(settings.db, self.collections)
-        self.broker = broker or broker_from_url(settings.broker)
+        self.broker = broker or broker_from_url(settings.broker, db=settings.db)
         self.dispatcher = Dispatcher(
             self.store, self.broker, gap_check_interval=settings.gap_check_interval, channel=settings.channel
         )
@@ -148,20 +160,38 @@ class Tidings:
         )
         self.authorizer = Authorizer.from_settings(self.collections, settings, auth_enabled=self.authenticator.enabled)
         introspection, suggestions = settings.switch("introspection"), settings.switch("suggestions")
+        self.metrics = Metrics()
+        self.metrics.dispatcher = self.dispatcher
+        self.dispatcher.latency = self.metrics.latency
+        self.metrics_access = MetricsAccess(settings.metrics)
+        self.metrics_registry, self.metrics_shared = registry_for(self.metrics)
+        admin_queries, admin_mutations = admin_fields(lambda: self.admin)
         self.schema, self.types = build_schema(
             self.collections,
-            extra_mutations=[RENEW_TOKEN],
+            extra_queries=admin_queries,
+            extra_extensions=[mutation_counter(self.metrics, _mutation_collections(self.collections))],
+            extra_mutations=[RENEW_TOKEN, *CHANNEL_MUTATIONS, *admin_mutations],
+            extra_subscriptions=CHANNEL_SUBSCRIPTIONS,
             max_depth=settings.max_depth,
             introspection=introspection,
             suggestions=suggestions,
         )
         self.limits = Limits.from_settings(settings, broker_url=getattr(self.broker, "url", settings.broker))
+        self.channels = Channels(
+            self.broker,
+            ChannelRules(channels, auth_enabled=self.authenticator.enabled, admin_role=settings.admin_role),
+            topic=settings.channel + ":channels",
+            limits=self.limits,
+            max_payload=settings.channel_max_payload,
+            presence_ttl=settings.presence_ttl,
+        )
         self.services = Services(
             store=self.store,
             publisher=self.dispatcher,
             authorizer=self.authorizer,
             max_limit=settings.max_limit,
             limits=self.limits,
+            channels=self.channels,
         )
         self.engine = Engine(
             self.schema,
@@ -172,8 +202,12 @@ class Tidings:
             limits=self.limits,
             introspection=introspection,
             suggestions=suggestions,
+            live_max_rows=settings.live_max_rows,
         )
-        self.transport = TransportContext(settings, self.engine, self.authenticator)
+        self.engine.channels = self.channels
+        self.transport = TransportContext(settings, self.engine, self.authenticator, metrics=self.metrics)
+        self.metrics.connections = self.transport.connections
+        self.admin = Admin(self.transport, self.broker, settings.channel)
         self.sse = SSEEndpoint(self.transport)
         self.cors_origins = OriginPolicy.parse(settings.cors_origins, auth_enabled=self.authenticator.enabled)
         # Browsers get tidings' playground (local assets), never Strawberry's CDN page.
@@ -187,12 +221,17 @@ class Tidings:
         self.http.engine = self.engine
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
+        self._lag_mark: tuple[int, float] | None = None  # (a log head the dispatcher had not reached, when)
 
     async def start(self) -> None:
         await self.store.start()
         await self.broker.start()
         await self.limits.start()
         await self.dispatcher.start()
+        await self.channels.start()
+        await self.admin.start()
+        if self.metrics_shared is not None:
+            await self.metrics_shared.start()
         self._tasks = [asyncio.create_task(self._prune(), name="tidings-retention")]
         if self.settings.keepalive > 0:  # 0 turns keepalives off (a zero-second ticker would spin)
             self._tasks.append(asyncio.create_task(self._keepalive(), name="tidings-keepalive"))
@@ -209,10 +248,29 @@ class Tidings:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.channels.close()
+        if self.metrics_shared is not None:
+            await self.metrics_shared.close()
+        await self.admin.close()
         await self.dispatcher.close()
         await self.limits.close()
         await self.broker.close()
         await self.store.close()
+
+    async def publish(
+        self,
+        channel: str,
+        type: str,  # noqa: A002
+        data: Any = None,
+        *,
+        sender: str | None = None,
+        account: str | None = None,
+    ) -> int:
+        """Publish a channel event from server code (no rule or rate applies); its seq.
+
+        ``account``: the tenant whose ``channel`` it is (ignored in demo mode and for global namespaces).
+        """
+        return await self.channels.publish(channel, type, data, sender=sender, account=account)
 
     async def drain(self, timeout: float) -> None:
         """End every open connection for a restart, flushing what each has queued, within ``timeout``.
@@ -240,6 +298,42 @@ class Tidings:
             timeout,
             failed,
         )
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's state, "ok" or why not: the database answers a short query, the
+        broker a ping, and the dispatcher reaches the log's head within ``ready_lag`` seconds."""
+        timeout = self.settings.ready_timeout
+        checks: dict[str, str] = {}
+        head: int | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                head = await self.store.last_seq()
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = _why(exc, timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.broker.ping()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = _why(exc, timeout)
+        checks["dispatcher"] = "ok" if head is None else self._lag_check(head)
+        return checks
+
+    def _lag_check(self, head: int) -> str:
+        # Behind is normal for a moment: fail only when a head seen ``ready_lag`` seconds ago
+        # is still not reached. No waiting here: each probe compares with the last one's mark.
+        position, now = self.dispatcher.position, time.monotonic()
+        if position >= head:
+            self._lag_mark = None
+            return "ok"
+        if self._lag_mark is None or position >= self._lag_mark[0]:
+            self._lag_mark = (head, now)
+            return "ok"
+        behind = now - self._lag_mark[1]
+        if behind <= self.settings.ready_lag:
+            return "ok"
+        return f"at seq {position}, behind the log's head {self._lag_mark[0]} for {behind:.1f} s"
 
     async def _keepalive(self) -> None:
         while True:
@@ -300,6 +394,7 @@ class Tidings:
         try:
             principal = self.http_principal(scope)
         except TidingsError as exc:
+            self.metrics.auth_failed("http", exc)
             status = 401 if exc.code is ErrorCode.UNAUTHENTICATED else 403
             response = JSONResponse({"errors": [{"message": exc.message, "extensions": exc.extensions}]}, status)
             await response(scope, receive, send)
@@ -319,6 +414,18 @@ class Tidings:
         principal = self.authenticator.optional(bearer(header(scope, b"authorization")))
         self.authorizer.check_connect(principal)
         return principal
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+
+
+def _mutation_collections(collections: Sequence[Collection]) -> dict[str, str]:
+    """Mutation field name -> collection name, for ``tidings_mutations_total``."""
+    verbs = ("create", "update", "delete", "restore")
+    return {f"{verb}{c.name}": c.name for c in collections for verb in verbs}
 
 
 class _App(Starlette):
@@ -358,10 +465,29 @@ def create_app(
 
         collections = COLLECTIONS
     settings = settings or Settings.from_env()
-    tidings = Tidings(collections_from(list(collections)), settings, broker=broker)
+    declared, channels = channels_from(list(collections))
+    tidings = Tidings(collections_from(declared), settings, broker=broker, channels=channels)
 
     async def healthz(_: StarletteRequest) -> Response:
         return JSONResponse({"status": "ok", "seq": str(tidings.dispatcher.position)})
+
+    async def readyz(_: StarletteRequest) -> Response:
+        # Ready: this process can serve now. Liveness (/healthz) asks nothing of the dependencies.
+        checks = await tidings.readiness()
+        ready = all(state == "ok" for state in checks.values()) and not tidings.draining
+        status = "ready" if ready else "draining" if tidings.draining else "unavailable"
+        body = {"status": status, "checks": checks, "seq": str(tidings.dispatcher.position)}
+        return JSONResponse(body, 200 if ready else 503)
+
+    async def metrics(request: StarletteRequest) -> Response:
+        status = tidings.metrics_access.check(
+            request.client.host if request.client else None, request.headers.get("authorization")
+        )
+        if status != 200:
+            headers = {"www-authenticate": "Bearer"} if status == 401 else None
+            return Response(None, status, headers)
+        body, content_type = exposition(tidings.metrics_registry)
+        return Response(body, 200, media_type=content_type)
 
     async def to_playground(request: StarletteRequest) -> Response:
         # A browser pointed at the server's root lands on the playground.
@@ -385,6 +511,8 @@ def create_app(
     app = _App(
         routes=[
             Route("/healthz", healthz),
+            Route("/metrics", metrics),
+            Route("/readyz", readyz),
             # WebSockets to /graphql never reach the router: _App hands them to tidings.
             Route("/graphql", endpoint, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"]),
             *([Route(f"{ASSETS_PATH}/{{name}}", tidings.playground.asset)] if tidings.playground else []),
@@ -404,5 +532,11 @@ def export_schema(collections: Sequence[Any] | None = None) -> str:
         from tidings.schema.demo import COLLECTIONS
 
         collections = COLLECTIONS
-    schema, _ = build_schema(collections_from(list(collections)), extra_mutations=[RENEW_TOKEN])
+    admin_queries, admin_mutations = admin_fields(None)
+    schema, _ = build_schema(
+        collections_from(channels_from(list(collections))[0]),
+        extra_queries=admin_queries,
+        extra_mutations=[RENEW_TOKEN, *CHANNEL_MUTATIONS, *admin_mutations],
+        extra_subscriptions=CHANNEL_SUBSCRIPTIONS,
+    )
     return strawberry.Schema.as_str(schema)

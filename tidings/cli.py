@@ -69,6 +69,10 @@ def serve(settings: Settings) -> None:
 
     # Settings first, then what they name: a failure is one line (main), before any banner.
     check_settings(settings)
+    if settings.workers != 1:
+        from tidings.workers import check_workers
+
+        check_workers(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     collections = load_collections(settings.collections)
     app = create_app(collections, settings)
@@ -78,6 +82,12 @@ def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     print("\n".join(describe(app)), flush=True)
+    if settings.workers > 1:  # a supervisor here; each worker builds and serves its own app
+        from tidings.workers import supervise
+
+        if status := supervise(settings):
+            raise SystemExit(status)
+        return
     config = uvicorn.Config(app, **uvicorn_options(settings))
     install_redaction()  # after uvicorn.Config: building it configures uvicorn's loggers
     if not run(app, config):

@@ -21,7 +21,14 @@ class Settings:
     host: str = _field("127.0.0.1", "interface to listen on")
     port: int = _field(8000, "port to listen on")
     db: str = _field("sqlite:///tidings.db", "database URL: sqlite:///file.db or postgresql://user:pass@host/db")
-    broker: str = _field("memory://", "broker URL: memory:// (one process) or redis://host:6379/0")
+    broker: str = _field(
+        "auto",
+        "broker URL: memory:// (one process), redis://host:6379/0, postgresql://... or postgres (the --db's "
+        "LISTEN/NOTIFY); auto: postgres with a PostgreSQL --db, else memory://",
+    )
+    workers: int = _field(
+        1, "server processes sharing the port, each with its own dispatcher (more than 1 needs a shared broker)"
+    )
     collections: str | None = _field(None, "module:attr or file.toml of collections (default: the demo)")
     graphiql: bool = _field(True, "serve GraphiQL on GET /graphql from a browser")
     legacy_ws: bool = _field(True, "accept the legacy graphql-ws subprotocol (subscriptions-transport-ws)")
@@ -68,6 +75,7 @@ class Settings:
         False, "permessage-deflate on WebSockets (compresses every message once per connection: off for fan-out)"
     )
     max_limit: int = _field(1000, "largest page a list query may ask for")
+    live_max_rows: int = _field(1000, "most rows a live query's window may keep (its limit must be at most this)")
     max_depth: int = _field(10, "deepest query allowed (introspection included)")
     introspection: str = _field(
         "auto", "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off"
@@ -90,6 +98,15 @@ class Settings:
         0.0, "events delivered per second per subscription; beyond, it ends with RATE_LIMITED to resume (0 = off)"
     )
     rate_events_burst: int = _field(100, "events a subscription may receive at once")
+    rate_publish: float = _field(20.0, "channel publishes per second per connection (0 = off)")
+    rate_publish_burst: int = _field(40, "channel publishes a connection may send at once")
+    rate_user_publish: float = _field(50.0, "channel publishes per second per user, all connections together")
+    rate_user_publish_burst: int = _field(100, "channel publishes a user may send at once")
+    # channels and presence
+    channel_max_payload: int = _field(16_384, "largest channel event data or presence meta, bytes of JSON")
+    presence_ttl: float = _field(
+        15.0, "seconds after which the presence members of a process that died without leaving disappear"
+    )
     # resume
     retention_seconds: float = _field(86_400.0, "keep events this long for resume (0 = no age limit)")
     retention_events: int = _field(100_000, "keep at most this many events (0 = no count limit)")
@@ -98,7 +115,16 @@ class Settings:
     channel: str = _field(
         "tidings:events", "broker channel of the doorbells; deployments that share a broker need distinct ones"
     )
+    ready_lag: float = _field(
+        5.0, "seconds the dispatcher may stay behind the event log's head before /readyz answers 503"
+    )
+    ready_timeout: float = _field(1.0, "seconds /readyz waits for the database and the broker to answer")
     log_level: str = _field("info", "log level")
+    log_format: str = _field("text", "log lines as text, or json: one JSON object per line, with structured fields")
+    metrics: str = _field(
+        "loopback",
+        "Prometheus /metrics: off, loopback (only clients on 127.0.0.1 or ::1) or token:<secret> (Bearer <secret>)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -14,14 +14,16 @@ class Operation(str, enum.Enum):
     CREATED = "CREATED"
     UPDATED = "UPDATED"
     DELETED = "DELETED"
+    RESTORED = "RESTORED"  # a soft-deleted record brought back (collections with soft_delete)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChangeEvent:
     """One row of the event log.
 
-    ``record`` is the record after the change (for DELETED, its last state);
-    ``previous`` holds the values the changed fields had before it.
+    ``record`` is the record after the change (for DELETED, its last state;
+    for RESTORED, the state it comes back with); ``previous`` holds the values
+    the changed fields had before it.
     """
 
     seq: int
@@ -36,8 +38,11 @@ class ChangeEvent:
     actor: str | None
 
     def before(self) -> Record | None:
-        """The record as it was before the change (None for CREATED)."""
-        if self.operation is Operation.CREATED:
+        """The record as it was before the change (None for CREATED and RESTORED).
+
+        A RESTORED record was hidden, as if absent: for views it enters like a created one.
+        """
+        if self.operation is Operation.CREATED or self.operation is Operation.RESTORED:
             return None
         if not self.previous:
             return self.record

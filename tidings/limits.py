@@ -69,6 +69,9 @@ class Rate:
         return self.per_second > 0
 
 
+_OFF = Rate(0.0, 1)
+
+
 class TokenBucket:
     """Holds up to ``burst`` tokens, refilled at ``rate`` a second; one per action."""
 
@@ -130,12 +133,16 @@ class Limits:
         prefix: str = "tidings:rate",
         clock: Clock = time.monotonic,
         max_keys: int = 100_000,
+        publish: Rate = _OFF,
+        user_publish: Rate = _OFF,
     ) -> None:
         self.subscribe = subscribe
         self.user_subscribe = user_subscribe
         self.mutations = mutations
         self.queries = queries
         self.events = events
+        self.publish = publish
+        self.user_publish = user_publish
         self.redis_url = redis_url
         self.prefix = prefix
         self.clock = clock
@@ -158,6 +165,8 @@ class Limits:
             events=Rate(settings.rate_events, settings.rate_events_burst),
             redis_url=broker if broker.startswith(("redis://", "rediss://", "unix://")) else None,
             prefix=settings.channel + ":rate",
+            publish=Rate(settings.rate_publish, settings.rate_publish_burst),
+            user_publish=Rate(settings.rate_user_publish, settings.rate_user_publish_burst),
         )
 
     async def start(self) -> None:
@@ -191,6 +200,25 @@ class Limits:
                 if bucket is not None:
                     bucket.give_back()  # refused anyway: the connection's budget is not spent
                 return _limited("subscribe operations for this user", self.user_subscribe, wait)
+        return None
+
+    async def check_publish(self, principal: Principal, client: Any) -> RateLimited | None:
+        """May this caller publish one more channel event now? Per connection (``client``), then per user."""
+        bucket: TokenBucket | None = None
+        if self.publish.enabled:
+            if isinstance(client, str):  # plain HTTP: the address stands for the connection
+                wait = await self._take_shared("publish", "ip:" + client, self.publish)
+            else:
+                bucket = self._connection_bucket(client, "publish", self.publish)
+                wait = bucket.take() if bucket is not None else 0.0
+            if wait:
+                return _limited("publishes on this connection", self.publish, wait)
+        if self.user_publish.enabled and principal.is_authenticated:
+            wait = await self._take_shared("publish", _user_key(principal), self.user_publish)
+            if wait:
+                if bucket is not None:
+                    bucket.give_back()
+                return _limited("publishes for this user", self.user_publish, wait)
         return None
 
     async def check_operation(self, kind: str, principal: Principal, client: Any) -> RateLimited | None:

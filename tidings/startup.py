@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tidings.config import Settings
 from tidings.errors import ConfigurationError
-from tidings.pubsub import broker_from_url
+from tidings.pubsub import broker_from_url, resolve_broker_url
 from tidings.redaction import redact
 from tidings.schema.collection import Collection
 from tidings.store import Store
@@ -86,13 +86,14 @@ def check_settings(settings: Settings) -> None:
             f"--log-level {settings.log_level!r}: unknown level; expected one of {', '.join(LOG_LEVELS)}"
         )
     _check_database_url(settings.db)
+    resolve_broker_url(settings.broker, settings.db)  # "postgres" without a PostgreSQL --db: its own line
     try:
-        broker_from_url(settings.broker)
+        broker_from_url(settings.broker, db=settings.db)
     except ConfigurationError:
         scheme = urlsplit(settings.broker).scheme or settings.broker
         raise ConfigurationError(
             f"--broker {mask_url(settings.broker) or repr(settings.broker)}: unsupported URL scheme {scheme!r}; "
-            "expected memory:// or redis://host:6379/0"
+            "expected auto, memory://, redis://host:6379/0, postgres or postgresql://user:pass@host/db"
         ) from None
 
 
@@ -145,7 +146,7 @@ def check_dependencies(settings: Settings, collections: Sequence[Collection]) ->
 
 async def _check_dependencies(settings: Settings, collections: list[Collection]) -> None:
     await _open_database(settings.db, collections)
-    await _open_broker(settings.broker)
+    await _open_broker(resolve_broker_url(settings.broker, settings.db))
     await _bind(settings.host, settings.port)
 
 
@@ -239,7 +240,7 @@ def describe(app: Starlette) -> list[str]:
         database = f"{mask_url(settings.db)} (in memory: gone when the process exits)"
     else:
         database = mask_url(settings.db)
-    broker = mask_url(settings.broker)
+    broker = mask_url(resolve_broker_url(settings.broker, settings.db))
     if broker in ("memory", "memory://"):
         broker += " (this process only)"
     names = ", ".join(c.name for c in tidings.collections)

@@ -32,6 +32,7 @@ class Action(str, enum.Enum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
+    RESTORE = "restore"  # collections with soft_delete only
 
 
 RuleSpec = str | Mapping[str, Any]
@@ -45,15 +46,21 @@ class Rules:
     create: RuleSpec = "public"
     update: RuleSpec = "public"
     delete: RuleSpec = "public"
+    restore: RuleSpec | None = None
+    """Who may bring a soft-deleted record back; None: whoever may delete it."""
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Rules:
         unknown = set(data) - {a.value for a in Action}
         if unknown:
-            raise ConfigurationError(f"Unknown rule actions {sorted(unknown)}; expected read, create, update, delete")
+            raise ConfigurationError(
+                f"Unknown rule actions {sorted(unknown)}; expected read, create, update, delete, restore"
+            )
         return cls(**{k: v for k, v in data.items()})
 
     def spec(self, action: Action) -> RuleSpec:
+        if action is Action.RESTORE and self.restore is None:
+            return self.delete
         return getattr(self, action.value)  # type: ignore[no-any-return]
 
 

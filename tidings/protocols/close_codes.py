@@ -20,6 +20,8 @@ class CloseCode(enum.IntEnum):
 
     NORMAL_CLOSURE = 1000
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    """An admin closed the connection (``closeConnection``), or its Origin is not allowed."""
     MESSAGE_TOO_BIG = 1009
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013

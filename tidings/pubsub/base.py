@@ -32,6 +32,12 @@ class Broker(Protocol):
         cancelled at any await, which must leave the broker usable.
         """
 
+    async def ping(self) -> None:
+        """Return once the broker answers a trivial request; raise ``BrokerUnavailable`` if it cannot.
+
+        Callers bound the wait (readiness checks); it must be cheap.
+        """
+
     def subscribe(self, channel: str, *, on_ready: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         """Messages published on ``channel`` from now on, until ``close``.
 

@@ -6,6 +6,8 @@ import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
+from tidings.pubsub.base import BrokerUnavailable
+
 _CLOSED = object()
 
 
@@ -37,6 +39,10 @@ class MemoryBroker:
                 queue.put_nowait(message)
             except asyncio.QueueFull:
                 self.dropped += 1
+
+    async def ping(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("The memory broker is closed")
 
     async def subscribe(self, channel: str, *, on_ready: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[object] = asyncio.Queue(self.max_backlog)

@@ -51,6 +51,12 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"Redis publish failed: {exc}") from exc
 
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"Redis ping failed: {exc}") from exc
+
     async def subscribe(self, channel: str, *, on_ready: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         pubsub = self.client.pubsub()
         try:

@@ -18,8 +18,8 @@ import contextlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Hashable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 from graphql.execution import Executor
 
@@ -33,6 +33,9 @@ from tidings.realtime.group import Group, Selection, Sink, Subscriber
 from tidings.realtime.replay import Replayer
 from tidings.schema.collection import Collection
 from tidings.store import Store
+
+if TYPE_CHECKING:
+    from tidings.metrics import LatencyHistogram
 
 logger = logging.getLogger("tidings.realtime")
 
@@ -143,10 +146,14 @@ class Dispatcher:
         self.reconnect_backoff = reconnect_backoff
         # Broker health: one WARNING when an outage starts, one INFO when it ends.
         self.broker_outages = 0
+        self.broker_subscriptions = 0  # confirmed subscriptions: the first, then one per reconnect
+        self.latency: LatencyHistogram | None = None  # commit-to-write seconds, per delivery (tidings.metrics)
         self._broker_down = False
         self._subscribed = False  # the consumer holds a subscription the broker confirmed
         self._probing = False  # while down, one publish at a time tries the broker
         self._wake = asyncio.Event()  # wakes the gap check early, e.g. after resubscribing
+        # Called with every event, in seq order, after the groups (live queries: LiveHub.observe).
+        self.observers: list[Callable[[ChangeEvent], None]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -197,6 +204,7 @@ class Dispatcher:
             nonlocal failures
             failures = 0
             self._subscribed = True
+            self.broker_subscriptions += 1
             ready.set()
             self._broker_back()
             # Doorbells rung while we were not subscribed are lost: read them from the log now.
@@ -294,6 +302,7 @@ class Dispatcher:
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.candidates(event, candidates)
+        latency = self.latency
         for group in candidates:
             try:
                 match = group.match(event)
@@ -303,8 +312,15 @@ class Dispatcher:
             except Exception:
                 logger.exception("Rendering seq %s for a subscription group failed", event.seq)
                 continue
-            for member in list(group.members.values()):
+            members = list(group.members.values())
+            for member in members:
                 member.push(event.seq, payload)
+            if latency is not None:
+                # Once per group, after its frames went out: writes are eager, so this is when
+                # they reached the sockets (or the queues of connections whose sockets are full).
+                latency.observe(event.timestamp, len(members))
+        for observe in self.observers:
+            observe(event)
 
     # -- subscriptions ---------------------------------------------------------
 

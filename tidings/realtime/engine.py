@@ -38,8 +38,10 @@ from tidings.errors import BadUserInput, CursorInvalid, TidingsError
 from tidings.events import Operation
 from tidings.filters import parse_filter
 from tidings.limits import Limits
+from tidings.realtime.channels import Channels, ChannelSubscriber
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
+from tidings.realtime.live import LiveHub, LiveMember, LiveQueries, is_live
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.convert import input_to_dict
 from tidings.schema.collection import Collection
@@ -73,7 +75,7 @@ class Finished:
 class Streaming:
     """A subscription is live; ``subscriber`` is what to unsubscribe."""
 
-    subscriber: Subscriber
+    subscriber: Subscriber | ChannelSubscriber | LiveMember
 
 
 Outcome = Rejected | Finished | Streaming
@@ -107,6 +109,7 @@ class Engine:
         limits: Limits | None = None,
         introspection: bool = True,
         suggestions: bool = True,
+        live_max_rows: int = 1000,
     ) -> None:
         self.schema = schema
         self.suggestions = suggestions
@@ -114,11 +117,23 @@ class Engine:
         self.services = services
         self.dispatcher = dispatcher
         self.by_field = {c.events_field: c for c in collections}
+        self.channels: Channels | None = None  # set by the app: serves channelEvents and presence
         self._rules = [
             *specified_rules,
             *validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection),
         ]
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
+        self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
+        dispatcher.observers.append(self.live_hub.observe)
+        self.live = LiveQueries(
+            schema._schema,
+            services.store,
+            services.authorizer,
+            collections,
+            self.live_hub,
+            max_rows=live_max_rows,
+            max_limit=services.max_limit,
+        )
         self._cache_size = cache_size
 
     def _parse(self, query: str) -> _Parsed:
@@ -175,10 +190,13 @@ class Engine:
             return Rejected([_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")])
         if allow is not None and operation.operation not in allow:
             return Rejected([_error(f"{operation.operation.value} operations are not allowed here", "BAD_USER_INPUT")])
-        if operation.operation is OperationType.SUBSCRIPTION and self.limits is not None:
+        live = operation.operation is OperationType.QUERY and is_live(operation)
+        if (live or operation.operation is OperationType.SUBSCRIPTION) and self.limits is not None:
             limited = await self.limits.check_subscribe(principal, sink)
             if limited is not None:
                 return Rejected([_tidings_error(limited)])
+        if live:
+            return await self._live(request, parsed.document, operation, principal, sink, op_id)
         if operation.operation is not OperationType.SUBSCRIPTION:
             context = Context(self.services, principal=principal, connection=connection, client=sink)
             result = await self.schema.execute(
@@ -223,6 +241,8 @@ class Engine:
         if isinstance(built, list):
             return Rejected([dict(e.formatted) for e in classify_all(built, suggestions=self.suggestions)])
         node = _root_field(operation.selection_set, document)
+        if self.channels is not None and node.name.value in ("channelEvents", "presence"):
+            return await self._subscribe_channel(request, node, built, principal, sink, op_id, after_override)
         collection = self.by_field[node.name.value]
         subscription_type = self.schema._schema.subscription_type
         assert subscription_type is not None
@@ -233,6 +253,7 @@ class Engine:
         ops = args.get("operations")
         after = await self._check_cursor(args.get("after") if after_override is None else after_override)
         record_id = args.get("id")
+        changed_fields = _changed_fields(args.get("changedFields"))
         selection = Selection(
             collection=collection,
             where=where,
@@ -240,6 +261,7 @@ class Engine:
             record_id=str(record_id) if record_id is not None else None,
             guard=guard,
             epoch=self.services.store.epoch,
+            changed_fields=changed_fields,
         )
         account = authorizer.index_account(principal)
         # Members of a group share every decision and every byte, so the key holds all
@@ -269,7 +291,63 @@ class Engine:
         )
         return Streaming(subscriber)
 
+    async def _subscribe_channel(
+        self,
+        request: Request,
+        node: FieldNode,
+        built: Executor[Any],
+        principal: Principal,
+        sink: Sink,
+        op_id: str,
+        after_override: str | None,
+    ) -> Outcome:
+        assert self.channels is not None and self.schema._schema.subscription_type is not None
+        field = self.schema._schema.subscription_type.fields[node.name.value]
+        args = get_argument_values(field, node, built.variable_values)
+        render_key = (request.query, request.operation_name, orjson.dumps(request.variables or {}))
+        if node.name.value == "presence":
+            joined = await self.channels.join(
+                principal, args, executor=built, render_key=render_key, sink=sink, op_id=op_id
+            )
+            return Streaming(joined)
+        subscriber = await self.channels.subscribe_events(
+            principal,
+            args,
+            executor=built,
+            render_key=render_key,
+            sink=sink,
+            op_id=op_id,
+            after_override=after_override,
+        )
+        return Streaming(subscriber)
+
+    async def _live(
+        self,
+        request: Request,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        principal: Principal,
+        sink: Sink,
+        op_id: str,
+    ) -> Outcome:
+        """A ``query @live``: its first result and then patches go out through ``sink``."""
+        try:
+            started = await self.live.start(
+                request.query, request.operation_name, request.variables, document, operation, principal, sink, op_id
+            )
+        except TidingsError as exc:
+            return Rejected([_tidings_error(exc)])
+        if isinstance(started, list):
+            return Rejected([dict(e.formatted) for e in classify_all(started, suggestions=self.suggestions)])
+        return Streaming(started)
+
     def stop(self, outcome: Streaming) -> None:
+        if isinstance(outcome.subscriber, LiveMember):
+            self.live_hub.unsubscribe(outcome.subscriber)
+            return
+        if isinstance(outcome.subscriber, ChannelSubscriber):
+            outcome.subscriber.close()
+            return
         self.dispatcher.unsubscribe(outcome.subscriber)
 
     def cursor(self, seq: int) -> str:
@@ -300,6 +378,15 @@ class Engine:
                 "re-query, then subscribe again with the cursor of that response"
             )
         return seq
+
+
+def _changed_fields(values: Any) -> frozenset[str] | None:
+    """The columns a ``changedFields`` argument names (its enum values); an empty list would match no update."""
+    if values is None:
+        return None
+    if not values:
+        raise BadUserInput("changedFields must name at least one field, or be left out", field="changedFields")
+    return frozenset(str(getattr(v, "value", v)) for v in values)
 
 
 def _parse_cursor(value: Any) -> tuple[str | None, int] | None:

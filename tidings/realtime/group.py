@@ -49,6 +49,7 @@ class Selection:
     record_id: str | None
     guard: Filter  # the subscriber's read permission, account scope included
     epoch: str = ""  # the event log's identity, the first half of each event's cursor
+    changed_fields: frozenset[str] | None = None  # columns; an update that STAYED in view must change one
 
 
 class Subscriber:
@@ -128,7 +129,10 @@ class Group:
 
         A record is in view when the subscriber may read it and it matches the
         filter. UPDATED goes out when it was or is in view (ENTERED, STAYED,
-        LEFT); DELETED when it was in view (LEFT); CREATED when it is (ENTERED).
+        LEFT); DELETED when it was in view (LEFT); CREATED and RESTORED when it
+        is (ENTERED). ``changed_fields`` narrows only updates that STAYED: a record
+        entering or leaving the view is news whatever changed, or a client's copy
+        of the view would go wrong.
         """
         sel = self.selection
         if sel.operations is not None and event.operation not in sel.operations:
@@ -139,7 +143,11 @@ class Group:
         was = before is not None and self._in_view(before)
         now = after is not None and self._in_view(after)
         if now:
-            return Match.STAYED if was else Match.ENTERED
+            if not was:
+                return Match.ENTERED
+            if sel.changed_fields is not None and sel.changed_fields.isdisjoint(event.changed_fields):
+                return None
+            return Match.STAYED
         if was:
             return Match.LEFT
         return None

@@ -78,6 +78,8 @@ class Replayer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.page_reads = 0  # log pages read from the database
         self.renders = 0  # events rendered for replay
+        self.replays = 0  # resumes that read the log
+        self.replayed = 0  # events pushed to resuming subscribers
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -109,6 +111,7 @@ class Replayer:
                 self._renders.popitem(last=False)
         else:
             self._renders.move_to_end(group)
+        self.replays += 1
         lo = after - after % self.page_size
         while lo < start:
             hi = min(lo + self.page_size, start)
@@ -129,8 +132,10 @@ class Replayer:
                     if id(subscriber) not in group.members:
                         return  # unsubscribed meanwhile (connection gone): stop replaying
                     push, op_id = subscriber.sink.push, subscriber.op_id
-                    for seq, payload in mine[n : n + self.push_batch]:
+                    batch = mine[n : n + self.push_batch]
+                    for seq, payload in batch:
                         push(op_id, seq, payload)
+                    self.replayed += len(batch)
                 await asyncio.sleep(0)
             lo = hi
 

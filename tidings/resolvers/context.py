@@ -35,6 +35,7 @@ class Services:
     authorizer: Authorizer
     max_limit: int = 1000
     limits: Limits | None = None
+    channels: Any = None  # tidings.realtime.channels.Channels, when the app has them
 
 
 @dataclasses.dataclass(slots=True)

@@ -103,12 +103,30 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
             coll, _guarded(flt, guard), _order(order_by, coll), limit if limit is not None else max_limit, offset or 0
         )
 
+    async def count(info: Info, where: Where | None = None) -> int:  # type: ignore[valid-type]
+        ctx: Context = info.context
+        guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
+        flt = parse_filter(input_to_dict(where), coll.filter_fields)
+        reader = await ctx.reader()
+        return await reader.count(coll, _guarded(flt, guard))
+
     _rename(get_one, f"get_{coll.table_name}_one")
     _rename(get_many, f"get_{coll.table_name}")
+    _rename(count, f"count_{coll.table_name}")
     return [
         strawberry.field(get_one, name=coll.single_field, description=f"One {coll.name} by id, or null."),
         strawberry.field(get_many, name=coll.plural, description=f"{coll.plural}, filtered, sorted and paginated."),
+        strawberry.field(
+            count,
+            name=count_field(coll),
+            description=f"How many {coll.plural} match where (that the caller may read); live with query @live.",
+        ),
     ]
+
+
+def count_field(coll: Collection) -> str:
+    """The name of a collection's count query field: ``tasksCount``."""
+    return f"{coll.plural}Count"
 
 
 def build_mutation_fields(t: CollectionTypes) -> list[Any]:
@@ -169,7 +187,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
     _rename(create, f"create_{coll.table_name}")
     _rename(update, f"update_{coll.table_name}")
     _rename(delete, f"delete_{coll.table_name}")
-    return [
+    fields = [
         strawberry.mutation(create, name=f"create{coll.name}", description=f"Create a {coll.name}."),
         strawberry.mutation(
             update,
@@ -177,9 +195,56 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
             description=f"Change a {coll.name}; with expectedVersion, fails with CONFLICT if it moved on.",
         ),
         strawberry.mutation(
-            delete, name=f"delete{coll.name}", description=f"Delete a {coll.name}; returns its last state."
+            delete,
+            name=f"delete{coll.name}",
+            description=f"Delete a {coll.name}; returns its last state."
+            + (
+                f" It stays restorable (restore{coll.name}) until the retention window ends."
+                if coll.soft_delete
+                else ""
+            ),
         ),
     ]
+    if coll.soft_delete:
+        fields.append(_restore_mutation(t))
+    return fields
+
+
+# -- soft delete: restore<Name> ---------------------------------------------------
+
+
+async def _not_found_unless_deleted(ctx: Context, coll: Collection, record_id: str) -> None:
+    """FORBIDDEN is only for a caller who could read the deleted record; anyone else learns nothing."""
+    read = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
+    if await ctx.services.store.get_deleted(coll, record_id, read) is None:
+        raise NotFound(f"No deleted {coll.name} with id {record_id!r}", id=record_id)
+
+
+def _restore_mutation(t: CollectionTypes) -> Any:
+    coll = t.collection
+    Record = t.record  # noqa: N806
+
+    async def restore(info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
+        ctx: Context = info.context
+        try:
+            guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.RESTORE)
+        except Forbidden:
+            await _not_found_unless_deleted(ctx, coll, str(id))
+            raise
+        try:
+            record, event = await ctx.services.store.restore(coll, str(id), guard=guard, actor=ctx.principal.sub)
+        except NotFound:
+            await _not_found_unless_deleted(ctx, coll, str(id))
+            raise Forbidden(f"{coll.name}: not allowed to restore this record") from None
+        await ctx.services.publisher.publish(event)
+        return record
+
+    _rename(restore, f"restore_{coll.table_name}")
+    return strawberry.mutation(
+        restore,
+        name=f"restore{coll.name}",
+        description=(f"Bring back a deleted {coll.name} as it was; NOT_FOUND unless it is deleted and not yet purged."),
+    )
 
 
 def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[Any]:
@@ -189,7 +254,7 @@ def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[A
     the dispatcher by our transports, which execute the selection set per event.
     """
     coll = t.collection
-    Event, Where = t.event, t.where  # noqa: N806
+    Event, Where, FieldEnum = t.event, t.where, t.field_enum  # noqa: N806
 
     async def events(
         info: Info,
@@ -197,6 +262,7 @@ def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[A
         operations: list[operation_enum] | None = None,
         id: strawberry.ID | None = None,  # noqa: A002
         after: str | None = None,
+        changed_fields: list[FieldEnum] | None = None,  # type: ignore[valid-type]
     ) -> Any:
         raise NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
         yield  # pragma: no cover
@@ -209,10 +275,12 @@ def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[A
             name=coll.events_field,
             description=(
                 f"Every change to {coll.plural} that where, operations and id select. "
-                "Give after (a cursor, epoch:seq, or a plain seq) to replay what you missed first."
+                "Give after (a cursor, epoch:seq, or a plain seq) to replay what you missed first. "
+                "changedFields keeps only the updates that change one of those fields "
+                "(a record entering or leaving the view always goes out)."
             ),
         )
     ]
 
 
-__all__ = ["build_mutation_fields", "build_query_fields", "build_subscription_fields", "camel_case"]
+__all__ = ["build_mutation_fields", "build_query_fields", "build_subscription_fields", "camel_case", "count_field"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.directive import DirectiveLocation
 from strawberry.extensions import AddValidationRules, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
@@ -46,21 +47,35 @@ class TidingsSchema(strawberry.Schema):
         return result
 
 
+@strawberry.directive(
+    locations=[DirectiveLocation.QUERY],
+    description=(
+        "Keep this query's result current: over graphql-transport-ws, graphql-ws or graphql-sse the server "
+        "sends the full result (revision 1), then a JSON patch (RFC 6902) per change with the next revision."
+    ),
+)
+def live() -> None:
+    """Marks a live query; the realtime engine serves it (over HTTP it answers once)."""
+
+
 def build_schema(
     collections: Sequence[Collection],
     *,
+    extra_queries: Sequence[Any] = (),
     extra_mutations: Sequence[Any] = (),
+    extra_subscriptions: Sequence[Any] = (),
     max_depth: int = 10,
     max_aliases: int = 100,
     introspection: bool = True,
     suggestions: bool = True,
+    extra_extensions: Sequence[type] = (),
 ) -> tuple[strawberry.Schema, dict[str, CollectionTypes]]:
     """The schema; ``introspection`` off refuses ``__schema``/``__type``, ``suggestions`` off drops "Did you mean"."""
     factory = TypeFactory()
     types = {c.name: factory.build(c) for c in collections}
-    query_fields: list[Any] = []
+    query_fields: list[Any] = list(extra_queries)
     mutation_fields: list[Any] = list(extra_mutations)
-    subscription_fields: list[Any] = []
+    subscription_fields: list[Any] = list(extra_subscriptions)
     for t in types.values():
         query_fields += build_query_fields(t)
         mutation_fields += build_mutation_fields(t)
@@ -69,6 +84,7 @@ def build_schema(
     # the validation cache (keyed by document and rules) answers repeated operations.
     limits = validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
     extensions: list[Callable[[], Any] | type] = [
+        *extra_extensions,
         ErrorCodes,
         RateLimit,
         ReadSnapshot,
@@ -81,6 +97,7 @@ def build_schema(
         subscription=create_type("Subscription", subscription_fields),
         config=StrawberryConfig(default_resolver=resolve_attribute),
         extensions=extensions,
+        directives=[live],
     )
     schema.suggestions = suggestions
     return schema, types

@@ -37,7 +37,7 @@ class _Missing:
 MISSING: Any = _Missing()
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_RESERVED = {"id", "created_at", "updated_at", "version", "account"}
+_RESERVED = {"id", "created_at", "updated_at", "version", "account", "deleted_at"}
 
 
 def camel_case(name: str) -> str:
@@ -81,6 +81,8 @@ class Collection:
     table_name: str
     rules: Rules | None = None
     description: str | None = None
+    soft_delete: bool = False
+    """Delete hides a record (a ``deleted_at`` column) that ``restore<Name>`` brings back."""
 
     @property
     def field_map(self) -> dict[str, Field]:
@@ -157,6 +159,7 @@ def build_collection(
     plural: str | None = None,
     rules: Rules | None = None,
     description: str | None = None,
+    soft_delete: bool = False,
 ) -> Collection:
     """Check a collection's declaration and build it."""
     validate_name("Collection", name)
@@ -174,6 +177,7 @@ def build_collection(
         table_name=_snake_case(plural),
         rules=rules,
         description=description,
+        soft_delete=soft_delete,
     )
 
 
@@ -184,7 +188,7 @@ T = TypeVar("T", bound=type)
 def collection(cls: T, /) -> T: ...
 @overload
 def collection(
-    *, name: str | None = None, plural: str | None = None, rules: Rules | None = None
+    *, name: str | None = None, plural: str | None = None, rules: Rules | None = None, soft_delete: bool = False
 ) -> Callable[[T], T]: ...
 
 
@@ -195,10 +199,11 @@ def collection(
     name: str | None = None,
     plural: str | None = None,
     rules: Rules | None = None,
+    soft_delete: bool = False,
 ) -> T | Callable[[T], T]:
     """Declare a collection from an annotated class.
 
-    ``@collection`` or ``@collection(name="Task", plural="tasks", rules=Rules(...))``.
+    ``@collection`` or ``@collection(name="Task", plural="tasks", rules=Rules(...), soft_delete=True)``.
     The class gains a ``__tidings_collection__`` attribute holding the ``Collection``.
     """
 
@@ -209,7 +214,9 @@ def collection(
             for attr, hint in hints.items()
             if not attr.startswith("_")
         ]
-        built = build_collection(name or cls.__name__, fields, plural=plural, rules=rules, description=cls.__doc__)
+        built = build_collection(
+            name or cls.__name__, fields, plural=plural, rules=rules, description=cls.__doc__, soft_delete=soft_delete
+        )
         cls.__tidings_collection__ = built  # type: ignore[attr-defined]
         return cls
 

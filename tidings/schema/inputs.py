@@ -25,6 +25,7 @@ class Operation(enum.Enum):
     CREATED = "CREATED"
     UPDATED = "UPDATED"
     DELETED = "DELETED"
+    RESTORED = "RESTORED"
 
 
 @strawberry.enum(description="How an event relates to the subscription's filter.")

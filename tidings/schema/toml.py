@@ -2,6 +2,7 @@
 
 [collections.Task]
 plural = "tasks"                      # optional
+soft_delete = true                    # optional: deleteTask hides, restoreTask brings back
 [collections.Task.fields]
 title = "String!"                     # '!' = required
 status = { type = "String!", default = "pending" }
@@ -37,7 +38,7 @@ _KINDS = {
 }
 
 
-_COLLECTION_KEYS = ("fields", "plural", "description", "rules")
+_COLLECTION_KEYS = ("fields", "plural", "description", "rules", "soft_delete")
 _FIELD_KEYS = ("type", "default", "values")
 
 
@@ -100,6 +101,9 @@ def _collections(data: dict[str, Any]) -> list[Collection]:
         fields = spec.get("fields") if isinstance(spec, dict) else None
         if not isinstance(fields, dict):
             raise ConfigurationError(f"collection {name}: no [collections.{name}.fields] table")
+        soft_delete = spec.get("soft_delete", False)
+        if not isinstance(soft_delete, bool):
+            raise ConfigurationError(f"collection {name}: soft_delete must be true or false, got {soft_delete!r}")
         result.append(
             build_collection(
                 name,
@@ -107,6 +111,7 @@ def _collections(data: dict[str, Any]) -> list[Collection]:
                 plural=spec.get("plural"),
                 description=spec.get("description"),
                 rules=Rules.from_mapping(spec["rules"]) if isinstance(spec.get("rules"), dict) else None,
+                soft_delete=soft_delete,
             )
         )
     return result

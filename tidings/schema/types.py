@@ -30,6 +30,7 @@ class CollectionTypes:
     create_input: Any
     update_input: Any
     enums: dict[type[enum.Enum], Any]
+    field_enum: Any = None  # <Name>Field: the declared fields by SDL name, valued by column
 
 
 def _new_type(name: str, annotations: dict[str, Any], defaults: dict[str, Any]) -> type:
@@ -148,7 +149,14 @@ class TypeFactory:
             _new_type(f"Update{c.name}Input", update_ann, dict.fromkeys(update_ann, UNSET)),
             description="Fields to change; omitted fields keep their value, null clears a nullable field.",
         )
-        return CollectionTypes(c, record, previous, event, where, order_by, create_input, update_input, self._enums)
+        # Declared fields only: updatedAt and version change with every update, so naming them narrows nothing.
+        fields_by_name: type[enum.Enum] = enum.Enum(f"{c.name}Field", {f.graphql_name: f.name for f in c.fields})  # type: ignore[misc]
+        field_enum = strawberry.enum(
+            fields_by_name, description=f"A declared field of {c.name}, as changedFields names it."
+        )
+        return CollectionTypes(
+            c, record, previous, event, where, order_by, create_input, update_input, self._enums, field_enum
+        )
 
 
 __all__ = ["JSON", "CollectionTypes", "TypeFactory"]

@@ -26,7 +26,7 @@ from tidings.errors import Conflict, NotFound
 from tidings.events import ChangeEvent, Operation, to_jsonable
 from tidings.filters import MATCH_ALL, FieldKind, Filter, compile_sql
 from tidings.schema.collection import MISSING, Collection
-from tidings.store.tables import Tables
+from tidings.store.tables import DELETED_AT, Tables
 from tidings.types import Record
 
 _ADVISORY_LOCK_KEY = 0x7469_6469  # "tidi"
@@ -77,6 +77,7 @@ class Reader:
     async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
         table = self._store.tables.by_collection[coll.name]
         query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self._store.dialect))
+        query = self._store.hide_deleted(coll, query)
         async with self._lock:
             row = (await self._conn.execute(query)).mappings().first()
         return self._store.decode_row(coll, row) if row is not None else None
@@ -90,7 +91,7 @@ class Reader:
         offset: int = 0,
     ) -> list[Record]:
         table = self._store.tables.by_collection[coll.name]
-        query = sa.select(table).where(compile_sql(where, table, self._store.dialect))
+        query = self._store.hide_deleted(coll, sa.select(table).where(compile_sql(where, table, self._store.dialect)))
         for column, descending in order_by:
             col = table.c[column]
             query = query.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last())
@@ -100,6 +101,14 @@ class Reader:
         async with self._lock:
             rows = (await self._conn.execute(query)).mappings().all()
         return [self._store.decode_row(coll, row) for row in rows]
+
+    async def count(self, coll: Collection, where: Filter) -> int:
+        """How many records match ``where`` (the ``<plural>Count`` query field)."""
+        table = self._store.tables.by_collection[coll.name]
+        query = sa.select(sa.func.count()).select_from(table).where(compile_sql(where, table, self._store.dialect))
+        query = self._store.hide_deleted(coll, query)
+        async with self._lock:
+            return int((await self._conn.execute(query)).scalar_one())
 
 
 class Store:
@@ -125,7 +134,10 @@ class Store:
                 # Writes go through a plain pysqlite engine on one thread of their own.
                 self._sync_engine = sa.create_engine(self.engine.url.set(drivername="sqlite"), echo=echo)
                 sa.event.listen(self._sync_engine, "connect", _sqlite_pragmas)
-                sa.event.listen(self._sync_engine, "begin", _sqlite_begin)
+                # IMMEDIATE: the write lock from the start. A deferred transaction that reads,
+                # then writes, fails at once ("database is locked") when another process (a
+                # worker of --workers) committed meanwhile; busy_timeout only helps the former.
+                sa.event.listen(self._sync_engine, "begin", _sqlite_begin_immediate)
                 self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidings-writer")
             self._write_lock = asyncio.Lock()
 
@@ -209,11 +221,14 @@ class Store:
         """Delete events older than ``keep_after`` and/or beyond the newest ``keep_last``.
 
         Runs as one short write transaction, so a writer waits at most one delete;
-        returns the new ``pruned_through``.
+        returns the new ``pruned_through``. With ``keep_after`` it also purges the rows
+        soft-deleted before it (see ``_purge_deleted``).
         """
         ev, meta = self.tables.events, self.tables.meta
 
         def work(conn: sa.Connection) -> int:
+            if keep_after is not None:
+                self._purge_deleted(conn, keep_after)
             last = int(conn.execute(sa.select(sa.func.max(ev.c.seq))).scalar() or 0)
             bound = 0
             if keep_last is not None:
@@ -323,7 +338,10 @@ class Store:
 
         def work(conn: sa.Connection) -> tuple[Record, ChangeEvent]:
             current = self._current(conn, coll, record_id, guard)
-            conn.execute(table.delete().where(table.c.id == record_id))
+            if coll.soft_delete:
+                conn.execute(table.update().where(table.c.id == record_id).values({DELETED_AT: utcnow()}))
+            else:
+                conn.execute(table.delete().where(table.c.id == record_id))
             return current, self._append(conn, coll, Operation.DELETED, current, {}, (), actor)
 
         return await self._transaction(work)
@@ -331,12 +349,72 @@ class Store:
     def _current(self, conn: sa.Connection, coll: Collection, record_id: str, guard: Filter) -> Record:
         table = self.tables.by_collection[coll.name]
         query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self.dialect))
+        query = self.hide_deleted(coll, query)
         if self.dialect == "postgresql":
             query = query.with_for_update()
         row = conn.execute(query).mappings().first()
         if row is None:
             raise NotFound(f"No {coll.name} with id {record_id!r}", id=record_id)
         return self.decode_row(coll, row)
+
+    # -- soft delete -----------------------------------------------------------
+    #
+    # A collection with ``soft_delete`` keeps a deleted row, with ``deleted_at`` set,
+    # until the retention pass purges it. Every read and write above sees only rows
+    # without it (``hide_deleted``); ``restore`` clears it. Records never carry the
+    # column (``decode_row``), so events and responses look as for a hard delete.
+
+    def hide_deleted(self, coll: Collection, query: sa.Select[Any]) -> sa.Select[Any]:
+        """``query`` without ``coll``'s soft-deleted rows (unchanged for other collections)."""
+        if not coll.soft_delete:
+            return query
+        return query.where(self.tables.by_collection[coll.name].c[DELETED_AT].is_(None))
+
+    def _deleted_query(self, coll: Collection, record_id: str, guard: Filter) -> sa.Select[Any]:
+        table = self.tables.by_collection[coll.name]
+        return sa.select(table).where(
+            table.c.id == record_id, table.c[DELETED_AT].is_not(None), compile_sql(guard, table, self.dialect)
+        )
+
+    async def get_deleted(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
+        """A soft-deleted record within ``guard``, or None (also for collections without soft delete)."""
+        if not coll.soft_delete:
+            return None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(self._deleted_query(coll, record_id, guard))).mappings().first()
+        return self.decode_row(coll, row) if row is not None else None
+
+    async def restore(
+        self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
+    ) -> tuple[Record, ChangeEvent]:
+        """Bring a soft-deleted record back as it was (event RESTORED).
+
+        NOT_FOUND unless the record is soft-deleted, not yet purged, and within ``guard``:
+        restoring a record that is not deleted is NOT_FOUND too (there is no deleted one).
+        """
+        if not coll.soft_delete:
+            raise NotFound(f"No deleted {coll.name} with id {record_id!r}", id=record_id)
+        table = self.tables.by_collection[coll.name]
+
+        def work(conn: sa.Connection) -> tuple[Record, ChangeEvent]:
+            query = self._deleted_query(coll, record_id, guard)
+            if self.dialect == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).mappings().first()
+            if row is None:
+                raise NotFound(f"No deleted {coll.name} with id {record_id!r}", id=record_id)
+            record = self.decode_row(coll, row)
+            conn.execute(table.update().where(table.c.id == record_id).values({DELETED_AT: None}))
+            return record, self._append(conn, coll, Operation.RESTORED, record, {}, (), actor)
+
+        return await self._transaction(work)
+
+    def _purge_deleted(self, conn: sa.Connection, before: dt.datetime) -> None:
+        """Delete for good the rows soft-deleted before ``before`` (no event: they left every view already)."""
+        for coll in self.collections.values():
+            if coll.soft_delete:
+                table = self.tables.by_collection[coll.name]
+                conn.execute(table.delete().where(table.c[DELETED_AT] < before))
 
     def _append(
         self,
@@ -348,7 +426,8 @@ class Store:
         changed: tuple[str, ...],
         actor: str | None,
     ) -> ChangeEvent:
-        timestamp = record["updated_at"] if operation is not Operation.DELETED else utcnow()
+        changes_record = operation is Operation.CREATED or operation is Operation.UPDATED
+        timestamp = record["updated_at"] if changes_record else utcnow()
         row = {
             "collection": coll.name,
             "operation": operation.value,
@@ -380,7 +459,10 @@ class Store:
     def decode_row(self, coll: Collection, row: Mapping[Any, Any]) -> Record:
         # Row keys are SQLAlchemy ``quoted_name`` (a str subclass); plain str keeps
         # records serializable by orjson, which accepts only exact str keys.
-        return {str(k): v for k, v in row.items()}
+        record = {str(k): v for k, v in row.items()}
+        if coll.soft_delete:
+            record.pop(DELETED_AT, None)  # internal: a record never shows it
+        return record
 
     def decode_event(self, row: Mapping[Any, Any]) -> ChangeEvent:
         coll = self.collections[row["collection"]]
@@ -421,6 +503,10 @@ def _plain(value: Any) -> Any:
 
 def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN")
+
+
+def _sqlite_begin_immediate(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -52,6 +52,7 @@ def _column_type(kind: FieldKind) -> sa.types.TypeEngine[Any]:
     return sa.JSON(none_as_null=True)
 
 
+DELETED_AT = "deleted_at"
 SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -92,4 +93,7 @@ class Tables:
                 sa.Column("version", sa.BigInteger(), nullable=False),
             ]
             columns += [sa.Column(f.name, _column_type(f.kind), nullable=f.nullable) for f in c.fields]
+            if c.soft_delete:
+                # Set by a soft delete: the row stays (restore), hidden from every read, until purged.
+                columns.append(sa.Column(DELETED_AT, UTCDateTime(), nullable=True, index=True))
             self.by_collection[c.name] = sa.Table(c.table_name, self.metadata, *columns)  # type: ignore[call-overload]

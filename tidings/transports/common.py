@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import secrets
 import weakref
 from typing import Any
 
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
 from tidings.errors import ErrorCode
+from tidings.metrics import Metrics
 from tidings.realtime.engine import Engine
 from tidings.transports.origins import OriginPolicy, is_same_origin
+from tidings.transports.stats import log_closed
 
 
 @dataclasses.dataclass(slots=True)
@@ -19,11 +23,29 @@ class TransportContext:
     engine: Engine
     authenticator: Authenticator
     connections: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    instance: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
+    """This app's part of every connection id: ids stay unique across processes."""
     origins: OriginPolicy = dataclasses.field(init=False)
     """``--allowed-origins``: who may open a WebSocket from another origin."""
+    _ids: itertools.count[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.origins = OriginPolicy.parse(self.settings.allowed_origins, auth_enabled=self.authenticator.enabled)
+
+    def track(self, conn: Any) -> None:
+        """An open connection (with ``stats`` and ``queue``): listed, counted, closable by an admin."""
+        conn.stats.id = f"{self.instance}-{next(self._ids)}"
+        self.connections.add(conn)
+        self.metrics.connections_opened[conn.stats.transport] += 1
+
+    def untrack(self, conn: Any, close_code: int | None) -> None:
+        """The connection ended: its deliveries join the closed ones', its close line is logged."""
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        self.metrics.closed_deliveries += conn.stats.delivered
+        log_closed(conn.stats, close_code)
 
     def origin_allowed(self, origin: str | None, host: str | None = None) -> bool:
         """Cross-site WebSocket hijacking guard (OWASP ASVS 4.4.2)."""

@@ -34,6 +34,7 @@ from tidings.protocols.reservations import (
 from tidings.realtime.engine import Finished, Rejected, Request, Streaming
 from tidings.transports.common import TransportContext, client_ip, declares_json, header, unsupported_media_type
 from tidings.transports.queue import SendQueue
+from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer
 
 logger = logging.getLogger("tidings.sse")
 
@@ -94,6 +95,7 @@ class EventStream:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.principal: Principal | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self.stats = ConnectionStats("sse")
 
     async def open(self) -> None:
         await self._send({"type": "http.response.start", "status": 200, "headers": STREAM_HEADERS})
@@ -102,7 +104,9 @@ class EventStream:
         for frame in self.pending:
             self.queue.put(frame)
         self.pending.clear()
-        self.ctx.connections.add(self)
+        self.stats.identify(self.principal)
+        self.ctx.track(self)
+        log_opened(self.stats)
 
     def _put(self, frame: str) -> None:
         if self.started:
@@ -113,9 +117,12 @@ class EventStream:
             self._overflow()
 
     async def _write(self, frame: str) -> None:
+        self.stats.messages_out += 1
         await self._send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
 
     def _overflow(self) -> None:
+        self.ctx.metrics.slow_consumers["sse"] += 1
+        log_slow_consumer(self.stats)
         self.stop_all()
         self.done.set()
 
@@ -127,6 +134,7 @@ class EventStream:
 
     # Sink
     def push(self, op_id: str, seq: int, payload: str) -> None:
+        self.stats.delivered += 1
         event_id = self.ctx.engine.cursor(seq)  # a reconnect's Last-Event-ID: checked against this log
         self._put(sse.encode_next(payload, operation_id=op_id if self.single else None, event_id=event_id))
 
@@ -171,6 +179,7 @@ class EventStream:
             self.finish(op_id, outcome.errors)
 
     def start(self, request: Request, op_id: str, principal: Principal, after: str | None = None) -> None:
+        self.stats.messages_in += 1
         self.tasks[op_id] = asyncio.get_running_loop().create_task(self.run(request, op_id, principal, after))
 
     def stop(self, op_id: str) -> bool:
@@ -189,6 +198,12 @@ class EventStream:
         if self.stop(op_id):
             self._put(sse.encode_complete(operation_id=op_id))
 
+    def disconnect(self, reason: str) -> None:
+        """An admin's ``closeConnection``: say why in a comment, stop every operation, end the response."""
+        self._put(sse.encode_comment(f"closed: {reason}"))
+        self.stop_all()
+        self.done.set()
+
     def stop_all(self) -> None:
         for op_id in list(self.tasks) + list(self.streams):
             self.stop(op_id)
@@ -197,7 +212,9 @@ class EventStream:
         """For a restart: let starting operations answer, flush the queue, end the response.
 
         No ``complete`` is sent: the graphql-sse client takes the stream's end as a
-        network failure and reconnects, with ``Last-Event-ID`` in distinct mode.
+        network failure and retries the same request (it sends no ``Last-Event-ID``, so
+        it resumes through the ``after:`` it re-sends: tidings/clients/resume.mjs keeps
+        that current); a browser EventSource reconnects sending ``Last-Event-ID``.
         """
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=timeout)
@@ -221,7 +238,7 @@ class EventStream:
             self.queue.close()
             if self._expiry is not None:
                 self._expiry.cancel()
-            self.ctx.connections.discard(self)
+            self.ctx.untrack(self, None)
             with contextlib.suppress(Exception):
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -279,6 +296,13 @@ class SSEEndpoint:
         self.single_streams: dict[str, EventStream] = {}
 
     def principal(self, scope: dict[str, Any], params: dict[str, str]) -> Principal:
+        try:
+            return self._principal(scope, params)
+        except TidingsError as exc:
+            self.ctx.metrics.auth_failed("sse", exc)
+            raise
+
+    def _principal(self, scope: dict[str, Any], params: dict[str, str]) -> Principal:
         token = bearer(header(scope, b"authorization"))
         if token is None:
             for key in ("token", "access_token"):

@@ -23,6 +23,7 @@ from tidings.protocols.commands import Authenticate, Close, Command, Send, Start
 from tidings.realtime.engine import Finished, Rejected, Request, Streaming
 from tidings.transports.common import TransportContext, header
 from tidings.transports.queue import SendQueue
+from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer
 
 logger = logging.getLogger("tidings.ws")
 
@@ -57,6 +58,7 @@ class WebSocketConnection:
         "queue",
         "scope",
         "starting",
+        "stats",
         "streams",
         "subprotocol",
     )
@@ -89,6 +91,7 @@ class WebSocketConnection:
         self._expiry: asyncio.TimerHandle | None = None
         self._closed = False
         self.close_code: int | None = None
+        self.stats = ConnectionStats("ws")
 
     # -- ASGI ----------------------------------------------------------------
 
@@ -107,7 +110,7 @@ class WebSocketConnection:
             return
         loop = asyncio.get_running_loop()
         self._init_timer = loop.call_later(self.ctx.settings.init_timeout, self._init_timeout)
-        self.ctx.connections.add(self)
+        self.ctx.track(self)
         try:
             await self._receive_loop()
         finally:
@@ -119,7 +122,9 @@ class WebSocketConnection:
             # After a server-side close, the server delivers the disconnect here.
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                self.stats.client_close_code = message.get("code")
                 return
+            self.stats.messages_in += 1
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
@@ -138,7 +143,7 @@ class WebSocketConnection:
         for outcome in self.streams.values():
             self.ctx.engine.stop(outcome)
         self.streams.clear()
-        self.ctx.connections.discard(self)
+        self.ctx.untrack(self, self.close_code or self.stats.client_close_code)
 
     # -- commands --------------------------------------------------------------
 
@@ -160,11 +165,14 @@ class WebSocketConnection:
             principal = self.ctx.authenticator.optional(token_from_init(payload))
             self.ctx.engine.services.authorizer.check_connect(principal)
         except TidingsError as exc:
+            self.ctx.metrics.auth_failed("ws", exc)
             await self._run(
                 self.protocol.reject(close_reason(exc.message) if isinstance(exc, Unauthenticated) else "Forbidden")
             )
             return
         self._set_principal(principal)
+        self.stats.identify(principal)
+        log_opened(self.stats)
         if self._init_timer is not None:
             self._init_timer.cancel()
             self._init_timer = None
@@ -245,6 +253,7 @@ class WebSocketConnection:
     # -- Sink --------------------------------------------------------------------
 
     def push(self, op_id: str, seq: int, payload: str) -> None:
+        self.stats.delivered += 1
         self.queue.put(self.encode_next(op_id, payload))
 
     def finish(self, op_id: str, errors: list[dict[str, Any]] | None = None) -> None:
@@ -259,9 +268,12 @@ class WebSocketConnection:
     # -- writing and closing -------------------------------------------------------
 
     async def _write(self, frame: str) -> None:
+        self.stats.messages_out += 1
         await self._send({"type": "websocket.send", "text": frame})
 
     def _overflow(self) -> None:
+        self.ctx.metrics.slow_consumers["ws"] += 1
+        log_slow_consumer(self.stats)
         # Unsubscribe at once: nothing more is rendered or queued for this client.
         for outcome in self.streams.values():
             self.ctx.engine.stop(outcome)
@@ -305,6 +317,10 @@ class WebSocketConnection:
         self.streams.clear()
         await self.queue.flush(timeout)
         await self._close_now(CloseCode.SERVICE_RESTART, "Server restarting; reconnect and resume with your last seq")
+
+    def disconnect(self, reason: str) -> None:
+        """An admin's ``closeConnection``: close 1008 with ``reason`` (the graphql-ws client does not retry)."""
+        self._spawn_close(CloseCode.POLICY_VIOLATION, reason)
 
     def keepalive(self) -> None:
         """Called by the app's keepalive ticker."""

@@ -1,0 +1,224 @@
+"""``tidings serve --workers N``: real processes on one port, sharing the database and the broker.
+
+The chaos test kills a worker with SIGKILL while writes go on through both: its client
+reconnects to the port (the other worker, or the one the supervisor starts in its place)
+with ``after:`` and misses nothing; every subscriber sees seqs 1..head exactly once, in order,
+whichever worker committed them. Which worker holds a connection is read from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.backends import fresh_database, service_url
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+EVENTS = 'subscription { taskEvents(after: "%d") { seq } }'
+CREATE = 'mutation($t: String!) { createTask(input: {title: $t, status: "open"}) { id } }'
+COUNT = "{ tasks(limit: 1000) { id } }"
+
+
+def tidings_command(port: int, *flags: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("tidings")), "serve", "--port", str(port), *flags]
+
+
+@pytest.mark.parametrize("broker", [[], ["--broker", "memory://"]], ids=["auto", "memory"])
+def test_workers_refuse_a_broker_that_stays_in_one_process(tmp_path: Path, broker: list[str]) -> None:
+    command = tidings_command(free_port(), "--workers", "2", "--db", f"sqlite:///{tmp_path / 'w.db'}", *broker)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "tidings: --workers 2: the memory broker reaches one process only, so events would not cross workers; "
+        "use --broker redis://host:6379/0, or a PostgreSQL --db (its LISTEN/NOTIFY broker is the default)"
+    ]
+
+
+class Workers:
+    """A running ``tidings serve --workers 2`` and its log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/graphql"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pids(self) -> list[int]:
+        found = re.search(r"Started 2 workers \(pids (\d+), (\d+)\)", self.text())
+        return [int(found[1]), int(found[2])] if found else []
+
+    async def until_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, self.text())) < count:
+            assert self.proc.poll() is None, self.text()
+            assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.text()}"
+            await asyncio.sleep(0.05)
+
+    async def exit_status(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"still running {timeout} s after SIGTERM"
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def workers(tmp_path: Path, *flags: str) -> AsyncIterator[Workers]:
+    port = free_port()
+    log = tmp_path / f"workers-{port}.log"
+    command = tidings_command(port, "--workers", "2", "--shutdown-timeout", "3", "--log-level", "info", *flags)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    running = Workers(proc, port, log)
+    try:
+        await running.until_log("Application startup complete", count=2)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for pid in running.pids():  # a worker outliving a killed parent
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def owner(ws: ClientConnection, port: int, pids: list[int]) -> int | None:
+    """The worker holding the server side of ``ws``: its socket's inode, looked up in each worker's fds."""
+    client_port = ws.local_address[1]
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+                if local == port and remote == client_port:
+                    inode = fields[9]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return pid
+    return None
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+        self.ws: ClientConnection | None = None
+
+    async def connect(self, url: str) -> ClientConnection:
+        after = self.seqs[-1] if self.seqs else 0
+        ws = await connect(url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": EVENTS % after}}))
+        self.ws = ws
+        return ws
+
+    async def read(self, until: int) -> int | None:
+        """Events until ``until`` (then None), or the close code (0 for a connection cut without one)."""
+        assert self.ws is not None
+        try:
+            while not self.seqs or self.seqs[-1] < until:
+                message = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+                if message["type"] == "next":
+                    self.seqs.append(int(message["payload"]["data"]["taskEvents"]["seq"]))
+        except websockets.ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else 0
+        return None
+
+
+async def one_on_each(server: Workers, pids: list[int]) -> dict[int, Subscriber]:
+    """A subscriber on each worker: connect until both have one (the kernel picks the worker)."""
+    placed: dict[int, Subscriber] = {}
+    extra: list[ClientConnection] = []
+    for _ in range(40):
+        subscriber = Subscriber()
+        ws = await subscriber.connect(server.ws_url)
+        pid = owner(ws, server.port, pids)
+        if pid is not None and pid not in placed:
+            placed[pid] = subscriber
+            if len(placed) == 2:
+                break
+        else:
+            extra.append(ws)
+    for ws in extra:
+        await ws.close()
+    assert len(placed) == 2, "every connection went to one worker"
+    return placed
+
+
+async def write(server: Workers, n: int, label: str) -> int:
+    """``n`` creates, each on a new connection (so both workers take some); retried when a worker dies."""
+    done = 0
+    async with httpx.AsyncClient(base_url=server.url, timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        while done < n:
+            try:
+                response = await c.post("/graphql", json={"query": CREATE, "variables": {"t": f"{label}{done}"}})
+            except httpx.TransportError:
+                continue  # the worker died under the request; it may have committed, the count below says
+            assert response.status_code == 200 and "errors" not in response.json(), response.text
+            done += 1
+    return done
+
+
+async def head(server: Workers) -> int:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        return len((await http.post("/graphql", json={"query": COUNT})).json()["data"]["tasks"])
+
+
+@pytest.mark.parametrize("backend", ["postgres-postgres", "postgres-redis", "sqlite-redis"])
+async def test_kill_9_a_worker_its_client_resumes_on_the_port_and_misses_nothing(tmp_path: Path, backend: str) -> None:
+    database, broker = backend.split("-")
+    db = await fresh_database("postgresql" if database == "postgres" else "sqlite", tmp_path)
+    flags = ["--db", db.replace("postgresql+asyncpg://", "postgresql://")]
+    if broker == "redis":
+        channel = f"tidings:test:{uuid.uuid4().hex[:8]}"  # the shared Redis: a channel of our own
+        flags += ["--broker", service_url("TIDINGS_TEST_REDIS_URL", "Redis"), "--channel", channel]
+    async with workers(tmp_path, *flags) as server:
+        pids = server.pids()
+        placed = await one_on_each(server, pids)
+        victim, survivor = pids
+        assert await write(server, 10, "a") == 10
+        for subscriber in placed.values():
+            assert await subscriber.read(until=10) is None
+        os.kill(victim, signal.SIGKILL)
+        writer = asyncio.create_task(write(server, 20, "b"))
+        assert await placed[victim].read(until=10**9) == 0  # cut: no close frame from a killed process
+        await placed[victim].connect(server.ws_url)  # resumes after its last seq, on whichever worker
+        await writer
+        total = await head(server)
+        assert total >= 30
+        for subscriber in placed.values():
+            assert await subscriber.read(until=total) is None
+            assert subscriber.seqs == list(range(1, total + 1))
+        await server.until_log(rf"WARNING tidings\.workers: Worker \d \(pid {victim}\) exited with signal 9")
+        server.proc.send_signal(signal.SIGTERM)
+        codes = await asyncio.gather(*(s.read(until=10**9) for s in placed.values()))
+        assert codes == [1012, 1012]
+        assert await server.exit_status(10) == 0, server.text()
+    assert "ERROR" not in server.text() and "Traceback" not in server.text(), server.text()
+    assert survivor in pids

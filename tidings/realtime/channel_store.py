@@ -1,0 +1,227 @@
+"""Where channel sequence numbers, history and presence entries live: this
+process's memory (one process, the memory broker), or Redis (the Redis broker,
+so every process shares them).
+
+Wire format on the broker topic: ``<seq>|<json>`` for a channel event and
+``p|<json>`` for a presence change. With Redis, a Lua script numbers an event,
+keeps it in the channel's history and publishes it in one step, so history
+order is publish order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from tidings.pubsub import Broker, BrokerUnavailable
+from tidings.realtime.presence import Entry
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+
+class ChannelStore(Protocol):
+    async def publish_event(self, key: str, body: bytes, keep: int, keep_seconds: float) -> int:
+        """Number ``body`` in ``key``'s sequence, keep it (``keep`` > 0) and publish it; the seq."""
+
+    async def history(self, key: str, after: int, keep_seconds: float) -> tuple[list[bytes], bool]:
+        """Kept messages of ``key`` with seq > ``after``; and False if some were no longer kept."""
+
+    async def publish_presence(self, body: bytes) -> None: ...
+
+    async def put_entry(self, key: str, entry: Entry) -> None: ...
+
+    async def remove_entries(self, key: str, connections: Iterable[str]) -> None: ...
+
+    async def load(self, key: str) -> list[Entry]: ...
+
+    async def heartbeat(self, keys: Iterable[str]) -> None: ...
+
+    async def dead(self, processes: Iterable[str]) -> set[str]: ...
+
+    async def close(self) -> None: ...
+
+
+def split(message: bytes) -> tuple[bytes, bytes]:
+    head, _, body = message.partition(b"|")
+    return head, body
+
+
+class MemoryChannelStore:
+    """One process: numbers and history in memory; presence needs no shared copy."""
+
+    def __init__(self, broker: Broker, topic: str, *, clock: Any = time.monotonic) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.clock = clock
+        self._seq = 0  # channels without history share one increasing counter
+        self._seqs: dict[str, int] = {}
+        self._history: dict[str, deque[tuple[int, float, bytes]]] = {}
+
+    async def publish_event(self, key: str, body: bytes, keep: int, keep_seconds: float) -> int:
+        if keep:
+            seq = self._seqs[key] = self._seqs.get(key, 0) + 1
+            message = b"%d|%b" % (seq, body)
+            kept = self._history.get(key)
+            if kept is None or kept.maxlen != keep:
+                kept = self._history[key] = deque(kept or (), maxlen=keep)
+            now = self.clock()
+            kept.append((seq, now, message))
+            while kept and kept[0][1] < now - keep_seconds:
+                kept.popleft()
+        else:
+            self._seq += 1
+            seq = self._seq
+            message = b"%d|%b" % (seq, body)
+        await self.broker.publish(self.topic, message)
+        return seq
+
+    async def history(self, key: str, after: int, keep_seconds: float) -> tuple[list[bytes], bool]:
+        head = self._seqs.get(key, 0)
+        oldest = self.clock() - keep_seconds
+        kept = [(seq, m) for seq, at, m in self._history.get(key, ()) if seq > after and at >= oldest]
+        complete = after >= head or (bool(kept) and kept[0][0] == after + 1)
+        return [m for _, m in kept], complete
+
+    async def publish_presence(self, body: bytes) -> None:
+        await self.broker.publish(self.topic, b"p|" + body)
+
+    async def put_entry(self, key: str, entry: Entry) -> None:
+        return None
+
+    async def remove_entries(self, key: str, connections: Iterable[str]) -> None:
+        return None
+
+    async def load(self, key: str) -> list[Entry]:
+        return []
+
+    async def heartbeat(self, keys: Iterable[str]) -> None:
+        return None
+
+    async def dead(self, processes: Iterable[str]) -> set[str]:
+        return set()
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1] the seq counter, KEYS[2] the history list; ARGV body, keep, keep ms, topic, counter ttl ms.
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local message = seq .. '|' .. ARGV[1]
+local keep = tonumber(ARGV[2])
+if keep > 0 then
+  redis.call('RPUSH', KEYS[2], message)
+  redis.call('LTRIM', KEYS[2], -keep, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[4], message)
+return seq
+"""
+
+_COUNTER_TTL_MS = 86_400_000  # a channel idle for a day starts its numbers again
+
+
+class RedisChannelStore:
+    """Several processes: numbers, history and presence entries in Redis.
+
+    Each process refreshes ``<topic>:alive:<process>`` every ``ttl / 3`` seconds;
+    an entry whose process key expired belongs to a process that died without
+    leaving, and is removed by whichever process sweeps first.
+    """
+
+    def __init__(self, broker: Broker, client: aioredis.Redis, topic: str, process: str, ttl: float) -> None:
+        self.broker = broker
+        self.client = client
+        self.topic = topic
+        self.process = process
+        self.ttl_ms = max(int(ttl * 1000), 1)
+        self._script = client.register_script(_PUBLISH)
+
+    def _hash(self, key: str) -> str:
+        return f"{self.topic}:presence:{key}"
+
+    def _alive(self, process: str) -> str:
+        return f"{self.topic}:alive:{process}"
+
+    async def publish_event(self, key: str, body: bytes, keep: int, keep_seconds: float) -> int:
+        counter = f"{self.topic}:seq:{key}"
+        try:
+            seq = await self._script(
+                keys=[counter, f"{self.topic}:history:{key}"],
+                args=[body, keep, max(int(keep_seconds * 1000), 1), self.topic, _COUNTER_TTL_MS],
+            )
+        except Exception as exc:
+            raise BrokerUnavailable(f"Redis publish failed: {exc}") from exc
+        return int(seq)
+
+    async def history(self, key: str, after: int, keep_seconds: float) -> tuple[list[bytes], bool]:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(f"{self.topic}:seq:{key}")
+            pipe.lrange(f"{self.topic}:history:{key}", 0, -1)
+            pipe.time()
+            head_raw, items, (secs, micros) = await pipe.execute()
+        head = int(head_raw or 0)
+        oldest_ms = (secs + micros / 1e6 - keep_seconds) * 1000
+        kept: list[tuple[int, bytes]] = []
+        for message in items:
+            seq_raw, body = split(message)
+            seq = int(seq_raw)
+            if seq > after and orjson.loads(body)["m"] >= oldest_ms:
+                kept.append((seq, message))
+        complete = after >= head or (bool(kept) and kept[0][0] == after + 1)
+        return [m for _, m in kept], complete
+
+    async def publish_presence(self, body: bytes) -> None:
+        await self.broker.publish(self.topic, b"p|" + body)
+
+    async def put_entry(self, key: str, entry: Entry) -> None:
+        value = orjson.dumps({"u": entry.sub, "m": entry.meta})
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(self._hash(key), entry.connection, value)
+            pipe.pexpire(self._hash(key), self.ttl_ms * 4)
+            await pipe.execute()
+
+    async def remove_entries(self, key: str, connections: Iterable[str]) -> None:
+        names = list(connections)
+        if names:
+            await self.client.hdel(self._hash(key), *names)
+
+    async def load(self, key: str) -> list[Entry]:
+        raw = await self.client.hgetall(self._hash(key))
+        entries = []
+        for connection, value in raw.items():
+            data = orjson.loads(value)
+            name = connection.decode() if isinstance(connection, bytes) else connection
+            entries.append(Entry(name, data.get("u"), data.get("m")))
+        dead = await self.dead({e.process for e in entries})
+        if dead:
+            gone = [e.connection for e in entries if e.process in dead]
+            await self.remove_entries(key, gone)
+            entries = [e for e in entries if e.process not in dead]
+        return entries
+
+    async def heartbeat(self, keys: Iterable[str]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self._alive(self.process), b"1", px=self.ttl_ms)
+            for key in keys:
+                pipe.pexpire(self._hash(key), self.ttl_ms * 4)
+            await pipe.execute()
+
+    async def dead(self, processes: Iterable[str]) -> set[str]:
+        names = sorted(p for p in processes if p != self.process)
+        if not names:
+            return set()
+        values = await self.client.mget([self._alive(p) for p in names])
+        return {p for p, v in zip(names, values, strict=True) if v is None}
+
+    async def close(self) -> None:
+        # A graceful stop: the others need not wait for the TTL.
+        with contextlib.suppress(Exception):
+            await self.client.delete(self._alive(self.process))
