@@ -47,7 +47,11 @@ LIST = (
     "{ id title status priority createdAt } }"
 )
 GET = "query($id: ID!) { task(id: $id) { id title status priority createdAt } }"
-APPS = {"naive": "write_servers:naive_app", "raw": "write_servers:raw_app", "raw-thread": "write_servers:raw_thread_app"}
+APPS = {
+    "naive": "write_servers:naive_app",
+    "raw": "write_servers:raw_app",
+    "raw-thread": "write_servers:raw_thread_app",
+}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -277,7 +281,7 @@ def _thread_run(coro_fn: Any) -> None:
     def target() -> None:
         try:
             asyncio.run(coro_fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
     t = threading.Thread(target=target)

@@ -67,13 +67,18 @@ class Server:
 
 
 def make_server(
-    tmp_path: Path, collections: Any = None, broker: Any = None, uvicorn_overrides: Any = None, **settings: Any
+    tmp_path: Path,
+    collections: Any = None,
+    broker: Any = None,
+    uvicorn_overrides: Any = None,
+    hooks: Any = None,
+    **settings: Any,
 ) -> Server:
     db = settings.pop("db", None) or f"sqlite:///{tmp_path / 'test.db'}"
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
     config = Settings(**base)
-    app = create_app(collections, config, broker=broker)
+    app = create_app(collections, config, broker=broker, hooks=hooks)
     # What `tidings serve` runs, bar where it listens and how much it logs.
     uv = uvicorn_options(config, **(uvicorn_overrides or {}))
     for own in ("host", "port", "log_level"):

@@ -36,10 +36,8 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
 
 
 async def _collect(broker: Broker, channel: str, n: int, ready: asyncio.Event, out: list[bytes]) -> None:
-    stream = broker.subscribe(channel)
+    stream = broker.subscribe(channel, on_ready=ready.set)  # set once the backend holds the subscription
     first = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-    await asyncio.sleep(0.2)  # let the subscription reach the backend
-    ready.set()
     out.append(await first)
     while len(out) < n:
         out.append(await anext(stream))  # type: ignore[arg-type]
@@ -214,7 +212,7 @@ async def test_postgres_broker_listener_terminated_the_server_resubscribes_and_f
             assert [b for _, b in await bodies(ws, 1)] == ["before"]
             killed = await admin.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                "WHERE datname = current_database() AND query = 'LISTEN \"tidings:events\"'"
             )
             assert killed == 1
             await post(http, "while-down-1")

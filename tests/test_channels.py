@@ -20,10 +20,11 @@ from tests.test_auth import SECRET, token
 from tests.test_realtime_sse import read_events
 from tests.test_shutdown import serving
 from tests.wsclient import WS
-from tidings import Channel
+from tidings import Channel, collection
 from tidings.auth.channel_rules import ChannelAction, ChannelRules
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import BadUserInput, Forbidden, Unauthenticated
+from tidings.limits import Limits, Rate
 from tidings.pubsub import broker_from_url
 from tidings.realtime.presence import Entry, PresenceKind, PresenceRegistry
 from tidings.schema.demo import COLLECTIONS
@@ -31,7 +32,9 @@ from tidings.schema.demo import COLLECTIONS
 EVENTS = "subscription($c: [String!]!, $t: [String!], $a: String) { channelEvents(channels: $c, types: $t, after: $a) { channel type data sender { sub } seq } }"  # noqa: E501
 PRESENCE = """subscription($ch: String!, $meta: JSON) { presence(channel: $ch, meta: $meta) {
   kind count members { sub connections meta } member { sub connection connections meta } } }"""
-PUBLISH = "mutation($ch: String!, $t: String!, $d: JSON, $e: Boolean) { publish(channel: $ch, type: $t, data: $d, echo: $e) }"  # noqa: E501
+PUBLISH = (
+    "mutation($ch: String!, $t: String!, $d: JSON, $e: Boolean) { publish(channel: $ch, type: $t, data: $d, echo: $e) }"
+)
 UPDATE = "mutation($ch: String!, $meta: JSON) { updatePresence(channel: $ch, meta: $meta) }"
 
 ALICE, BOB = Principal(sub="alice", account="a"), Principal(sub="bob", account="a")
@@ -83,9 +86,10 @@ def test_channel_rules_patterns_claims_roles_and_tenants() -> None:
     a = rules.resolve("room:42", ALICE, ChannelAction.SUBSCRIBE)
     other_tenant = rules.resolve("room:42", Principal(sub="carol", account="b"), ChannelAction.SUBSCRIBE)
     assert a.key != other_tenant.key  # room:42 of account a is not room:42 of account b
-    assert rules.resolve("news:1", ALICE, ChannelAction.SUBSCRIBE).key == rules.resolve(
-        "news:1", Principal(sub="c", account="b"), ChannelAction.SUBSCRIBE
-    ).key
+    assert (
+        rules.resolve("news:1", ALICE, ChannelAction.SUBSCRIBE).key
+        == rules.resolve("news:1", Principal(sub="c", account="b"), ChannelAction.SUBSCRIBE).key
+    )
     assert rules.resolve("news:1", ANONYMOUS, ChannelAction.SUBSCRIBE).channel == "news:1"
     with pytest.raises(Forbidden):
         rules.resolve("news:1", ALICE, ChannelAction.PUBLISH)
@@ -174,7 +178,13 @@ async def test_publish_reaches_subscribers_of_the_channel_not_the_echo_when_aske
         sent = await call(alice, "p1", PUBLISH, {"ch": "room:1", "t": "typing", "d": {"on": True}, "e": False})
         assert "errors" not in sent
         got = await next_data(bob, "b", "channelEvents")
-        assert got == {"channel": "room:1", "type": "typing", "data": {"on": True}, "sender": None, "seq": sent["data"]["publish"]}
+        assert got == {
+            "channel": "room:1",
+            "type": "typing",
+            "data": {"on": True},
+            "sender": None,
+            "seq": sent["data"]["publish"],
+        }
         await call(bob, "p2", PUBLISH, {"ch": "room:2", "t": "message", "d": "hi"})  # not a type bob asked for
         await call(bob, "p3", PUBLISH, {"ch": "room:1", "t": "message", "d": "hello"})
         got = await next_data(alice, "a", "channelEvents")
@@ -222,7 +232,11 @@ async def test_presence_sync_join_update_and_leave_with_two_tabs(server: Server)
 
 async def test_one_user_in_two_tabs_is_one_member(auth_server: Server) -> None:
     alice = token("alice", "acme")
-    watcher, tab1, tab2 = (await open_ws(auth_server, token("bob", "acme")), await open_ws(auth_server, alice), await open_ws(auth_server, alice))
+    watcher, tab1, tab2 = (
+        await open_ws(auth_server, token("bob", "acme")),
+        await open_ws(auth_server, alice),
+        await open_ws(auth_server, alice),
+    )
     try:
         await watcher.subscribe("w", PRESENCE, {"ch": "room:1"})
         await next_data(watcher, "w", "presence")
@@ -246,7 +260,10 @@ async def test_one_user_in_two_tabs_is_one_member(auth_server: Server) -> None:
 
 
 async def test_rules_tenants_rate_and_size_limits(auth_server: Server) -> None:
-    acme, other = await open_ws(auth_server, token("alice", "acme")), await open_ws(auth_server, token("carol", "globex"))
+    acme, other = (
+        await open_ws(auth_server, token("alice", "acme")),
+        await open_ws(auth_server, token("carol", "globex")),
+    )
     try:
         await other.subscribe("o", EVENTS, {"c": ["room:1"]})
         await wait_channel_subscribers(auth_server, 1)
@@ -297,14 +314,22 @@ async def test_channel_events_and_presence_over_sse(server: Server, http: httpx.
         async with client.stream(
             "GET", "/graphql", params={"token": stream_token}, headers={"accept": "text/event-stream"}
         ) as stream:
-            body = {"query": PRESENCE, "variables": {"ch": "doc:1", "meta": {"line": 1}}, "extensions": {"operationId": "pr"}}
+            body = {
+                "query": PRESENCE,
+                "variables": {"ch": "doc:1", "meta": {"line": 1}},
+                "extensions": {"operationId": "pr"},
+            }
             assert (await client.post("/graphql", json=body, headers=headers)).status_code == 202
             sync = json.loads((await read_events(stream, 1))[0].data)
             assert sync["id"] == "pr" and sync["payload"]["data"]["presence"]["kind"] == "SYNC"
             events = {"query": EVENTS, "variables": {"c": ["doc:1"]}, "extensions": {"operationId": "ev"}}
             assert (await client.post("/graphql", json=events, headers=headers)).status_code == 202
             await wait_channel_subscribers(server, 2)
-            update = {"query": UPDATE, "variables": {"ch": "doc:1", "meta": {"line": 2}}, "extensions": {"operationId": "up"}}
+            update = {
+                "query": UPDATE,
+                "variables": {"ch": "doc:1", "meta": {"line": 2}},
+                "extensions": {"operationId": "up"},
+            }
             assert (await client.post("/graphql", json=update, headers=headers)).status_code == 202
             sent = await gql_post(http, PUBLISH, {"ch": "doc:1", "t": "typing", "d": {"who": "http"}})
             assert sent["data"]["publish"]
@@ -340,7 +365,9 @@ async def test_two_processes_share_events_and_presence_and_a_killed_ones_members
     topic = f"tidings:test:{uuid.uuid4().hex}"
     db = tmp_path / "shared.db"
     flags = ("--broker", redis_url, "--channel", topic, "--presence-ttl", "1.5")
-    near = make_server(tmp_path, db=f"sqlite:///{db}", broker=broker_from_url(redis_url), channel=topic, presence_ttl=1.5)
+    near = make_server(
+        tmp_path, db=f"sqlite:///{db}", broker=broker_from_url(redis_url), channel=topic, presence_ttl=1.5
+    )
     try:
         async with serving(tmp_path, db, *flags) as far:
             here, there = await open_ws(near), await WS.open(far.ws_url)
@@ -368,3 +395,95 @@ async def test_two_processes_share_events_and_presence_and_a_killed_ones_members
                     await there.close()
     finally:
         near.stop()
+
+
+@collection(name="Note", channels=["room:{room}", "author:{author}"])
+class RoomNote:
+    room: str
+    author: str | None = None
+    body: str = ""
+
+
+async def test_a_collection_write_fans_out_to_its_declared_channels(tmp_path: Path) -> None:
+    server = make_server(tmp_path, [RoomNote])
+    try:
+        ws = await open_ws(server)
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            await ws.subscribe("r", EVENTS, {"c": ["room:7"]})
+            await wait_channel_subscribers(server, 1)
+            create = "mutation($i: CreateNoteInput!) { createNote(input: $i) { id } }"
+            await gql_post(http, create, {"i": {"room": "8", "body": "elsewhere"}})
+            made = await gql_post(http, create, {"i": {"room": "7", "body": "hello"}})  # no author: that template skips
+            got = await next_data(ws, "r", "channelEvents")
+            assert (got["channel"], got["type"]) == ("room:7", "note.created")
+            assert got["data"]["id"] == made["data"]["createNote"]["id"]
+            assert got["data"]["record"]["body"] == "hello"
+            assert await ws.no_message(0.2)
+        await ws.close()
+    finally:
+        server.stop()
+
+
+def test_readme_channel_declarations_run_as_written(tmp_path: Path) -> None:
+    from tests.test_readme import readme_blocks
+    from tidings.schema.toml import load_channels
+
+    (python,) = readme_blocks("Channels and presence", "python")
+    namespace: dict[str, Any] = {}
+    exec(compile(python, "README.md", "exec"), namespace)
+    tidings = namespace["app"].state.tidings
+    assert [c.namespace.pattern for c in tidings.channels.rules.namespaces] == ["room:*", "user:$sub", "news:*"]
+    assert tidings.collections[0].channels == ("room:{room}",)
+    (toml,) = readme_blocks("Channels and presence", "toml")
+    path = tmp_path / "channels.toml"
+    path.write_text(toml)
+    (room,) = load_channels(path)
+    assert (room.pattern, room.publish, room.history) == ("room:*", "role:member", 100)
+
+
+async def test_history_in_redis_resumes_and_says_when_events_are_gone(tmp_path: Path) -> None:
+    redis_url = service_url("TIDINGS_TEST_REDIS_URL", "Redis")
+    topic = f"tidings:test:{uuid.uuid4().hex}"
+    server = make_server(
+        tmp_path, [*COLLECTIONS, Channel("room:*", history=3)], broker=broker_from_url(redis_url), channel=topic
+    )
+    try:
+        ws = await open_ws(server)
+        seqs = [
+            (await call(ws, f"p{i}", PUBLISH, {"ch": "room:1", "t": "m", "d": i}))["data"]["publish"] for i in range(5)
+        ]
+        assert seqs == ["1", "2", "3", "4", "5"]  # numbered per channel, in Redis
+        gone = await call(ws, "old", EVENTS, {"c": ["room:1"], "a": "1"})  # only 3, 4 and 5 are kept
+        assert gone["errors"][0]["extensions"]["code"] == "CURSOR_EXPIRED"
+        await ws.subscribe("r", EVENTS, {"c": ["room:1"], "a": "2"})
+        assert [(await next_data(ws, "r", "channelEvents"))["data"] for _ in range(3)] == [2, 3, 4]
+        await ws.close()
+    finally:
+        server.stop()
+
+
+async def test_publish_limits_count_per_connection_and_per_user_across_connections() -> None:
+    off = Rate(0.0, 1)
+    limits = Limits(
+        subscribe=off,
+        user_subscribe=off,
+        mutations=off,
+        queries=off,
+        events=off,
+        publish=Rate(1.0, 2),
+        user_publish=Rate(1.0, 3),
+        clock=lambda: 0.0,
+    )
+
+    class Conn:  # a connection object, weakly referenceable like the transports'
+        pass
+
+    tab1, tab2, other = Conn(), Conn(), Conn()
+    assert await limits.check_publish(ALICE, tab1) is None
+    assert await limits.check_publish(ALICE, tab1) is None
+    per_connection = await limits.check_publish(ALICE, tab1)
+    assert per_connection is not None and per_connection.code.value == "RATE_LIMITED"
+    assert await limits.check_publish(ALICE, tab2) is None  # the user's third
+    per_user = await limits.check_publish(ALICE, tab2)
+    assert per_user is not None and "user" in per_user.message and per_user.details["retryAfter"] == 1.0
+    assert await limits.check_publish(BOB, other) is None

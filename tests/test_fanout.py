@@ -320,7 +320,9 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_others_keep_receiv
                 published += 1
                 if after_drop is None and server.tidings.dispatcher.subscriber_count == 2:
                     after_drop = published  # dropped: its subscription is gone; ten more for the others
+            exposition = (await http.get("/metrics")).text
         assert after_drop is not None, "the slow client was never dropped"
+        assert 'tidings_slow_consumers_dropped_total{transport="ws"} 1.0' in exposition.splitlines()
         # The others got every event, in order, before and after the slow one was cut off.
         for _ in range(500):
             if all(len(seqs) >= published for seqs in got):

@@ -515,3 +515,59 @@ async def test_graphql_over_http_audits_pass(node: str, server: Server) -> None:
     assert len(required) >= 30, results  # the whole suite ran (36 in graphql-http 1.23), not a handful
     failed = [r for r in required if r["status"] != "ok" and r["id"] not in AUDIT_EXCEPTIONS]
     assert failed == [], json.dumps(failed, indent=1)
+
+
+# -- live queries through @n1ru4l/graphql-live-query-patch-json-patch --------------------
+
+LIVE_CLIENTS = ["graphql-ws", "graphql-sse", "graphql-sse-single", "urql"]
+CREATE_LIVE = "mutation($i: CreateTaskInput!) { createTask(input: $i) { id } }"
+UPDATE_LIVE = "mutation($id: ID!, $i: UpdateTaskInput!) { updateTask(id: $id, input: $i) { id } }"
+DELETE_LIVE = "mutation($id: ID!) { deleteTask(id: $id) { id } }"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("client", LIVE_CLIENTS)
+async def test_live_query_patched_by_the_npm_client_equals_a_fresh_query_after_every_change(
+    node: str, server: Server, http: httpx.AsyncClient, client: str
+) -> None:
+    async def mutate(query: str, variables: dict[str, Any]) -> str:
+        body = (await http.post("/graphql", json={"query": query, "variables": variables})).json()
+        assert "errors" not in body, body
+        return str(next(iter(body["data"].values()))["id"])
+
+    a = await mutate(CREATE_LIVE, {"i": {"title": "a", "status": "open", "priority": 1}})
+    b = await mutate(CREATE_LIVE, {"i": {"title": "b", "status": "open", "priority": 5}})
+    # Each step changes the live result (the window, the count or both), so each brings one patch.
+    steps: list[tuple[str, dict[str, Any]]] = [
+        (CREATE_LIVE, {"i": {"title": "c", "status": "open", "priority": 3}}),  # enters in the middle
+        (UPDATE_LIVE, {"id": a, "i": {"priority": 10}}),  # moves to the top
+        (UPDATE_LIVE, {"id": b, "i": {"title": "b2"}}),  # changes in place
+        (CREATE_LIVE, {"i": {"title": "d", "status": "open", "priority": 0}}),  # below the window: count only
+        (DELETE_LIVE, {"id": a}),  # empties a slot: refilled from the database
+        (UPDATE_LIVE, {"id": b, "i": {"status": "closed"}}),  # leaves the view
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        node, "live.mjs", "--url", server.url, "--client", client, "--count", str(len(steps) + 1),
+        "--timeout", str(SCRIPT_TIMEOUT_MS),
+        cwd=INTEROP, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    script = Script(proc)
+    try:
+        await script.until(lambda: len(script.lines) >= 1)
+        for n, (query, variables) in enumerate(steps, start=2):
+            await mutate(query, variables)
+            await script.until(lambda n=n: len(script.lines) >= n)  # type: ignore[misc]
+        await asyncio.wait_for(proc.wait(), PROCESS_TIMEOUT)
+        await asyncio.wait_for(script.reader, 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        script.reader.cancel()
+    assert proc.returncode == 0 and script.lines[-1] == "DONE", script.describe()
+    results = [json.loads(x) for x in script.lines[:-1]]
+    assert [r["revision"] for r in results] == list(range(1, len(steps) + 2)), script.describe()
+    assert all(r["equal"] for r in results), script.describe()
+    seqs = [int(r["seq"]) for r in results]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+    assert [t["title"] for t in results[-1]["live"]["tasks"]] == ["c", "d"]

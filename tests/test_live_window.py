@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from graphql import parse
@@ -14,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.backends import fresh_database
-from tidings.filters import MATCH_ALL, parse_filter
+from tidings.filters import MATCH_ALL, compile_predicate, parse_filter
 from tidings.realtime.live import LiveExecutor, LiveGroup, LiveMember, LiveSource
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Window
@@ -23,6 +25,7 @@ from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
 from tidings.store import Store
 
+EXAMPLES = int(os.environ.get("LIVE_EXAMPLES", "25"))  # more for a long local run
 COLLS = collections_from(COLLECTIONS)
 TASK = next(c for c in COLLS if c.name == "Task")
 SCHEMA, _ = build_schema(COLLS)
@@ -106,8 +109,6 @@ def _apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
 
 
 async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) -> None:
-    import orjson
-
     where_input, order, limit, offset, seeded = window
     store = Store(url, COLLS)
     await store.start()
@@ -122,8 +123,6 @@ async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) ->
             )
             ids.append(record["id"])
         where = parse_filter(where_input, TASK.filter_fields)
-        from tidings.filters import compile_predicate
-
         exact = "updated_at" not in [c for c, _ in order]
         sources = [
             LiveSource(
@@ -163,7 +162,12 @@ async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) ->
                 _, status, priority, assigned, title = op
                 record, event = await store.create(
                     TASK,
-                    {"title": f"{title}-{next(names)}", "status": status, "priority": priority, "assigned_to": assigned},
+                    {
+                        "title": f"{title}-{next(names)}",
+                        "status": status,
+                        "priority": priority,
+                        "assigned_to": assigned,
+                    },
                     account=None,
                     actor=None,
                 )
@@ -204,7 +208,11 @@ async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) ->
 def test_kept_window_and_count_equal_a_fresh_query_after_every_change(backend: str, tmp_path: Path) -> None:
     url = asyncio.run(fresh_database(backend, tmp_path))
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
     @given(window=windows, ops=writes)
     def check(window: tuple[Any, ...], ops: list[tuple[Any, ...]]) -> None:
         asyncio.run(_run(url, window, ops))

@@ -27,7 +27,11 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.backends import fresh_database, service_url
-from tests.conftest import free_port
+from tests.conftest import free_port, make_server
+from tidings.filters import MATCH_ALL
+from tidings.schema.collection import collections_from
+from tidings.schema.demo import COLLECTIONS
+from tidings.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -222,3 +226,56 @@ async def test_kill_9_a_worker_its_client_resumes_on_the_port_and_misses_nothing
         assert await server.exit_status(10) == 0, server.text()
     assert "ERROR" not in server.text() and "Traceback" not in server.text(), server.text()
     assert survivor in pids
+
+
+async def test_a_reservation_made_on_another_process_is_refused_with_the_reason(tmp_path: Path) -> None:
+    # Two processes on one database, as --workers runs them behind one port: graphql-sse's
+    # reservation lives in the process that made it; the other answers 404 and says why.
+    one, two = make_server(tmp_path), make_server(tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            token = (await client.put(one.url + "/graphql")).text
+            headers = {"x-graphql-event-stream-token": token}
+            run = {"query": "subscription { taskEvents { seq } }", "extensions": {"operationId": "op"}}
+            elsewhere = await client.post(two.url + "/graphql", json=run, headers=headers)
+            assert elsewhere.status_code == 404
+            assert "single connection mode needs sticky sessions" in elsewhere.text
+            stream = await client.get(
+                two.url + "/graphql", params={"token": token}, headers={"accept": "text/event-stream"}
+            )
+            assert stream.status_code == 404 and "sticky sessions" in stream.text
+            assert (await client.post(one.url + "/graphql", json=run, headers=headers)).status_code == 202
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def test_sqlite_writers_in_two_processes_wait_for_each_other_and_keep_seqs_in_commit_order(
+    tmp_path: Path,
+) -> None:
+    # Two stores on one file, each with its own writer thread and connection, as two workers
+    # have: an update reads, then writes. A deferred BEGIN fails at once ("database is locked")
+    # when the other committed in between; BEGIN IMMEDIATE waits for the lock instead.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    collections = collections_from(COLLECTIONS)
+    stores = [Store(url, collections), Store(url, collections)]
+    for store in stores:
+        await store.start()
+    try:
+        coll = stores[0].collections["Task"]
+        record, _ = await stores[0].create(coll, {"title": "t", "status": "open"}, account=None, actor=None)
+
+        async def update(store: Store, who: str) -> None:
+            for i in range(60):
+                values = {"title": f"{who}{i}"}
+                await store.update(coll, record["id"], values, expected_version=None, guard=MATCH_ALL, actor=None)
+
+        await asyncio.wait_for(asyncio.gather(update(stores[0], "a"), update(stores[1], "b")), 30)
+        events = await stores[1].read_events(0, None, 1000)
+        assert [e.seq for e in events] == list(range(1, 122))
+        # Each event's `previous` is the title the event before it set: seqs are in commit order.
+        titles = [e.record["title"] for e in events]
+        assert all(e.previous["title"] == before for e, before in zip(events[1:], titles, strict=False))
+    finally:
+        for store in stores:
+            await store.close()

@@ -5,24 +5,32 @@ from tidings.auth.channel_rules import Channel
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Rules
 from tidings.config import Settings
-from tidings.errors import ErrorCode, TidingsError
+from tidings.errors import BadUserInput, ErrorCode, Forbidden, TidingsError
 from tidings.events import ChangeEvent, Operation
+from tidings.hooks import ConnectionInfo, Hooks, OperationInfo, PublishInfo, WriteInfo
 from tidings.schema.collection import JSON, Collection, Field, collection
 from tidings.schema.toml import load_toml
 
 __all__ = [
     "JSON",
+    "BadUserInput",
     "ChangeEvent",
     "Channel",
     "Collection",
+    "ConnectionInfo",
     "ErrorCode",
     "Field",
+    "Forbidden",
+    "Hooks",
     "Operation",
+    "OperationInfo",
     "Principal",
+    "PublishInfo",
     "Rules",
     "Settings",
     "Tidings",
     "TidingsError",
+    "WriteInfo",
     "collection",
     "create_app",
     "export_schema",

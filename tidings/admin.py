@@ -36,7 +36,7 @@ __all__ = ["Admin", "AdminConnection", "admin_fields"]
 
 logger = logging.getLogger("tidings.admin")
 
-_CHUNK = 20  # rows per answer: ~200 bytes each, well inside NOTIFY's 8000-byte payload
+_CHUNK_BYTES = 6000  # rows per answer: well inside a PostgreSQL NOTIFY's 8000-byte payload
 
 
 class Admin:
@@ -70,7 +70,10 @@ class Admin:
     async def close(self) -> None:
         if self._task is None:
             return
-        await self._publish({"op": "bye", "from": self.instance})
+        # Best effort, briefly: a broker that is down must not hold the shutdown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.25):
+                await self._publish({"op": "bye", "from": self.instance})
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -107,7 +110,7 @@ class Admin:
         return True
 
     async def _handle(self, message: dict[str, Any]) -> None:
-        op, sender = message.get("op"), message.get("from")
+        op, sender = message.get("op"), str(message.get("from"))
         if sender == self.instance:
             return  # our own broadcast
         if op == "hello":
@@ -118,11 +121,10 @@ class Admin:
         elif op == "bye":
             self.peers.discard(sender)
         elif op == "list":
-            rows = self.local()
-            for n in range(0, max(len(rows), 1), _CHUNK):
-                last = n + _CHUNK >= len(rows)
-                reply = {"op": "listed", "from": self.instance, "request": message["request"], "last": last}
-                await self._publish({**reply, "rows": rows[n : n + _CHUNK]})
+            chunks = _chunks(self.local())
+            for n, rows in enumerate(chunks, 1):
+                reply = {"op": "listed", "from": self.instance, "request": message["request"], "last": n == len(chunks)}
+                await self._publish({**reply, "rows": rows})
         elif op == "listed":
             self.peers.add(sender)
             listing = self._listings.get(message["request"])
@@ -212,6 +214,20 @@ class Admin:
                 return False
         finally:
             del self._closes[request]
+
+
+def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``rows`` cut into answers of at most ``_CHUNK_BYTES`` of JSON each (at least one, maybe empty)."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row in rows:
+        length = len(orjson.dumps(row)) + 1
+        if chunks[-1] and size + length > _CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(row)
+        size += length
+    return chunks
 
 
 @dataclasses.dataclass

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Mapping, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 import strawberry
 from graphql import GraphQLError, OperationType
 from starlette.applications import Starlette
@@ -22,23 +26,28 @@ from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.types import ExecutionResult
 
-from tidings.auth.channel_rules import Channel, ChannelRules, channels_from
 from tidings.admin import Admin, admin_fields
+from tidings.auth.channel_rules import Channel, ChannelRules, channels_from
 from tidings.auth.principal import ANONYMOUS, Principal
-from tidings.auth.rules import Authorizer
+from tidings.auth.rules import Action, Authorizer, Rules
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
-from tidings.errors import ErrorCode, TidingsError
+from tidings.errors import ConfigurationError, ErrorCode, PermissionsChanged, TidingsError
+from tidings.hooks import CommitNotifier, HookRunner, Hooks
 from tidings.limits import Limits
 from tidings.metrics import Metrics, MetricsAccess, exposition, mutation_counter, registry_for
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
-from tidings.realtime.channels import Channels
+from tidings.realtime.channels import Channels, FanOut
 from tidings.realtime.dispatcher import Dispatcher
-from tidings.realtime.engine import Engine, Request
+from tidings.realtime.engine import Engine, Request, Streaming
+from tidings.realtime.group import Subscriber
+from tidings.realtime.live import LiveMember
+from tidings.realtime.system import SystemEventKind
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.session import RENEW_TOKEN
+from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
 from tidings.schema.collection import Collection
 from tidings.store import Store
@@ -61,6 +70,20 @@ class HTTPView(GraphQL[Context, None]):
     async def get_context(self, request: Any, response: Any) -> Context:
         principal = request.scope.get("tidings.principal", ANONYMOUS)
         return Context(self.services, principal=principal, request=request, response=response)
+
+    def decode_json(self, data: str | bytes) -> object:
+        # orjson, and the standard library for what orjson refuses (ints beyond 64 bits, NaN):
+        # its JSONDecodeError is json's, so a body that neither reads is still a 400.
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)
+
+    def encode_json(self, data: object) -> str | bytes:
+        try:
+            return orjson.dumps(data)
+        except TypeError:  # an int beyond 64 bits in a JSON field
+            return json.dumps(data, separators=(",", ":"))
 
     async def execute_single(
         self,
@@ -139,6 +162,7 @@ class Tidings:
         *,
         broker: Broker | None = None,
         channels: Sequence[Channel] = (),
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
         self.collections = list(collections)
@@ -171,7 +195,7 @@ class Tidings:
             extra_queries=admin_queries,
             extra_extensions=[mutation_counter(self.metrics, _mutation_collections(self.collections))],
             extra_mutations=[RENEW_TOKEN, *CHANNEL_MUTATIONS, *admin_mutations],
-            extra_subscriptions=CHANNEL_SUBSCRIPTIONS,
+            extra_subscriptions=[*CHANNEL_SUBSCRIPTIONS, *SYSTEM_SUBSCRIPTIONS],
             max_depth=settings.max_depth,
             introspection=introspection,
             suggestions=suggestions,
@@ -187,12 +211,18 @@ class Tidings:
         )
         self.services = Services(
             store=self.store,
-            publisher=self.dispatcher,
+            publisher=FanOut(self.dispatcher, self.channels, {c.name: c.channels for c in self.collections}),
             authorizer=self.authorizer,
             max_limit=settings.max_limit,
             limits=self.limits,
             channels=self.channels,
         )
+        # Hooks: before-hooks run in the request; after-hooks through one bounded queue.
+        self.hooks = HookRunner(hooks, max_pending=settings.hook_queue)
+        self.services.hooks = self.hooks
+        self.services.publisher = CommitNotifier(self.services.publisher, self.hooks)
+        if self.hooks.hooks.publish:
+            self.channels.before_publish = self.hooks.publishing
         self.engine = Engine(
             self.schema,
             self.services,
@@ -205,6 +235,7 @@ class Tidings:
             live_max_rows=settings.live_max_rows,
         )
         self.engine.channels = self.channels
+        self.engine.system.expiring_lead = settings.token_expiring_lead
         self.transport = TransportContext(settings, self.engine, self.authenticator, metrics=self.metrics)
         self.metrics.connections = self.transport.connections
         self.admin = Admin(self.transport, self.broker, settings.channel)
@@ -230,6 +261,7 @@ class Tidings:
         await self.dispatcher.start()
         await self.channels.start()
         await self.admin.start()
+        await self.hooks.start()
         if self.metrics_shared is not None:
             await self.metrics_shared.start()
         self._tasks = [asyncio.create_task(self._prune(), name="tidings-retention")]
@@ -248,6 +280,7 @@ class Tidings:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.hooks.close()
         await self.channels.close()
         if self.metrics_shared is not None:
             await self.metrics_shared.close()
@@ -279,6 +312,7 @@ class Tidings:
         and resume from their last seq. New SSE streams are refused (503) from now on.
         """
         self.draining = True
+        self._announce_shutdown()
         connections = list(self.transport.connections)
         if not connections:
             return
@@ -298,6 +332,62 @@ class Tidings:
             timeout,
             failed,
         )
+
+    def _announce_shutdown(self) -> None:
+        # Synchronous, before any connection drains: each event is queued ahead of the
+        # flush that precedes the 1012 close (or the SSE response's end).
+        spread = self.settings.shutdown_reconnect_ms
+        for conn in self.engine.system.connections():
+            after = random.randint(0, spread) if spread > 0 else 0  # spreads the reconnects
+            self.engine.system.emit(
+                conn,
+                SystemEventKind.SHUTTING_DOWN,
+                "Server restarting: reconnect after reconnectAfterMs and resume with your last seq",
+                {"reconnectAfterMs": after},
+            )
+
+    async def reload_rules(self, rules: Mapping[str, Rules | Mapping[str, Any]]) -> int:
+        """Replace collections' permission rules (by collection name; the others keep theirs).
+
+        Every request from now on is checked against the new rules. Each open connection whose
+        permissions changed gets PERMISSIONS_CHANGED on its ``systemEvents``, and each of its
+        subscriptions and live queries whose read scope changed ends with ``PERMISSIONS_CHANGED``
+        (or the new rules' FORBIDDEN/UNAUTHENTICATED): none keeps delivering under the old
+        rules. Returns how many operations ended. This process only: call it on each.
+        """
+        old = self.authorizer
+        unknown = set(rules) - set(old.collections)
+        if unknown:
+            raise ConfigurationError(f"reload_rules names unknown collections {sorted(unknown)}")
+        collections = [
+            dataclasses.replace(c, rules=_rules(rules[c.name])) if c.name in rules else c
+            for c in old.collections.values()
+        ]
+        new = Authorizer(collections, multi_tenant=old.multi_tenant, admin_role=old.admin_role, anonymous=old.anonymous)
+        # No await from here to the end: no event is delivered between the swap and the
+        # scope checks, so none reaches a subscriber under rules it no longer has.
+        self.authorizer = self.services.authorizer = self.engine.live.authorizer = new
+        ended = 0
+        for conn in list(self.transport.connections):
+            principal: Principal | None = getattr(conn, "principal", None)
+            if principal is None or not _permissions_differ(old, new, principal, rules):
+                continue
+            stale = [
+                (op_id, error)
+                for op_id, outcome in list(conn.streams.items())
+                if (error := _stale_scope(old, new, principal, outcome)) is not None
+            ]
+            self.engine.system.emit(
+                conn,
+                SystemEventKind.PERMISSIONS_CHANGED,
+                "Your permissions changed: operations whose scope changed ended; subscribe again to continue",
+                {"ended": [op_id for op_id, _ in stale]},
+            )
+            for op_id, error in stale:
+                conn.finish(op_id, [error])
+            ended += len(stale)
+        logger.info("Rules reloaded for %s: %d operations ended", ", ".join(sorted(rules)) or "nothing", ended)
+        return ended
 
     async def readiness(self) -> dict[str, str]:
         """Each dependency's state, "ok" or why not: the database answers a short query, the
@@ -416,6 +506,43 @@ class Tidings:
         return principal
 
 
+def _rules(value: Rules | Mapping[str, Any]) -> Rules:
+    return value if isinstance(value, Rules) else Rules.from_mapping(value)
+
+
+def _decision(authorizer: Authorizer, collection: str, principal: Principal, action: Action) -> str:
+    """What ``authorizer`` lets ``principal`` do: its guard, or the error refusing it."""
+    try:
+        return repr(authorizer.guard(collection, principal, action))
+    except TidingsError as exc:
+        return exc.code.value  # refused before and after: the same, whatever the message says
+
+
+def _permissions_differ(old: Authorizer, new: Authorizer, principal: Principal, names: Mapping[str, Any]) -> bool:
+    return any(_decision(old, n, principal, a) != _decision(new, n, principal, a) for n in names for a in Action)
+
+
+def _stale_scope(old: Authorizer, new: Authorizer, principal: Principal, outcome: Streaming) -> dict[str, Any] | None:
+    """The error ending ``outcome`` if its read scope changed, else None (channels and system events keep)."""
+    subscriber = outcome.subscriber
+    if isinstance(subscriber, Subscriber):
+        names: Sequence[str] = (subscriber.group.selection.collection.name,)
+    elif isinstance(subscriber, LiveMember):
+        names = sorted(subscriber.group.collections)
+    else:
+        return None
+    for name in names:
+        if _decision(old, name, principal, Action.READ) == _decision(new, name, principal, Action.READ):
+            continue
+        try:
+            new.guard(name, principal, Action.READ)
+        except TidingsError as exc:
+            return {"message": exc.message, "extensions": exc.extensions}
+        error = PermissionsChanged(f"{name}: your read permission changed; subscribe again to continue")
+        return {"message": error.message, "extensions": error.extensions}
+    return None
+
+
 def _why(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
@@ -455,9 +582,16 @@ class _GraphQLEndpoint:
 
 
 def create_app(
-    collections: Sequence[Any] | None = None, settings: Settings | None = None, *, broker: Broker | None = None
+    collections: Sequence[Any] | None = None,
+    settings: Settings | None = None,
+    *,
+    broker: Broker | None = None,
+    hooks: Hooks | None = None,
 ) -> Starlette:
-    """The ASGI app for ``collections`` (declared classes or Collections; default the demo)."""
+    """The ASGI app for ``collections`` (declared classes or Collections; default the demo).
+
+    ``hooks``: a ``tidings.Hooks`` whose callables react to connections, operations, writes and publishes.
+    """
     from tidings.schema.collection import collections_from
 
     if collections is None:
@@ -466,7 +600,7 @@ def create_app(
         collections = COLLECTIONS
     settings = settings or Settings.from_env()
     declared, channels = channels_from(list(collections))
-    tidings = Tidings(collections_from(declared), settings, broker=broker, channels=channels)
+    tidings = Tidings(collections_from(declared), settings, broker=broker, channels=channels, hooks=hooks)
 
     async def healthz(_: StarletteRequest) -> Response:
         return JSONResponse({"status": "ok", "seq": str(tidings.dispatcher.position)})
@@ -537,6 +671,6 @@ def export_schema(collections: Sequence[Any] | None = None) -> str:
         collections_from(channels_from(list(collections))[0]),
         extra_queries=admin_queries,
         extra_mutations=[RENEW_TOKEN, *CHANNEL_MUTATIONS, *admin_mutations],
-        extra_subscriptions=CHANNEL_SUBSCRIPTIONS,
+        extra_subscriptions=[*CHANNEL_SUBSCRIPTIONS, *SYSTEM_SUBSCRIPTIONS],
     )
     return strawberry.Schema.as_str(schema)

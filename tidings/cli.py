@@ -6,12 +6,12 @@ import argparse
 import dataclasses
 import gc
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tidings.auth.channel_rules import Channel
 from tidings.config import Settings, env_name
 from tidings.errors import ConfigurationError
 from tidings.schema.collection import Collection, collections_from
@@ -35,7 +35,22 @@ def load_collections(spec: str | None) -> list[Collection]:
         obj: Any = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"Cannot load collections {spec!r}: {exc}") from exc
-    return collections_from(obj if isinstance(obj, (list, tuple, dict)) else [obj])
+    items = list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    return collections_from([item for item in items if not isinstance(item, Channel)])
+
+
+def load_channels(spec: str | None) -> list[Channel]:
+    """The channel namespaces declared beside the collections ``spec`` names."""
+    if spec is None:
+        return []
+    if spec.endswith(".toml"):
+        from tidings.schema.toml import load_channels as load_toml_channels
+
+        return load_toml_channels(spec)
+    module_name, _, attr = spec.partition(":")
+    obj: Any = getattr(importlib.import_module(module_name), attr)
+    items = list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    return [item for item in items if isinstance(item, Channel)]
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +77,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from tidings.app import create_app
+    from tidings.logs import configure_logging
     from tidings.redaction import install_redaction
     from tidings.server import run
     from tidings.serving import uvicorn_options
@@ -73,9 +89,9 @@ def serve(settings: Settings) -> None:
         from tidings.workers import check_workers
 
         check_workers(settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     collections = load_collections(settings.collections)
-    app = create_app(collections, settings)
+    app = create_app([*collections, *load_channels(settings.collections)], settings)
     check_dependencies(settings, collections)
     # The schema, types and tables live as long as the process: move them out of the
     # cyclic collector's view, so its passes under load walk only what requests made.
@@ -135,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Unavailable as exc:  # what a setting names is down or taken: exit 1
         print(f"tidings: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before uvicorn handles signals (imports, startup checks)
+        return 130
     return 0
 
 

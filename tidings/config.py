@@ -61,6 +61,15 @@ class Settings:
     shutdown_timeout: float = _field(
         10.0, "seconds a SIGTERM gives open connections to flush their queues before the process exits"
     )
+    shutdown_reconnect_ms: int = _field(
+        1000, "SHUTTING_DOWN system events tell each client to reconnect after a random 0 to this many ms (0 = at once)"
+    )
+    token_expiring_lead: float = _field(
+        60.0, "seconds before a connection's token expires that systemEvents sends TOKEN_EXPIRING"
+    )
+    hook_queue: int = _field(
+        10_000, "after-hook calls (connect, subscribe, commit...) that may wait to run; beyond, new ones are dropped"
+    )
     init_timeout: float = _field(5.0, "seconds a WebSocket has to send connection_init")
     header_timeout: float = _field(10.0, "seconds a client has to send an HTTP request's headers (0 = no limit)")
     body_timeout: float = _field(30.0, "seconds a client has to send an HTTP request's body (0 = no limit)")

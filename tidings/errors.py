@@ -9,6 +9,7 @@ TidingsError
  ├── RateLimited         RATE_LIMITED
  ├── CursorExpired       CURSOR_EXPIRED
  ├── CursorInvalid       CURSOR_INVALID
+ ├── PermissionsChanged  PERMISSIONS_CHANGED (a subscription ended by a rules reload)
  └── ConfigurationError  CONFIGURATION_ERROR (raised at start-up, never to clients)
 
 graphql-core copies a raised exception's ``extensions`` into the GraphQL error,
@@ -30,6 +31,7 @@ class ErrorCode(str, enum.Enum):
     RATE_LIMITED = "RATE_LIMITED"
     CURSOR_EXPIRED = "CURSOR_EXPIRED"
     CURSOR_INVALID = "CURSOR_INVALID"
+    PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
     CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
     GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
@@ -83,6 +85,12 @@ class CursorInvalid(TidingsError):
     """A resume cursor this event log never issued: another database's, or ahead of the head."""
 
     code = ErrorCode.CURSOR_INVALID
+
+
+class PermissionsChanged(TidingsError):
+    """The caller's rules were reloaded and its subscription's scope changed: subscribe again."""
+
+    code = ErrorCode.PERMISSIONS_CHANGED
 
 
 class ConfigurationError(TidingsError):

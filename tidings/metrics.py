@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from graphql import FieldNode, OperationDefinitionNode, OperationType
+from graphql import FieldNode, OperationDefinitionNode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
 
 from tidings.errors import ConfigurationError, ErrorCode
 
@@ -291,7 +292,7 @@ def registry_for(
         return registry, None
     shared = MultiProcess(Path(directory), metrics)
     registry.register(_Collector(shared.read))
-    MultiProcessCollector(registry, path=directory)  # the application's own prometheus_client metrics
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call] # the application's own prometheus_client metrics
     return registry, shared
 
 

@@ -151,6 +151,8 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "timeout_graceful_shutdown": settings.shutdown_timeout,  # uvicorn says int; floats work
         "h11_max_incomplete_event_size": settings.max_message_size,
     }
+    if settings.log_format.strip().lower() == "json":
+        options["log_config"] = None  # uvicorn's lines reach the JSON handler of tidings.logs
     options.update(overrides)
     return options
 

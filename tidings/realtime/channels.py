@@ -18,7 +18,7 @@ import os
 import random
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 import orjson
@@ -28,17 +28,48 @@ from graphql.execution import Executor, execute_subscription_event
 from tidings.auth.channel_rules import ChannelAction, ChannelRules, Resolved
 from tidings.auth.principal import Principal
 from tidings.errors import BadUserInput, CursorExpired
+from tidings.events import ChangeEvent
 from tidings.limits import Limits
 from tidings.pubsub import Broker
 from tidings.realtime.channel_store import ChannelStore, MemoryChannelStore, RedisChannelStore, split
 from tidings.realtime.group import Sink
 from tidings.realtime.presence import Diff, Entry, PresenceKind, PresenceRegistry, presence_view
+from tidings.resolvers.context import Publisher
 from tidings.schema.extensions import classify_all
 
 logger = logging.getLogger("tidings.realtime")
 
 MAX_CHANNELS = 50  # channels one channelEvents subscription may name
 MAX_TYPE_LENGTH = 64
+FAN_OUT_TIMEOUT = 0.25  # a write's response never waits longer for its channel fan-out
+
+
+class _Filled(dict[str, Any]):
+    """A record for ``str.format_map``: a missing or null field leaves the template unfilled."""
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+
+class FanOut:
+    """The app's publisher: rings the dispatcher's doorbell, then fans declared collections out to channels."""
+
+    def __init__(self, publisher: Publisher, channels: Channels, templates: Mapping[str, tuple[str, ...]]) -> None:
+        self.publisher = publisher
+        self.channels = channels
+        self.templates = {name: t for name, t in templates.items() if t}
+
+    async def publish(self, event: ChangeEvent) -> None:
+        await self.publisher.publish(event)
+        templates = self.templates.get(event.collection)
+        if templates:
+            await self.channels.fan_out(event, templates)
 
 
 class ChannelSubscriber:
@@ -141,13 +172,17 @@ class Channels:
         self._consumer: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.delivered = 0
+        # The app's on_publish hooks (principal, channel, type, data) -> data: may refuse or rewrite.
+        self.before_publish: Callable[[Principal, str, str, Any], Awaitable[Any]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        client = getattr(self.broker, "client", None)
-        if client is not None and type(self.broker).__name__ == "RedisBroker":
-            self.store = RedisChannelStore(self.broker, client, self.topic, self.process, self.presence_ttl)
+        from tidings.pubsub.redis import RedisBroker
+
+        if isinstance(self.broker, RedisBroker):
+            # Numbers, history and presence shared by every process: in the broker's Redis.
+            self.store = RedisChannelStore(self.broker, self.broker.client, self.topic, self.process, self.presence_ttl)
             await self.store.heartbeat(())
             self._heartbeat = asyncio.create_task(self._beat(), name="tidings-presence-heartbeat")
         ready = asyncio.Event()
@@ -202,6 +237,8 @@ class Channels:
     ) -> int:
         """The ``publish`` mutation: rules and the size limit, then the rate limits (a refusal spends nothing)."""
         resolved = self.rules.resolve(channel, principal, ChannelAction.PUBLISH)
+        if self.before_publish is not None:
+            data = await self.before_publish(principal, resolved.channel, type, data)
         body = self._encode(resolved, type, data, principal.sub, None if echo else self._origin(client))
         if self.limits is not None:
             limited = await self.limits.check_publish(principal, client)
@@ -229,6 +266,26 @@ class Channels:
     async def _send(self, resolved: Resolved, body: bytes) -> int:
         ns = resolved.namespace
         return await self.store.publish_event(resolved.key, body, ns.history, ns.history_seconds)
+
+    async def fan_out(self, event: ChangeEvent, templates: tuple[str, ...]) -> None:
+        """Publish a committed change to the channels its collection declares (``"room:{room}"``).
+
+        The commit stands whatever happens here: a template the record cannot fill is
+        skipped, and a failed or slow publish is logged, never raised.
+        """
+        record = event.record
+        kind = f"{event.collection[:1].lower()}{event.collection[1:]}.{event.operation.value.lower()}"
+        data = {"id": event.record_id, "seq": str(event.seq), "operation": event.operation.value, "record": record}
+        for template in templates:
+            try:
+                channel = template.format_map(_Filled(record))
+            except (KeyError, ValueError, IndexError):
+                continue
+            try:
+                async with asyncio.timeout(FAN_OUT_TIMEOUT):
+                    await self.publish(channel, kind, data, sender=event.actor, account=event.account)
+            except Exception as exc:
+                logger.warning("Publishing %s seq %s to channel %r failed (%s)", kind, event.seq, channel, exc)
 
     # -- channelEvents ---------------------------------------------------------------
 
@@ -393,10 +450,20 @@ class Channels:
             raise
         entry = Entry(connection, principal.sub, meta)
         self._notify(key, self.presence.join(key, entry))
+        # Watching (changes keep reaching the registry) but not yet sent anything: the
+        # member list goes out once the entry is shared, so a client that saw its SYNC
+        # is seen by every process that loads the channel after that.
+        watcher.buffer = []
         self._watchers.setdefault(key, set()).add(watcher)
+        try:
+            await self._share_entry(key, entry)
+        except BaseException:
+            # Cancelled (the client stopped the operation meanwhile): no one else will leave for it.
+            self._leave(watcher)
+            raise
+        watcher.buffer = None
         members = self.presence.members(key)
         sink.push(op_id, 0, render(executor, presence_view(PresenceKind.SYNC, members, None, len(members))))
-        await self._share_entry(key, entry)
         return watcher
 
     async def update(self, principal: Principal, channel: str, meta: Any, client: Any) -> bool:
@@ -494,6 +561,8 @@ class Channels:
             return
         cache: dict[Hashable, str] = {}
         for watcher in list(self._watchers.get(key, ())):
+            if watcher.buffer is not None:
+                continue  # its SYNC, sent later, includes this change
             payload = cache.get(watcher.render_key)
             if payload is None:
                 view = presence_view(diff.kind, None, diff.member, diff.count)

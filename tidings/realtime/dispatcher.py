@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,7 @@ class Dispatcher:
         self.broker_subscriptions = 0  # confirmed subscriptions: the first, then one per reconnect
         self.latency: LatencyHistogram | None = None  # commit-to-write seconds, per delivery (tidings.metrics)
         self._broker_down = False
+        self._down_since = 0.0  # monotonic time the current outage began
         self._subscribed = False  # the consumer holds a subscription the broker confirmed
         self._probing = False  # while down, one publish at a time tries the broker
         self._wake = asyncio.Event()  # wakes the gap check early, e.g. after resubscribing
@@ -244,8 +246,11 @@ class Dispatcher:
                 reason = f"no answer within {self.publish_timeout} s"
             else:
                 reason = f"{type(exc).__name__}: {exc}"
+            self._down_since = time.monotonic()
             logger.warning(
-                "Broker unreachable (%s); reconnecting with backoff, delivering from the event log meanwhile", reason
+                "Broker unreachable (%s); reconnecting with backoff, delivering from the event log meanwhile",
+                reason,
+                extra={"event": "broker_outage", "channel": self.channel, "reason": reason},
             )
 
     def _broker_back(self) -> None:
@@ -253,7 +258,12 @@ class Dispatcher:
         # back only once the consumer holds a confirmed subscription again.
         if self._broker_down and self._subscribed:
             self._broker_down = False
-            logger.info("Broker reachable again; live delivery resumed")
+            outage = round(time.monotonic() - self._down_since, 3)
+            logger.info(
+                "Broker reachable again after %.1f s; live delivery resumed",
+                outage,
+                extra={"event": "broker_recovered", "channel": self.channel, "outage_s": outage},
+            )
 
     async def _poll(self) -> None:
         while True:

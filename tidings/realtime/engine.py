@@ -42,6 +42,7 @@ from tidings.realtime.channels import Channels, ChannelSubscriber
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
 from tidings.realtime.live import LiveHub, LiveMember, LiveQueries, is_live
+from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.convert import input_to_dict
 from tidings.schema.collection import Collection
@@ -75,7 +76,8 @@ class Finished:
 class Streaming:
     """A subscription is live; ``subscriber`` is what to unsubscribe."""
 
-    subscriber: Subscriber | ChannelSubscriber | LiveMember
+    subscriber: Subscriber | ChannelSubscriber | LiveMember | SystemSubscriber
+    request: Request | None = None  # set once announced to the on_subscribe hooks
 
 
 Outcome = Rejected | Finished | Streaming
@@ -118,6 +120,7 @@ class Engine:
         self.dispatcher = dispatcher
         self.by_field = {c.events_field: c for c in collections}
         self.channels: Channels | None = None  # set by the app: serves channelEvents and presence
+        self.system = SystemEvents()  # systemEvents, per connection
         self._rules = [
             *specified_rules,
             *validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection),
@@ -196,7 +199,8 @@ class Engine:
             if limited is not None:
                 return Rejected([_tidings_error(limited)])
         if live:
-            return await self._live(request, parsed.document, operation, principal, sink, op_id)
+            started = await self._live(request, parsed.document, operation, principal, sink, op_id)
+            return self._announce(started, request)
         if operation.operation is not OperationType.SUBSCRIPTION:
             context = Context(self.services, principal=principal, connection=connection, client=sink)
             result = await self.schema.execute(
@@ -219,7 +223,15 @@ class Engine:
             # Set after the replay: the event rate counts live events only. No await
             # between here and the transport registering the stream.
             outcome.subscriber.rate = self.limits.event_bucket()
-        return outcome
+        return self._announce(outcome, request)
+
+    def _announce(self, outcome: Outcome, request: Request) -> Outcome:
+        """A stream that started: tell the on_subscribe hooks (stop tells on_unsubscribe)."""
+        if not isinstance(outcome, Streaming):
+            return outcome
+        subscriber = outcome.subscriber
+        self.services.hooks.subscribed(subscriber.sink, subscriber.op_id, request)
+        return Streaming(subscriber, request)
 
     async def _subscribe(
         self,
@@ -241,6 +253,8 @@ class Engine:
         if isinstance(built, list):
             return Rejected([dict(e.formatted) for e in classify_all(built, suggestions=self.suggestions)])
         node = _root_field(operation.selection_set, document)
+        if node.name.value == "systemEvents":
+            return Streaming(self.system.subscribe(sink, op_id, built))
         if self.channels is not None and node.name.value in ("channelEvents", "presence"):
             return await self._subscribe_channel(request, node, built, principal, sink, op_id, after_override)
         collection = self.by_field[node.name.value]
@@ -342,6 +356,11 @@ class Engine:
         return Streaming(started)
 
     def stop(self, outcome: Streaming) -> None:
+        if outcome.request is not None:
+            self.services.hooks.unsubscribed(outcome.subscriber.sink, outcome.subscriber.op_id, outcome.request)
+        if isinstance(outcome.subscriber, SystemSubscriber):
+            self.system.unsubscribe(outcome.subscriber)
+            return
         if isinstance(outcome.subscriber, LiveMember):
             self.live_hub.unsubscribe(outcome.subscriber)
             return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from typing import Any, Protocol
 
 import orjson
@@ -35,6 +35,7 @@ from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput, ErrorCode
 from tidings.events import ChangeEvent
 from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
+from tidings.limits import TokenBucket
 from tidings.realtime.group import Sink
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Needs, Single, Window
@@ -57,11 +58,11 @@ def is_live(operation: OperationDefinitionNode) -> bool:
     return any(d.name.value == "live" for d in operation.directives or ())
 
 
-class LiveExecutor(Executor):
+class LiveExecutor(Executor[Any]):
     """Executes the document with root fields taken from the root value (the kept
     values by response key) instead of their resolvers, which would read the database."""
 
-    def execute_field(  # type: ignore[override]
+    def execute_field(
         self,
         parent_type: GraphQLObjectType,
         source: Any,
@@ -130,13 +131,16 @@ class LiveSource:
 class LiveMember:
     """One live operation of one connection; its ``revision`` counts its messages."""
 
-    __slots__ = ("group", "op_id", "revision", "sink")
+    __slots__ = ("group", "op_id", "rate", "revision", "sink")
 
     def __init__(self, sink: Sink, op_id: str, group: LiveGroup) -> None:
         self.sink = sink
         self.op_id = op_id
         self.group = group
         self.revision = 0
+        # The engine hands every stream an event-rate bucket; a live result has no backlog to
+        # resume from, so its patches are not counted (a burst of changes is one patch per change).
+        self.rate: TokenBucket | None = None
 
     def send(self, seq: int, head: str) -> None:
         """``head`` is the shared payload without its closing ``,"revision":n}``."""
@@ -151,7 +155,7 @@ class LiveGroup:
         self,
         key: Hashable,
         sources: list[LiveSource],
-        executor: Executor,
+        executor: Executor[Any],
         store: Store,
         position: Any,
     ) -> None:
@@ -408,17 +412,16 @@ def reads_column(f: Filter, column: str) -> bool:
 
 
 def order_keys(order_by: list[Any] | None, coll: Collection) -> list[tuple[str, bool]]:
-    """``orderBy`` input objects as (column, descending), as the list query reads them."""
+    """``orderBy`` (coerced argument values, keyed by GraphQL name) as (column, descending)."""
     keys: list[tuple[str, bool]] = []
     for item in order_by or []:
-        given = [(f.python_name, getattr(item, f.python_name)) for f in item.__strawberry_definition__.fields]
-        given = [(name, d) for name, d in given if d is not None]
+        given = [(name, d) for name, d in item.items() if d is not None]
         if len(given) != 1:
             raise BadUserInput(
                 f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
             )
         name, direction = given[0]
-        keys.append((name, direction.value == "DESC"))
+        keys.append((coll.filter_fields[name].column, str(getattr(direction, "value", direction)) == "DESC"))
     return keys
 
 
@@ -429,12 +432,6 @@ def root_fields(operation: OperationDefinitionNode) -> list[FieldNode]:
             raise BadUserInput("A live query selects fields at its root, not fragments")
         fields.append(selection)
     return fields
-
-
-def arguments(query_type: GraphQLObjectType, node: FieldNode, variables: Mapping[str, Any]) -> dict[str, Any]:
-    return get_argument_values(query_type.fields[node.name.value], node, variables)
-
-
 
 
 class LiveQueries:
@@ -472,9 +469,7 @@ class LiveQueries:
         sink: Sink,
         op_id: str,
     ) -> LiveMember | list[GraphQLError]:
-        built = LiveExecutor.build(
-            self.schema, document, raw_variable_values=variables, operation_name=operation_name
-        )
+        built = LiveExecutor.build(self.schema, document, raw_variable_values=variables, operation_name=operation_name)
         if isinstance(built, list):
             return built
         query_type = self.schema.query_type
@@ -527,7 +522,7 @@ class LiveQueries:
             raise BadUserInput(f"limit must be between 0 and {self.max_limit}, got {limit}", field="limit")
         if offset < 0:
             raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
-        order = order_keys(args.get("order_by") or args.get("orderBy"), coll)
+        order = order_keys(args.get("orderBy"), coll)
         exact = exact and all(column != "updated_at" for column, _ in order)
         window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
         return LiveSource(key, coll, window, view, order)

@@ -134,6 +134,8 @@ class Window:
         """Apply one event; True if the rows changed (or must be read again)."""
         if self.stale:
             return True
+        if self.limit == 0:
+            return False
         after = event.after()
         now = after is not None and self.in_view(after)
         index = self._index(event.record_id)
@@ -160,6 +162,8 @@ class Window:
             self.stale = True
             return True
         changed = False
+        # Every row of the view up to the window's last key is in the window.
+        last = self.keys[-1] if self.keys else None
         if index is not None:
             del self.rows[index]
             del self.keys[index]
@@ -167,7 +171,11 @@ class Window:
         if now and after is not None:
             key = self.key(after)
             position = bisect.bisect_left(self.keys, key)
-            if position < len(self.rows) or (self.exhausted and len(self.rows) < self.limit):
+            if (
+                position < len(self.rows)
+                or (last is not None and not last < key)
+                or (self.exhausted and len(self.rows) < self.limit)
+            ):
                 self.rows.insert(position, after)
                 self.keys.insert(position, key)
                 changed = True
@@ -175,6 +183,8 @@ class Window:
                     self.rows.pop()
                     self.keys.pop()
                     self.exhausted = False
+            else:
+                self.exhausted = False  # a row of the view past the window's end
         return changed
 
     def value(self) -> list[Record]:

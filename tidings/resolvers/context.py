@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.events import ChangeEvent
+from tidings.hooks import HookRunner
 
 if TYPE_CHECKING:
     from tidings.auth.rules import Authorizer
@@ -36,6 +37,7 @@ class Services:
     max_limit: int = 1000
     limits: Limits | None = None
     channels: Any = None  # tidings.realtime.channels.Channels, when the app has them
+    hooks: HookRunner = dataclasses.field(default_factory=HookRunner)  # the app's tidings.Hooks
 
 
 @dataclasses.dataclass(slots=True)

@@ -12,6 +12,7 @@ from strawberry.types import Info
 from tidings.auth.rules import Action
 from tidings.errors import BadUserInput, Forbidden, NotFound
 from tidings.filters import And, Filter, parse_filter
+from tidings.hooks import WriteInfo
 from tidings.resolvers.context import Context
 from tidings.resolvers.convert import input_to_columns, input_to_dict
 from tidings.schema.collection import Collection, camel_case
@@ -60,6 +61,15 @@ async def _forbidden_if_readable(ctx: Context, coll: Collection, record_id: str,
     """A write guard missed: say FORBIDDEN if the caller can at least read the record."""
     await _not_found_unless_readable(ctx, coll, record_id)
     raise Forbidden(f"{coll.name}: not allowed to {action.value} this record")
+
+
+async def _before_write(
+    ctx: Context, coll: Collection, action: Action, values: dict[str, Any], record_id: str | None = None
+) -> None:
+    """The app's before_write hooks: after the input checks and the caller's rules, before the store."""
+    if ctx.services.hooks.hooks.write:
+        info = WriteInfo(coll.name, action.value, dict(values), ctx.principal, record_id)
+        await ctx.services.hooks.before_write(info)
 
 
 def _check_input(coll: Collection, values: dict[str, Any], *, creating: bool) -> None:
@@ -139,6 +149,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         _check_input(coll, values, creating=True)
         authorizer = ctx.services.authorizer
         authorizer.prepare_create(coll, ctx.principal, values)
+        await _before_write(ctx, coll, Action.CREATE, values)
         record, event = await ctx.services.store.create(
             coll, values, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
         )
@@ -156,6 +167,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         _check_input(coll, values, creating=False)
         authorizer = ctx.services.authorizer
         guard = await _write_guard(ctx, coll, str(id), Action.UPDATE)
+        await _before_write(ctx, coll, Action.UPDATE, values, str(id))
         try:
             record, event = await ctx.services.store.update(
                 coll,
@@ -176,6 +188,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
     async def delete(info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
         guard = await _write_guard(ctx, coll, str(id), Action.DELETE)
+        await _before_write(ctx, coll, Action.DELETE, {}, str(id))
         try:
             record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
         except NotFound:
@@ -231,6 +244,7 @@ def _restore_mutation(t: CollectionTypes) -> Any:
         except Forbidden:
             await _not_found_unless_deleted(ctx, coll, str(id))
             raise
+        await _before_write(ctx, coll, Action.RESTORE, {}, str(id))
         try:
             record, event = await ctx.services.store.restore(coll, str(id), guard=guard, actor=ctx.principal.sub)
         except NotFound:
@@ -243,7 +257,7 @@ def _restore_mutation(t: CollectionTypes) -> Any:
     return strawberry.mutation(
         restore,
         name=f"restore{coll.name}",
-        description=(f"Bring back a deleted {coll.name} as it was; NOT_FOUND unless it is deleted and not yet purged."),
+        description=f"Bring back a deleted {coll.name} as it was; NOT_FOUND unless it is deleted and not yet purged.",
     )
 
 

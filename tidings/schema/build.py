@@ -8,7 +8,8 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.directive import DirectiveLocation
-from strawberry.extensions import AddValidationRules, ValidationCache
+from strawberry.extensions import AddValidationRules, ParserCache, SchemaExtension, ValidationCache
+from strawberry.extensions.directives import DirectivesExtension, DirectivesExtensionSync
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
 from strawberry.types import ExecutionContext, ExecutionResult
@@ -37,6 +38,15 @@ class TidingsSchema(strawberry.Schema):
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         log_unexpected(errors)
+
+    def get_extensions(self, sync: bool = False) -> list[SchemaExtension]:
+        # With any directive in the schema Strawberry wraps every field's resolver in its
+        # DirectivesExtension, which applies directives written on fields, and makes every
+        # field a coroutine. Ours (@live) sit on operations only: leave it out then.
+        extensions = super().get_extensions(sync)
+        if any(DirectiveLocation.FIELD in d.locations for d in self.directives):
+            return extensions
+        return [e for e in extensions if not isinstance(e, (DirectivesExtension, DirectivesExtensionSync))]
 
     async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         # Errors raised outside the resolvers (an extension hook, closing the snapshot) skip
@@ -89,6 +99,7 @@ def build_schema(
         RateLimit,
         ReadSnapshot,
         lambda: AddValidationRules(limits),
+        lambda: ParserCache(maxsize=1024),  # graphql-core parses anew otherwise, on every request
         lambda: ValidationCache(maxsize=1024),
     ]
     schema = TidingsSchema(

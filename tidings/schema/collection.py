@@ -13,7 +13,7 @@ import enum
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from tidings.errors import ConfigurationError
@@ -83,6 +83,8 @@ class Collection:
     description: str | None = None
     soft_delete: bool = False
     """Delete hides a record (a ``deleted_at`` column) that ``restore<Name>`` brings back."""
+    channels: tuple[str, ...] = ()
+    """Channel templates (``"room:{room}"``): each committed change is also published there (``task.created``...)."""
 
     @property
     def field_map(self) -> dict[str, Field]:
@@ -160,6 +162,7 @@ def build_collection(
     rules: Rules | None = None,
     description: str | None = None,
     soft_delete: bool = False,
+    channels: Sequence[str] = (),
 ) -> Collection:
     """Check a collection's declaration and build it."""
     validate_name("Collection", name)
@@ -178,6 +181,7 @@ def build_collection(
         rules=rules,
         description=description,
         soft_delete=soft_delete,
+        channels=tuple(channels),
     )
 
 
@@ -188,7 +192,12 @@ T = TypeVar("T", bound=type)
 def collection(cls: T, /) -> T: ...
 @overload
 def collection(
-    *, name: str | None = None, plural: str | None = None, rules: Rules | None = None, soft_delete: bool = False
+    *,
+    name: str | None = None,
+    plural: str | None = None,
+    rules: Rules | None = None,
+    soft_delete: bool = False,
+    channels: Sequence[str] = (),
 ) -> Callable[[T], T]: ...
 
 
@@ -200,6 +209,7 @@ def collection(
     plural: str | None = None,
     rules: Rules | None = None,
     soft_delete: bool = False,
+    channels: Sequence[str] = (),
 ) -> T | Callable[[T], T]:
     """Declare a collection from an annotated class.
 
@@ -215,7 +225,13 @@ def collection(
             if not attr.startswith("_")
         ]
         built = build_collection(
-            name or cls.__name__, fields, plural=plural, rules=rules, description=cls.__doc__, soft_delete=soft_delete
+            name or cls.__name__,
+            fields,
+            plural=plural,
+            rules=rules,
+            description=cls.__doc__,
+            soft_delete=soft_delete,
+            channels=channels,
         )
         cls.__tidings_collection__ = built  # type: ignore[attr-defined]
         return cls

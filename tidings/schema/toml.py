@@ -11,6 +11,9 @@ level = { type = "Enum", values = ["LOW", "HIGH"], default = "LOW" }
 [collections.Task.rules]              # optional; see tidings.auth.rules
 read = "authenticated"
 update = "owner:assignedTo"
+[channels."room:*"]                   # optional channel namespaces; see tidings.auth.channel_rules
+publish = "role:member"
+history = 100
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tidings.auth.channel_rules import Channel
 from tidings.auth.rules import Rules
 from tidings.errors import ConfigurationError
 from tidings.filters import FieldKind
@@ -90,7 +94,7 @@ def load_toml(path: str | Path) -> list[Collection]:
 
 
 def _collections(data: dict[str, Any]) -> list[Collection]:
-    _check_keys(data, ("collections",), "top level")
+    _check_keys(data, ("collections", "channels"), "top level")
     table = data.get("collections")
     if not isinstance(table, dict) or not table:
         raise ConfigurationError("no [collections.<Name>] tables")
@@ -115,3 +119,18 @@ def _collections(data: dict[str, Any]) -> list[Collection]:
             )
         )
     return result
+
+
+def load_channels(path: str | Path) -> list[Channel]:
+    """Read the channel namespaces (``[channels."room:*"]`` tables) of a TOML file."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"Cannot read channels from {str(path)!r}: {exc}") from exc
+    table = data.get("channels", {})
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigurationError(f'{path}: channels must be tables, [channels."<pattern>"]')
+    try:
+        return [Channel.from_mapping(pattern, spec) for pattern, spec in table.items()]
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc.message}") from exc

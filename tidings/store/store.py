@@ -14,11 +14,14 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import enum
+import json
+import os
 import secrets
-import uuid
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -39,7 +42,20 @@ def utcnow() -> dt.datetime:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (the form ``uuid4().hex`` had, without building a UUID)."""
+    return os.urandom(16).hex()
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns' encoder: orjson, or the standard library for what orjson refuses (ints beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+# One queued write: its transaction body, its caller's future and that caller's loop.
+_Pending = tuple[Callable[[sa.Connection], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
 
 
 def normalize_url(url: str) -> str:
@@ -94,8 +110,13 @@ class Reader:
         query = self._store.hide_deleted(coll, sa.select(table).where(compile_sql(where, table, self._store.dialect)))
         for column, descending in order_by:
             col = table.c[column]
+            if self._store.dialect == "postgresql" and isinstance(col.type, sa.Text | sa.String):
+                # Code point order, as SQLite sorts, the filters compare and live windows keep
+                # rows (whatever the database's collation).
+                col = col.collate("C")
             query = query.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last())
-        query = query.order_by(table.c.id.asc()).offset(offset)
+        id_col = table.c.id.collate("C") if self._store.dialect == "postgresql" else table.c.id
+        query = query.order_by(id_col.asc()).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         async with self._lock:
@@ -118,12 +139,16 @@ class Store:
         self.url = normalize_url(url)
         self.collections = {c.name: c for c in collections}
         self.tables = Tables(collections)
-        self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
+        json_options: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
+        self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, **json_options)
         self.dialect = self.engine.dialect.name
         self._write_lock: asyncio.Lock | None = None
         self.epoch = ""  # read by start()
         self._sync_engine: sa.Engine | None = None
         self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: list[_Pending] = []  # writes waiting for the next group commit
+        self._pending_lock = threading.Lock()
+        self._draining = False  # a drain runs (or is submitted) on the writer thread
         if self.dialect == "sqlite":
             # pysqlite begins transactions lazily (only before DML), which would let
             # two SELECTs of one reader see two snapshots; take over BEGIN ourselves.
@@ -132,7 +157,9 @@ class Store:
             database = self.engine.url.database
             if database and database != ":memory:":
                 # Writes go through a plain pysqlite engine on one thread of their own.
-                self._sync_engine = sa.create_engine(self.engine.url.set(drivername="sqlite"), echo=echo)
+                self._sync_engine = sa.create_engine(
+                    self.engine.url.set(drivername="sqlite"), echo=echo, **json_options
+                )
                 sa.event.listen(self._sync_engine, "connect", _sqlite_pragmas)
                 # IMMEDIATE: the write lock from the start. A deferred transaction that reads,
                 # then writes, fails at once ("database is locked") when another process (a
@@ -250,27 +277,74 @@ class Store:
     # -- writes --------------------------------------------------------------
     #
     # Each write is one synchronous SQLAlchemy Core transaction body, run by
-    # ``_transaction``: on SQLite whole in one worker thread (one thread hop per
-    # write, where aiosqlite makes one per statement and fetch), on PostgreSQL
-    # through the async connection's greenlet bridge. Writes are serialized (an
-    # asyncio lock and one thread on SQLite, an advisory lock on PostgreSQL), so
-    # event-log order is commit order.
+    # ``_transaction``. On a SQLite file, bodies run on one writer thread with
+    # group commit: the writes that arrive while a transaction runs are queued and
+    # then committed together in one transaction, each inside a SAVEPOINT of its
+    # own, so a write that raises (CONFLICT, NOT_FOUND, a refused check) rolls back
+    # alone and fails only its caller. Each still gets its own seq, in queue order;
+    # batches commit one after another, so commit order is seq order; and no caller
+    # hears back before its batch committed. One hop to the thread per batch (not
+    # per write, as aiosqlite would make per statement) and one back per batch.
+    # On PostgreSQL a body runs through the async connection's greenlet bridge,
+    # serialized by a transaction-scoped advisory lock.
 
     async def _transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
         if self._sync_engine is not None:
-            assert self._write_lock is not None and self._write_thread is not None
-            async with self._write_lock:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._write_thread, self._run_in_thread, work)
+            assert self._write_thread is not None
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[_T] = loop.create_future()
+            with self._pending_lock:
+                self._pending.append((work, future, loop))
+                start, self._draining = not self._draining, True
+            if start:
+                self._write_thread.submit(self._run_in_thread)
+            # A cancelled caller's write may still commit, as any write whose COMMIT was sent.
+            return await future
         async with self._write_lock or _nothing(), self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
             return await conn.run_sync(work)
 
-    def _run_in_thread(self, work: Callable[[sa.Connection], _T]) -> _T:
+    def _run_in_thread(self) -> None:
+        """The writer thread's drain: commit queued writes in batches until the queue is empty."""
+        while True:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = self._commit_batch(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+            for (_work, future, loop), outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, *outcome))
+            for loop, results in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, results)
+
+    def _commit_batch(self, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+        """Run ``batch`` in one transaction; per write (True, result) or (False, exception)."""
         assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return work(conn)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._sync_engine.begin() as conn:
+                if len(batch) == 1:
+                    outcomes.append((True, batch[0][0](conn)))  # raising rolls it all back, below
+                else:
+                    for work, _future, _loop in batch:
+                        savepoint = conn.begin_nested()
+                        try:
+                            result = work(conn)
+                        except Exception as exc:
+                            savepoint.rollback()  # should this fail, the whole batch fails below
+                            outcomes.append((False, exc))
+                        else:
+                            savepoint.commit()
+                            outcomes.append((True, result))
+        except Exception as exc:
+            # A lone write raised, or BEGIN, a savepoint or COMMIT failed: nothing of the batch is written.
+            failed = dict(enumerate(outcomes))
+            return [failed[i] if i in failed and not failed[i][0] else (False, exc) for i in range(len(batch))]
+        return outcomes
 
     async def create(
         self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
@@ -490,6 +564,17 @@ def decode_document(coll: Collection, doc: Mapping[str, Any]) -> Record:
         if f.kind is FieldKind.DATETIME and isinstance(out.get(f.name), str):
             out[f.name] = dt.datetime.fromisoformat(out[f.name])
     return out
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """On the caller's loop: hand each write its result or exception (skipping cancelled callers)."""
+    for future, ok, value in results:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _plain(value: Any) -> Any:

@@ -48,6 +48,15 @@ STREAM_HEADERS = [
 ]
 
 
+# A reservation lives in the process that made it: behind a balancer over several processes
+# (--workers), a request reaching another one finds none. Said in the 404, not only in docs.
+UNKNOWN_RESERVATION = (
+    b"Unknown or expired stream reservation. It lives in the server process that made it: with "
+    b"several processes (--workers), single connection mode needs sticky sessions, or use distinct "
+    b"connections mode"
+)
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, body: Any, content_type: bytes = b"application/json") -> None:
         super().__init__(status)
@@ -107,6 +116,7 @@ class EventStream:
         self.stats.identify(self.principal)
         self.ctx.track(self)
         log_opened(self.stats)
+        self.ctx.engine.services.hooks.connected(self)
 
     def _put(self, frame: str) -> None:
         if self.started:
@@ -131,6 +141,7 @@ class EventStream:
         remaining = self.ctx.authenticator.expires_in(principal)
         if remaining is not None:
             self._expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), self.done.set)
+        self.ctx.engine.system.watch_token(self, remaining)  # TOKEN_EXPIRING, a lead before
 
     # Sink
     def push(self, op_id: str, seq: int, payload: str) -> None:
@@ -238,6 +249,8 @@ class EventStream:
             self.queue.close()
             if self._expiry is not None:
                 self._expiry.cancel()
+            self.ctx.engine.system.forget(self)
+            self.ctx.engine.services.hooks.disconnected(self)
             self.ctx.untrack(self, None)
             with contextlib.suppress(Exception):
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -362,12 +375,9 @@ class SSEEndpoint:
             result = self.reservations.open_stream(reservation, owner, now)
             stream_obj = self.single_streams.get(reservation)
             if result is not StreamResult.OK or stream_obj is None:
-                await respond(
-                    send,
-                    status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND),
-                    b"",
-                    b"text/plain",
-                )
+                refused = result if result is not StreamResult.OK else StreamResult.NOT_FOUND
+                why = UNKNOWN_RESERVATION if refused is StreamResult.NOT_FOUND else b""
+                await respond(send, status_for(kind, refused), why, b"text/plain; charset=utf-8")
                 return
             stream_obj._send = send
             stream_obj.watch_expiry(principal)
@@ -397,12 +407,9 @@ class SSEEndpoint:
                 return
             result = self.reservations.add_operation(reservation, op_id, owner, now=now)
             if result is not StreamResult.OK or stream_obj is None:
-                await respond(
-                    send,
-                    status_for(kind, result if result is not StreamResult.OK else StreamResult.NOT_FOUND),
-                    b"",
-                    b"text/plain",
-                )
+                refused = result if result is not StreamResult.OK else StreamResult.NOT_FOUND
+                why = UNKNOWN_RESERVATION if refused is StreamResult.NOT_FOUND else b""
+                await respond(send, status_for(kind, refused), why, b"text/plain; charset=utf-8")
                 return
             stream_obj.start(request, op_id, principal)
             await respond(send, 202, b"", b"text/plain")

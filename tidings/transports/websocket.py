@@ -143,6 +143,8 @@ class WebSocketConnection:
         for outcome in self.streams.values():
             self.ctx.engine.stop(outcome)
         self.streams.clear()
+        self.ctx.engine.system.forget(self)
+        self.ctx.engine.services.hooks.disconnected(self)
         self.ctx.untrack(self, self.close_code or self.stats.client_close_code)
 
     # -- commands --------------------------------------------------------------
@@ -177,6 +179,7 @@ class WebSocketConnection:
             self._init_timer.cancel()
             self._init_timer = None
         await self._run(self.protocol.acknowledge())
+        self.ctx.engine.services.hooks.connected(self)
 
     def _set_principal(self, principal: Principal) -> None:
         self.principal = principal
@@ -187,6 +190,7 @@ class WebSocketConnection:
         if remaining is not None:
             loop = asyncio.get_running_loop()
             self._expiry = loop.call_later(max(remaining, 0.0), self._token_expired)
+        self.ctx.engine.system.watch_token(self, remaining)  # TOKEN_EXPIRING, a lead before
 
     async def renew(self, token: str) -> Principal:
         """``renewToken``: new credentials for the same user and account."""

@@ -1,0 +1,166 @@
+"""systemEvents: SHUTTING_DOWN before a real SIGTERM's close, TOKEN_EXPIRING, PERMISSIONS_CHANGED on a rules reload."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.authdemo import COLLECTIONS
+from tests.conftest import Server, make_server, wait_subscribers
+from tests.test_auth import SECRET, token
+from tests.test_realtime_sse import read_events
+from tests.test_shutdown import serving
+from tests.wsclient import WS
+from tidings import Rules
+
+pytestmark = pytest.mark.timeout(40)
+
+SYSTEM = "subscription { systemEvents { kind message at data } }"
+
+
+def system_event(message: dict[str, Any]) -> dict[str, Any]:
+    assert message["type"] == "next", message
+    return message["payload"]["data"]["systemEvents"]  # type: ignore[no-any-return]
+
+
+async def test_shutting_down_reaches_ws_and_sse_subscribers_before_the_close(tmp_path: Path) -> None:
+    async with serving(tmp_path, tmp_path / "t.db", "--shutdown-reconnect-ms", "500") as proc:
+        ws = await WS.open(proc.ws_url)
+        assert (await ws.init())["type"] == "connection_ack"
+        await ws.subscribe("sys", SYSTEM)
+        await ws.subscribe("tasks", "subscription { taskEvents { seq } }")
+        async with (
+            httpx.AsyncClient(base_url=proc.url, timeout=10) as client,
+            client.stream(
+                "GET", "/graphql", params={"query": SYSTEM}, headers={"accept": "text/event-stream"}
+            ) as response,
+        ):
+            assert response.status_code == 200
+            # Both subscriptions are registered once an operation sent after them is answered.
+            await ws.subscribe("q", "{ tasks { id } }")
+            assert (await ws.recv())["id"] == "q"
+            await ws.recv()  # its complete
+            proc.proc.send_signal(signal.SIGTERM)
+            event = system_event(await ws.recv())
+            assert event["kind"] == "SHUTTING_DOWN"
+            assert 0 <= event["data"]["reconnectAfterMs"] <= 500
+            assert event["at"] and "reconnect" in event["message"]
+            assert await ws.closed() == (1012, "Server restarting; reconnect and resume with your last seq")
+            (sse_event,) = await read_events(response, 1)
+            assert sse_event.event == "next"
+            assert json.loads(sse_event.data)["data"]["systemEvents"]["kind"] == "SHUTTING_DOWN"
+            # Then the response ends (without a complete: the client retries).
+            state = response.extensions["tidings.sse"]
+            assert [e for chunk in [c async for c in state["chunks"]] for e in state["parser"].feed(chunk)] == []
+        assert await proc.exit_status(15) == 0
+        assert proc.problems() == []
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[Server]:
+    s = make_server(tmp_path, COLLECTIONS, jwt_secret=SECRET, admin_role="root", jwt_leeway=0, token_expiring_lead=1.5)
+    yield s
+    s.stop()
+
+
+async def test_token_expiring_comes_a_lead_before_the_token_expires(auth_server: Server) -> None:
+    ws = await WS.open(auth_server.ws_url)
+    assert (await ws.init({"Authorization": f"Bearer {token('ann', 'acme', ttl=3)}"}))["type"] == "connection_ack"
+    await ws.subscribe("sys", SYSTEM)
+    event = system_event(await ws.recv(timeout=5))
+    assert event["kind"] == "TOKEN_EXPIRING"
+    assert 0 < event["data"]["expiresInMs"] <= 1500
+    assert event["data"]["expiresAt"]
+    assert (await ws.closed(timeout=5))[0] == 4403  # and then, at expiry, the close
+
+
+async def test_token_expiring_is_sent_at_once_to_a_late_subscriber_and_rearmed_by_renewal(
+    auth_server: Server,
+) -> None:
+    headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme', ttl=1)}"}
+    async with (
+        httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client,
+        client.stream("GET", "/graphql", params={"query": SYSTEM}, headers=headers) as response,
+    ):
+        # The token expires within the lead: the warning is due before the subscription exists.
+        (event,) = await read_events(response, 1)
+        assert json.loads(event.data)["data"]["systemEvents"]["kind"] == "TOKEN_EXPIRING"
+
+    ws = await WS.open(auth_server.ws_url)
+    await ws.init({"Authorization": f"Bearer {token('ann', 'acme', ttl=600)}"})
+    await ws.subscribe("sys", SYSTEM)
+    assert await ws.no_message(within=0.3)  # ten minutes left: nothing to say
+    await ws.close()
+
+
+async def test_permissions_changed_ends_the_subscriptions_whose_scope_changed(auth_server: Server) -> None:
+    ws = await WS.open(auth_server.ws_url)
+    assert (await ws.init({"Authorization": f"Bearer {token('ann', 'acme')}"}))["type"] == "connection_ack"
+    other = await WS.open(auth_server.ws_url)
+    assert (await other.init({"Authorization": f"Bearer {token('bob', 'acme', role='root')}"}))["type"] == (
+        "connection_ack"
+    )
+    await ws.subscribe("sys", SYSTEM)
+    await ws.subscribe("docs", "subscription { docEvents { record { title } } }")
+    await ws.subscribe("narrowed", "subscription { noteEvents { record { title } } }")
+    await ws.subscribe("kept", 'subscription { noteEvents(where: {title: {eq: "n"}}) { record { title } } }')
+    await other.subscribe("sys", SYSTEM)
+    await wait_subscribers(auth_server, 3)
+
+    # Docs become editors' only; notes stay readable, but by their owner only (a narrower scope).
+    rules = {"Doc": Rules(read="role:editor", create="role:editor"), "Note": Rules(read="owner:owner")}
+    ended = auth_server.call(auth_server.tidings.reload_rules(rules))
+    assert ended == 3
+
+    event = system_event(await ws.recv())
+    assert event["kind"] == "PERMISSIONS_CHANGED"
+    assert sorted(event["data"]["ended"]) == ["docs", "kept", "narrowed"]
+    errors = {}
+    for _ in range(3):
+        message = await ws.recv()
+        assert message["type"] == "error"
+        errors[message["id"]] = message["payload"][0]["extensions"]["code"]
+    assert errors == {"docs": "FORBIDDEN", "narrowed": "PERMISSIONS_CHANGED", "kept": "PERMISSIONS_CHANGED"}
+    await wait_subscribers(auth_server, 0, exact=True)
+    # The admin role's permissions did not change: nothing for it.
+    assert await other.no_message(within=0.3)
+
+    # New requests run under the new rules.
+    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as http:
+        response = await http.post(
+            "/graphql",
+            json={"query": "{ docs { title } }"},
+            headers={"authorization": f"Bearer {token('ann', 'acme')}"},
+        )
+    assert response.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    await ws.close()
+    await other.close()
+
+
+async def test_a_reload_that_changes_nothing_for_a_caller_keeps_its_subscriptions(auth_server: Server) -> None:
+    ws = await WS.open(auth_server.ws_url)
+    await ws.init({"Authorization": f"Bearer {token('ann', 'acme')}"})
+    await ws.subscribe("sys", SYSTEM)
+    await ws.subscribe("notes", "subscription { noteEvents { record { title } } }")
+    await wait_subscribers(auth_server, 1)
+    # Only the delete rule changes, and ann (a member) may delete no note before or after.
+    reload = auth_server.tidings.reload_rules(
+        {"Note": {"read": "authenticated", "update": "owner:owner", "delete": "role:admin"}}
+    )
+    assert auth_server.call(reload) == 0
+    assert await ws.no_message(within=0.3)
+    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as http:
+        created = await http.post(
+            "/graphql",
+            json={"query": 'mutation { createNote(input: {title: "still here"}) { id } }'},
+            headers={"authorization": f"Bearer {token('ann', 'acme')}"},
+        )
+    assert "errors" not in created.json()
+    assert (await ws.recv())["payload"]["data"]["noteEvents"]["record"]["title"] == "still here"
+    await ws.close()
