@@ -235,9 +235,41 @@ async def typing(args: argparse.Namespace, tmp: Path, servers: ExitStack) -> Non
         f"{figures['tidings'] - alone['tidings'] / args.members:.1f} us, "
         f"raw {figures['raw'] - alone['raw'] / args.members:.1f} us"
     )
+    # What a typing client does: publish over its own WebSocket (tidings only; raw takes HTTP).
+    server = setups["tidings"][0]
+    cpu0 = server.cpu_seconds()
+    sent = await publish_over_ws(server, idle, args.rate, args.seconds)
+    per_ws = (server.cpu_seconds() - cpu0) / sent * 1e6
+    print(f"  a publish over a WebSocket (mutation, echo: false), no subscriber: tidings {per_ws:.0f} us")
     for kind, (server, _) in setups.items():
         for line in server.log_problems()[:5]:
             print(f"  ! {kind} log: {line[:200]}")
+
+
+async def publish_over_ws(server: Server, rooms: list[str], rate: float, seconds: float) -> int:
+    """Publish at ``rate`` for ``seconds`` over one WebSocket, each mutation answered before the next batch."""
+    query = 'mutation($room: String!) { publish(channel: $room, type: "typing", data: {on: true}, echo: false) }'
+    async with connect(server.ws_url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(orjson.dumps({"type": "connection_init", "payload": {}}).decode())
+        await ws.recv()
+        sent = 0
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = int(elapsed * rate) + 1
+            batch = 0
+            while sent < due:
+                payload = {"query": query, "variables": {"room": random.choice(rooms)}}
+                await ws.send(orjson.dumps({"id": str(sent), "type": "subscribe", "payload": payload}).decode())
+                sent += 1
+                batch += 1
+            completed = 0
+            while completed < batch:
+                message = orjson.loads(await ws.recv())
+                if message["type"] == "error":
+                    raise RuntimeError(f"publish over WebSocket failed: {message}")
+                completed += message["type"] == "complete"
+            await asyncio.sleep(max(0.0, (sent / rate) - (time.monotonic() - start)))
+    return sent
 
 
 # -- presence storm --------------------------------------------------------------------------------

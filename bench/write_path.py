@@ -75,7 +75,7 @@ class Variant:
     pg_db: str | None = None  # its PostgreSQL database's name, for the backends' CPU
 
     def paths(self) -> dict[str, str]:
-        if self.kind == "tidings" or self.kind == "naive":
+        if self.kind in ("tidings", "baseline", "naive"):
             return {"create": "/graphql", "list": "/graphql", "get": "/graphql"}
         return {"create": "/create", "list": "/list", "get": "/get"}
 
@@ -99,12 +99,17 @@ def pg_backend_cpu(database: str | None) -> float:
 
 
 @contextlib.contextmanager
-def start(kind: str, workdir: Path, db: str, read_db: str, start_timeout: float = 30.0) -> Iterator[Server]:
+def start(
+    kind: str, workdir: Path, db: str, read_db: str, baseline: str | None = None, start_timeout: float = 30.0
+) -> Iterator[Server]:
+    """``kind`` "baseline" is tidings run from the source tree ``baseline`` (on PYTHONPATH)."""
     port = free_port()
     log = workdir / f"{kind}-{port}.log"
     common = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     env = dict(os.environ)
-    if kind == "tidings":
+    if kind == "baseline" and baseline:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
+    if kind in ("tidings", "baseline"):
         script = Path(sys.executable).with_name("tidings")
         launcher = [str(script)] if script.exists() else [sys.executable, "-m", "tidings.cli"]
         limits = ["--rate-mutations", "0", "--rate-queries", "0", "--rate-subscribe", "0", "--rate-events", "0"]
@@ -312,7 +317,7 @@ async def run_db(args: argparse.Namespace, dbname: str, workdir: Path) -> None:
         read_db = urls.get("tidings", next(iter(urls.values())))
         variants = []
         for k in kinds:
-            server = stack.enter_context(start(k, workdir, urls[k], read_db))
+            server = stack.enter_context(start(k, workdir, urls[k], read_db, args.baseline))
             name = urls[k].rsplit("/", 1)[1] if pg else None
             variants.append(Variant(k, server, urls[k], name))
         tid = next((v for v in variants if v.kind == "tidings"), None)
@@ -329,16 +334,22 @@ async def run_db(args: argparse.Namespace, dbname: str, workdir: Path) -> None:
                         results.setdefault((v.kind, "create", c), []).append(r)
                         print(f"  [{dbname} round {rnd + 1}] {v.kind:10} create c={c:<3} {fmt([r], pg)}", flush=True)
             if tid is not None and not args.no_reads:
-                conn = await Conn.open(tid.server.port)
-                created = orjson.loads(await conn.post("/graphql", request_body("create", -1, "")))
-                conn.close()
-                task_id = created["data"]["createTask"]["id"]
-                readers = [v for v in variants if v.kind in ("tidings", "raw")]
+                readers = [v for v in variants if v.kind in ("tidings", "baseline", "raw")]
+                ids: dict[str, str] = {}  # a task of each tidings server's own database; raw reads tidings'
+                for v in readers:
+                    if v.kind != "raw":
+                        conn = await Conn.open(v.server.port)
+                        created = orjson.loads(await conn.post("/graphql", request_body("create", -1, "")))
+                        conn.close()
+                        ids[v.kind] = created["data"]["createTask"]["id"]
                 for rnd in range(args.repeat):
                     for op in ("list", "get"):
                         for c in args.read_concurrency:
                             for v in readers:
-                                r = await measure(v, op, c, args.seconds, args.warm, task_id, tid.pg_db)
+                                own = v.kind == "baseline"
+                                task_id = ids["baseline" if own else "tidings"]
+                                db = v.pg_db if own else tid.pg_db
+                                r = await measure(v, op, c, args.seconds, args.warm, task_id, db)
                                 results.setdefault((v.kind, op, c), []).append(r)
                                 print(f"  [{dbname} round {rnd + 1}] {v.kind:10} {op:6} c={c:<3} {fmt([r], pg)}")
         finally:
@@ -398,12 +409,20 @@ async def main() -> None:
     parser.add_argument("--no-reads", action="store_true")
     parser.add_argument("--profile", default=None, help="command run against tidings' pid during the run")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="also run tidings from this source tree as 'baseline' (e.g. a `git worktree` of an older commit)",
+    )
     args = parser.parse_args()
     apply_quick(parser, args, {"seconds": 1.0, "repeat": 1, "warm": 0.2})
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.read_concurrency = [int(x) for x in args.read_concurrency.split(",")]
     if "tidings" in args.only.split(","):
         args.only = ",".join(["tidings", *[k for k in args.only.split(",") if k != "tidings"]])
+    if args.baseline:
+        kinds = args.only.split(",")
+        args.only = ",".join([*kinds[:1], "baseline", *kinds[1:]])
     with tempfile.TemporaryDirectory(prefix="tidings-write-") as tmp:
         for dbname in args.dbs.split(","):
             if dbname == "postgresql" and not args.pg:

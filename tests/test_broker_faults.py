@@ -140,7 +140,8 @@ async def test_consumer_resubscribes_and_fills_the_gap_after_a_disconnect(
                 await post(http, "while-down-2")
                 redis_server.start()
             else:
-                assert redis_server.command(b"CLIENT", b"KILL", b"TYPE", b"pubsub") == b":1"
+                # The dispatcher's subscription, and those of the channels and of the admin channel.
+                assert int(redis_server.command(b"CLIENT", b"KILL", b"TYPE", b"pubsub")[1:]) >= 1
                 await post(http, "while-down-1")
                 await post(http, "while-down-2")
             await until(lambda: bool(lines(broker_logs, RECOVERY)))

@@ -180,6 +180,12 @@ async def test_postgres_faults_raise_to_the_caller_and_a_new_subscription_works(
         assert killed == 1
         with pytest.raises(BrokerUnavailable):
             await asyncio.wait_for(pending, 5)
+        # The pool's connections die too (a server restart): the next publish is no error.
+        await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'tidings broker notify' AND datname = current_database()"
+        )
+        await asyncio.wait_for(broker.publish("pgfault", b"nobody"), 5)
         ready.clear()
         stream = broker.subscribe("pgfault", on_ready=ready.set)
         pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import pytest
 from tests.backends import service_url
 from tests.conftest import Server, gql_post, make_server
 from tests.test_auth import SECRET, token
+from tests.test_broker_faults import RedisProcess
 from tests.test_realtime_sse import read_events
 from tests.test_shutdown import serving
 from tests.wsclient import WS
@@ -487,3 +488,20 @@ async def test_publish_limits_count_per_connection_and_per_user_across_connectio
     per_user = await limits.check_publish(ALICE, tab2)
     assert per_user is not None and "user" in per_user.message and per_user.details["retryAfter"] == 1.0
     assert await limits.check_publish(BOB, other) is None
+
+
+async def test_a_publish_while_redis_is_down_is_answered_and_logged_as_a_warning(tmp_path: Path) -> None:
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    server = make_server(tmp_path, broker=broker_from_url(redis.url), presence_ttl=60.0)
+    try:
+        ws = await open_ws(server)
+        assert "errors" not in await call(ws, "ok", PUBLISH, {"ch": "room:1", "t": "m"})
+        redis.kill()
+        down = await call(ws, "down", PUBLISH, {"ch": "room:1", "t": "m"})
+        assert down["errors"][0]["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+        assert "broker is unreachable" in down["errors"][0]["message"]
+        await ws.close()
+    finally:
+        server.stop()
+        redis.stop()

@@ -519,7 +519,7 @@ async def test_graphql_over_http_audits_pass(node: str, server: Server) -> None:
 
 # -- live queries through @n1ru4l/graphql-live-query-patch-json-patch --------------------
 
-LIVE_CLIENTS = ["graphql-ws", "graphql-sse", "graphql-sse-single", "urql"]
+LIVE_CLIENTS = ["graphql-ws", "graphql-sse", "graphql-sse-single", "urql", "apollo"]
 CREATE_LIVE = "mutation($i: CreateTaskInput!) { createTask(input: $i) { id } }"
 UPDATE_LIVE = "mutation($id: ID!, $i: UpdateTaskInput!) { updateTask(id: $id, input: $i) { id } }"
 DELETE_LIVE = "mutation($id: ID!) { deleteTask(id: $id) { id } }"

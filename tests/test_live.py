@@ -202,9 +202,25 @@ async def test_live_query_over_sse_distinct_mode(server: Server, http: httpx.Asy
         client.take(json.loads(first.data))
         assert first.id == f"{server.tidings.store.epoch}:{client.seq}"
         await create(http, title="b", status="open", priority=2)
-        client.take(json.loads((await read_events(response, 1))[0].data))
+        second = (await read_events(response, 1))[0]
+        client.take(json.loads(second.data))
         assert client.data == await fresh(http, PLAIN, {"limit": 5})
         assert client.revision == 2
+    # A reconnect (EventSource sends Last-Event-ID) starts again: a full result, revision 1.
+    await create(http, title="c", status="open", priority=3)
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client,
+        stream_client.stream(
+            "POST",
+            "/graphql",
+            json={"query": LIVE, "variables": {"limit": 5}},
+            headers={"accept": "text/event-stream", "last-event-id": second.id},
+        ) as response,
+    ):
+        again = LiveClient()
+        again.take(json.loads((await read_events(response, 1))[0].data))
+        assert again.data == await fresh(http, PLAIN, {"limit": 5})
+        assert again.seq == 3
 
 
 async def test_live_window_over_the_row_bound_is_refused(tmp_path: Path) -> None:
@@ -324,3 +340,48 @@ async def test_readme_curl_line_streams_a_live_result_then_patches(server: Serve
 async def test_live_directive_over_plain_http_answers_once(http: httpx.AsyncClient) -> None:
     body = await gql_post(http, "query @live { tasksCount }")
     assert body["data"] == {"tasksCount": 0}
+
+
+class _Unreachable:
+    """A store whose reads fail, as a database that went away does."""
+
+    epoch = "0"
+
+    def reader(self) -> Any:
+        raise OSError("database unreachable")
+
+
+async def test_a_failed_refill_ends_the_live_query_with_an_error_and_the_next_one_starts_afresh(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    ids = [await create(http, title=f"t{i}", status="open", priority=i) for i in range(3)]
+    ws, _ = await ws_live(server, LIVE, {"limit": 2}, "graphql-transport-ws")
+    group = next(iter(server.tidings.engine.live_hub.groups.values()))
+    group.store = _Unreachable()  # type: ignore[assignment]
+    await delete(http, ids[2])  # empties a slot: the refill read fails
+    message = await ws.recv()
+    assert message["type"] == "error" and message["id"] == "1", message
+    assert message["payload"][0]["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    await ws.subscribe("2", LIVE, {"limit": 2})
+    again = LiveClient()
+    again.take((await ws.recv())["payload"])
+    assert again.data == await fresh(http, PLAIN, {"limit": 2})
+    assert server.tidings.engine.live_hub.groups[group.key] is not group
+    await ws.close()
+
+
+async def test_an_event_reaches_only_the_live_groups_whose_view_it_may_touch(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    room = "query($room: String!) @live { messages(where: {room: {eq: $room}}, limit: 5) { body } }"
+    one, _ = await ws_live(server, room, {"room": "r1"}, "graphql-transport-ws")
+    two, second = await ws_live(server, room, {"room": "r2"}, "graphql-transport-ws")
+    hub = server.tidings.engine.live_hub
+    r1 = next(g for g in hub.groups.values() if b'"r1"' in g.key[3])  # the key holds the variables
+    await fresh(http, 'mutation { createMessage(input: {room: "r2", author: "a", body: "hi"}) { id } }')
+    second.take((await two.recv())["payload"])
+    assert second.data == {"messages": [{"body": "hi"}]}
+    assert await one.no_message()
+    assert r1.seq == 0  # never handed the r2 event: found by its room, not scanned
+    await one.close()
+    await two.close()

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.ext.asyncio as sa_async
 from graphql import parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from tests.backends import fresh_database
 from tidings.filters import MATCH_ALL, compile_predicate, parse_filter
 from tidings.realtime.live import LiveExecutor, LiveGroup, LiveMember, LiveSource
 from tidings.realtime.patch import diff
-from tidings.realtime.window import Count, Window
+from tidings.realtime.window import Count, Window, sort_key
 from tidings.schema.build import build_schema
 from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
@@ -230,3 +231,31 @@ def test_patch_turns_old_into_new() -> None:
         {"op": "replace", "path": "/tasks/2/p", "value": True},
     ]
     assert _apply_patch(old, ops) == new
+
+
+async def test_list_order_is_code_point_order_whatever_the_database_collation(tmp_path: Path) -> None:
+    """On a PostgreSQL database with a linguistic collation, queries sort strings as live windows do."""
+    base = os.environ.get("TIDINGS_TEST_PG_URL")
+    if not base:
+        await fresh_database("postgresql", tmp_path)  # skips, or fails under CI
+        return
+    name = "t_icu_" + os.urandom(6).hex()
+    admin = sa_async.create_async_engine(base, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(
+            sa.text(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'")
+        )
+    await admin.dispose()
+    store = Store(base.rsplit("/", 1)[0] + "/" + name, COLLS)
+    await store.start()
+    try:
+        for title in ["b", "B", "a", "A", "_x", "é", "e", "Z"]:
+            await store.create(TASK, {"title": title}, account=None, actor=None)
+        for descending in (False, True):
+            order = [("title", descending)]
+            async with store.reader() as reader:
+                rows = await reader.list(TASK, MATCH_ALL, order, 20, 0)
+            assert [r["title"] for r in rows] == [r["title"] for r in sorted(rows, key=sort_key(order))]
+            assert [r["title"] for r in rows][:2] == (["é", "e"] if descending else ["A", "B"])
+    finally:
+        await store.close()

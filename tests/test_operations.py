@@ -28,7 +28,7 @@ from tests.wsclient import WS
 from tidings.config import Settings
 from tidings.errors import ConfigurationError
 from tidings.logs import JsonFormatter, configure_logging
-from tidings.metrics import Metrics, MetricsAccess, merge
+from tidings.metrics import Metrics, MetricsAccess, merge, registry_for
 from tidings.pubsub import broker_from_url
 from tidings.redaction import REDACTED
 
@@ -95,33 +95,37 @@ async def test_metrics_count_a_known_sequence_of_actions(tmp_path: Path) -> None
             for ws in (first, second):
                 assert [(await ws.recv())["type"] for _ in range(2)] == ["next", "next"]
             assert len(await read_events(stream, 2)) == 2
+            # A resume from seq 0 replays both events from the log (not a live delivery).
+            resumed = await ws_subscriber(server, bob, 'subscription { taskEvents(after: "0") { seq } }')
+            assert [(await resumed.recv())["payload"]["data"]["taskEvents"]["seq"] for _ in range(2)] == ["1", "2"]
 
             response = await client.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain; version=")
         samples = scrape(response.text)
         expected = {
-            ("tidings_connections", (("transport", "ws"),)): 2,
+            ("tidings_connections", (("transport", "ws"),)): 3,
             ("tidings_connections", (("transport", "sse"),)): 1,
-            ("tidings_connections_opened_total", (("transport", "ws"),)): 2,
+            ("tidings_connections_opened_total", (("transport", "ws"),)): 3,
             ("tidings_connections_opened_total", (("transport", "sse"),)): 1,
-            ("tidings_subscriptions", ()): 3,
+            ("tidings_subscriptions", ()): 4,
             ("tidings_events_dispatched_total", ()): 2,
-            ("tidings_deliveries_total", ()): 6,
-            ("tidings_delivery_latency_seconds_count", ()): 6,
+            ("tidings_deliveries_total", ()): 8,
+            ("tidings_delivery_latency_seconds_count", ()): 6,  # live deliveries only
             ("tidings_mutations_total", (("collection", "Task"), ("outcome", "ok"))): 2,
             ("tidings_mutations_total", (("collection", "Task"), ("outcome", "NOT_FOUND"))): 1,
             ("tidings_auth_failures_total", (("reason", "invalid"), ("transport", "http"))): 1,
-            ("tidings_replays_total", ()): 0,
+            ("tidings_replays_total", ()): 1,
+            ("tidings_replayed_events_total", ()): 2,
             ("tidings_broker_reconnects_total", ()): 0,
         }
         assert {key: samples.get(key) for key in expected} == expected
-        assert 1 <= samples["tidings_subscription_groups", ()] <= 2  # the SSE and WS guards may differ
+        assert samples["tidings_subscription_groups", ()] == 2  # three of one document, and the resume
         assert samples["tidings_delivery_latency_seconds_bucket", (("le", "+Inf"),)] == 6
         assert 0 < samples["tidings_delivery_latency_seconds_sum", ()] < 6 * 5.0
         assert not any(name == "tidings_slow_consumers_dropped_total" for name, _ in samples)
-        await first.close()
-        await second.close()
+        for ws in (first, second, resumed):
+            await ws.close()
     finally:
         server.stop()
 
@@ -221,7 +225,8 @@ def test_log_format_must_be_text_or_json() -> None:
 async def serving(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        TIDINGS, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'app.db'}", *args,
+        TIDINGS, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'app.db'}", "--shutdown-timeout", "2",
+        *args,
         cwd=tmp_path,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
@@ -360,44 +365,40 @@ async def test_admin_across_processes_over_a_shared_broker(tmp_path: Path, backe
         b.stop()
 
 
-def open_per_process(directory: Path) -> dict[int, float]:
-    """Open WebSockets per process, as each last wrote them to the multiprocess directory."""
-    counts = {}
-    for path in directory.glob("tidings_*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(path.read_text())
-            counts[data["pid"]] = data["metrics"]["tidings_connections"]["ws"]
-    return counts
-
-
-async def test_metrics_of_several_workers_are_summed_whichever_answers(tmp_path: Path) -> None:
-    redis_url = service_url("TIDINGS_TEST_REDIS_URL", "Redis")
+async def test_metrics_of_several_processes_are_summed_whichever_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two apps writing to one directory, as --workers' processes do (files are per process
+    # and app, so two apps in this test process stand for two processes, each on its own port).
     directory = tmp_path / "metrics"
     directory.mkdir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # inherited by the server's processes
-    sockets: list[WS] = []
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = make_server(tmp_path / "a"), make_server(tmp_path / "b")
     try:
-        args = ("--workers", "2", "--broker", redis_url, "--channel", f"test-mp-{uuid.uuid4().hex}")
-        async with serving(tmp_path, *args) as (_, url), asyncio.timeout(30):
-            while len(open_per_process(directory)) < 2:  # each worker writes its file as it starts
-                await asyncio.sleep(0.05)
-            # The kernel hands each connection to either worker: open more until both hold some
-            # (each writes its figures once a second), so the answer must be a sum.
-            while min(open_per_process(directory).values()) == 0 and len(sockets) < 60:
-                for _ in range(4):
-                    sockets.append(await WS.open(url.replace("http", "ws") + "/graphql"))
-                    assert (await sockets[-1].init())["type"] == "connection_ack"
-                while sum(open_per_process(directory).values()) < len(sockets):
-                    await asyncio.sleep(0.05)
-            assert min(open_per_process(directory).values()) > 0
-            total = float(len(sockets))
-            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-                # A scrape reaches either worker: ten in a row give the sum.
-                for _ in range(10):
-                    samples = scrape((await client.get("/metrics", headers={"connection": "close"})).text)
-                    counts = [samples.get((name, (("transport", "ws"),))) for name in OPENED_AND_OPEN]
-                    assert counts == [total, total]
-            for ws in sockets:
-                await ws.close()
+        sockets = [await WS.open(server.ws_url) for server in (a, a, b, b, b)]
+        for ws in sockets:
+            assert (await ws.init())["type"] == "connection_ack"
+        async with httpx.AsyncClient(timeout=10) as client, asyncio.timeout(10):
+            # Each app writes its figures once a second: wait until both answers add up.
+            while True:
+                answers = [scrape((await client.get(f"{server.url}/metrics")).text) for server in (a, b)]
+                counts = [[s.get((name, (("transport", "ws"),))) for name in OPENED_AND_OPEN] for s in answers]
+                if counts == [[5, 5], [5, 5]]:
+                    break
+                assert all(c[1] in (2, 3, 5) for c in counts), counts  # its own, or the sum
+                await asyncio.sleep(0.1)
+        assert len(list(directory.glob("tidings_*.json"))) == 2
+        for ws in sockets:
+            await ws.close()
     finally:
-        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        a.stop()
+        b.stop()
+    # Stopped: each marked its file as no longer running, so only the counters still count.
+    shared = Metrics()
+    _, reader = registry_for(shared, {"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    assert reader is not None
+    merged = reader.read()
+    assert merged["tidings_connections_opened"] == {"ws": 5}
+    assert merged["tidings_connections"] == {"ws": 0, "sse": 0}

@@ -80,7 +80,7 @@ async def test_token_expiring_comes_a_lead_before_the_token_expires(auth_server:
     assert (await ws.closed(timeout=5))[0] == 4403  # and then, at expiry, the close
 
 
-async def test_token_expiring_is_sent_at_once_to_a_late_subscriber_and_rearmed_by_renewal(
+async def test_token_expiring_reaches_a_late_subscriber_and_is_rearmed_by_renew_token(
     auth_server: Server,
 ) -> None:
     headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme', ttl=1)}"}
@@ -96,7 +96,15 @@ async def test_token_expiring_is_sent_at_once_to_a_late_subscriber_and_rearmed_b
     await ws.init({"Authorization": f"Bearer {token('ann', 'acme', ttl=600)}"})
     await ws.subscribe("sys", SYSTEM)
     assert await ws.no_message(within=0.3)  # ten minutes left: nothing to say
-    await ws.close()
+    # A renewal re-arms the warning from the new token's expiry (here: within the lead, so at once).
+    renew = "mutation($t: String!) { renewToken(token: $t) { sub } }"
+    await ws.subscribe("renew", renew, {"t": token("ann", "acme", ttl=1)})
+    messages = [await ws.recv() for _ in range(3)]
+    assert sorted((m["id"], m["type"]) for m in messages) == [("renew", "complete"), ("renew", "next"), ("sys", "next")]
+    warning = next(m for m in messages if m["id"] == "sys")
+    assert system_event(warning)["kind"] == "TOKEN_EXPIRING"
+    assert system_event(warning)["data"]["expiresInMs"] <= 1000
+    assert (await ws.closed())[0] == 4403
 
 
 async def test_permissions_changed_ends_the_subscriptions_whose_scope_changed(auth_server: Server) -> None:
@@ -106,27 +114,45 @@ async def test_permissions_changed_ends_the_subscriptions_whose_scope_changed(au
     assert (await other.init({"Authorization": f"Bearer {token('bob', 'acme', role='root')}"}))["type"] == (
         "connection_ack"
     )
+    await ws.subscribe("live", "query @live { notes(limit: 10) { title } }")
+    assert (await ws.recv())["id"] == "live"  # its first result: the live query is kept
     await ws.subscribe("sys", SYSTEM)
     await ws.subscribe("docs", "subscription { docEvents { record { title } } }")
     await ws.subscribe("narrowed", "subscription { noteEvents { record { title } } }")
     await ws.subscribe("kept", 'subscription { noteEvents(where: {title: {eq: "n"}}) { record { title } } }')
     await other.subscribe("sys", SYSTEM)
-    await wait_subscribers(auth_server, 3)
+    headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme')}"}
+    async with (
+        httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client,
+        client.stream(
+            "GET", "/graphql", params={"query": "subscription { docEvents { seq } }"}, headers=headers
+        ) as response,
+    ):
+        await wait_subscribers(auth_server, 4)
 
-    # Docs become editors' only; notes stay readable, but by their owner only (a narrower scope).
-    rules = {"Doc": Rules(read="role:editor", create="role:editor"), "Note": Rules(read="owner:owner")}
-    ended = auth_server.call(auth_server.tidings.reload_rules(rules))
-    assert ended == 3
+        # Docs become editors' only; notes stay readable, but by their owner only (a narrower scope).
+        rules = {"Doc": Rules(read="role:editor", create="role:editor"), "Note": Rules(read="owner:owner")}
+        ended = auth_server.call(auth_server.tidings.reload_rules(rules))
+        assert ended == 5
 
-    event = system_event(await ws.recv())
-    assert event["kind"] == "PERMISSIONS_CHANGED"
-    assert sorted(event["data"]["ended"]) == ["docs", "kept", "narrowed"]
-    errors = {}
-    for _ in range(3):
-        message = await ws.recv()
-        assert message["type"] == "error"
-        errors[message["id"]] = message["payload"][0]["extensions"]["code"]
-    assert errors == {"docs": "FORBIDDEN", "narrowed": "PERMISSIONS_CHANGED", "kept": "PERMISSIONS_CHANGED"}
+        event = system_event(await ws.recv())
+        assert event["kind"] == "PERMISSIONS_CHANGED"
+        assert sorted(event["data"]["ended"]) == ["docs", "kept", "live", "narrowed"]
+        errors = {}
+        for _ in range(4):
+            message = await ws.recv()
+            assert message["type"] == "error"
+            errors[message["id"]] = message["payload"][0]["extensions"]["code"]
+        assert errors == {
+            "docs": "FORBIDDEN",
+            "narrowed": "PERMISSIONS_CHANGED",
+            "kept": "PERMISSIONS_CHANGED",
+            "live": "PERMISSIONS_CHANGED",
+        }
+        # Over SSE, the stream's operation ends with the error, then the stream.
+        failed, complete = await read_events(response, 2)
+        assert json.loads(failed.data)["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        assert complete.event == "complete"
     await wait_subscribers(auth_server, 0, exact=True)
     # The admin role's permissions did not change: nothing for it.
     assert await other.no_message(within=0.3)

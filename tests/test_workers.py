@@ -279,3 +279,25 @@ async def test_sqlite_writers_in_two_processes_wait_for_each_other_and_keep_seqs
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    flags = ["--db", f"sqlite:///{tmp_path / 'w.db'}", "--broker", service_url("TIDINGS_TEST_REDIS_URL", "Redis")]
+    async with workers(tmp_path, *flags, "--channel", f"tidings:test:{uuid.uuid4().hex[:8]}") as server:
+        pids = server.pids()
+        subscriber = Subscriber()
+        await subscriber.connect(server.ws_url)
+        server.proc.kill()
+        assert await subscriber.read(until=10**9) == 1012  # drained, not cut
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a worker outlived its supervisor"
+            await asyncio.sleep(0.05)
+    assert server.text().count("The supervisor (pid") == 2
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"

@@ -72,7 +72,7 @@ class Admin:
             return
         # Best effort, briefly: a broker that is down must not hold the shutdown.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.25):
+            async with asyncio.timeout(0.1):
                 await self._publish({"op": "bye", "from": self.instance})
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -95,8 +95,10 @@ class Admin:
             finally:
                 aclose = getattr(messages, "aclose", None)
                 if aclose is not None:
+                    # Bounded: a stalled broker must not hold a shutdown (the broker's close drops it).
                     with contextlib.suppress(Exception):
-                        await aclose()
+                        async with asyncio.timeout(0.25):
+                            await aclose()
             failures += 1
             await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0))
 

@@ -17,12 +17,18 @@ from tidings.config import Settings
 from tidings.errors import ConfigurationError
 from tidings.redaction import redact
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "configure_logging"]
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "configure_logging", "uvicorn_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # What every LogRecord carries: the rest of its attributes came from ``extra``.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn's color_message is its message again, with terminal colour codes.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,3 +70,9 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+
+
+def uvicorn_logging(settings: Settings) -> dict[str, Any]:
+    """Options for ``uvicorn.Config``: with JSON, no logging config of uvicorn's own, so its
+    loggers propagate to the handler ``configure_logging`` installed; with text, uvicorn's."""
+    return {"log_config": None} if settings.log_format.strip().lower() == "json" else {}

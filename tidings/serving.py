@@ -19,6 +19,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tidings.config import Settings
+from tidings.logs import uvicorn_logging
 from tidings.server import WebSocketProtocol
 
 logger = logging.getLogger("tidings.http")
@@ -151,8 +152,7 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "timeout_graceful_shutdown": settings.shutdown_timeout,  # uvicorn says int; floats work
         "h11_max_incomplete_event_size": settings.max_message_size,
     }
-    if settings.log_format.strip().lower() == "json":
-        options["log_config"] = None  # uvicorn's lines reach the JSON handler of tidings.logs
+    options.update(uvicorn_logging(settings))  # --log-format json: uvicorn's lines are JSON too
     options.update(overrides)
     return options
 

@@ -243,6 +243,10 @@ def describe(app: Starlette) -> list[str]:
     broker = mask_url(resolve_broker_url(settings.broker, settings.db))
     if broker in ("memory", "memory://"):
         broker += " (this process only)"
+    elif broker.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+        broker += " (LISTEN/NOTIFY)"
+    if settings.workers > 1:
+        broker += f"; {settings.workers} worker processes share it"
     names = ", ".join(c.name for c in tidings.collections)
     source = "the demo" if settings.collections is None else settings.collections
     url = f"http://{settings.host}:{settings.port}/graphql"

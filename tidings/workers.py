@@ -11,13 +11,15 @@ The parent only supervises: SIGTERM or Ctrl-C is passed on as SIGTERM, each work
 drains its connections (``tidings.server.Server``) and exits 0, and so does the
 parent. A worker that dies (a crash, kill -9) is replaced; its clients reconnect
 to the others and resume with their last seq. A worker that fails to start stops
-them all (exit 3), as one process would.
+them all (exit 3), as one process would. A worker whose supervisor dies (kill -9)
+drains and exits rather than serve on unsupervised.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -59,7 +61,10 @@ def supervise(settings: Settings) -> int:
     """Run ``settings.workers`` workers until SIGTERM or Ctrl-C; the exit status."""
     import uvicorn
 
-    listener = uvicorn.Config("tidings", host=settings.host, port=settings.port).bind_socket()
+    from tidings.logs import uvicorn_logging
+
+    config = uvicorn.Config("tidings", host=settings.host, port=settings.port, **uvicorn_logging(settings))
+    listener = config.bind_socket()
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     received: list[int] = []
@@ -133,11 +138,13 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
 
     from tidings.app import create_app
     from tidings.cli import load_collections
+    from tidings.logs import configure_logging
     from tidings.redaction import install_redaction
     from tidings.server import Server
     from tidings.serving import uvicorn_options
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)  # --log-format json: the workers' lines are JSON too
+    _stop_with_parent()
     app = create_app(load_collections(settings.collections), settings)
     gc.collect()
     gc.freeze()
@@ -147,6 +154,20 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
     server.run(sockets=[listener])
     if not server.started:
         sys.exit(STARTUP_FAILED)
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM to this worker (a graceful drain) if the supervisor dies, so none outlives it unseen."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        logger.warning("The supervisor (pid %s) is gone; stopping this worker", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tidings-parent-watch", daemon=True).start()
 
 
 __all__ = ["check_workers", "supervise"]

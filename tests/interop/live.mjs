@@ -1,8 +1,10 @@
 // A live query (query @live) through @n1ru4l/graphql-live-query-patch-json-patch's
-// applyLiveQueryJSONPatch, over graphql-ws or graphql-sse (driven by tests/test_interop.py).
+// applyLiveQueryJSONPatch (driven by tests/test_interop.py): straight over graphql-ws or
+// graphql-sse, or as a query of @urql/core (subscriptionExchange) or Apollo Client
+// (watchQuery, through a link) whose transport is graphql-ws.
 //
-// Usage: node live.mjs --url http://127.0.0.1:PORT --client graphql-ws|graphql-sse|graphql-sse-single
-//                      --count N [--timeout MS]
+// Usage: node live.mjs --url http://127.0.0.1:PORT
+//                      --client graphql-ws|graphql-sse|graphql-sse-single|urql|apollo --count N [--timeout MS]
 //
 // After every result the client rebuilds, the script runs the same document without
 // @live over plain HTTP and prints one line:
@@ -97,6 +99,56 @@ if (opts.client === 'graphql-ws') {
     urql.query(LIVE, {}).subscribe((result) => {
       waiting.push(result.error ? { errors: [String(result.error)] } : { data: result.data, extensions: result.extensions });
       wake();
+    });
+    while (true) {
+      while (waiting.length) yield waiting.shift();
+      await new Promise((resolve) => {
+        wake = resolve;
+      });
+    }
+  })();
+} else if (opts.client === 'apollo') {
+  // Apollo Client: a link that serves @live operations from graphql-ws through applyLiveQueryJSONPatch.
+  const { ApolloClient, ApolloLink, InMemoryCache, gql } = await import('@apollo/client');
+  const { Observable } = await import('rxjs');
+  const wsClient = createWsClient({ url: httpUrl.replace(/^http/, 'ws'), webSocketImpl: WebSocket, retryAttempts: 0 });
+  const { print } = await import('graphql');
+  let lastExtensions = {};
+  const liveLink = new ApolloLink(
+    (operation) =>
+      new Observable((observer) => {
+        const patched = applyLiveQueryJSONPatch(
+          wsClient.iterate({ query: print(operation.query), variables: operation.variables }),
+        );
+        (async () => {
+          try {
+            for await (const result of patched) {
+              lastExtensions = result.extensions; // watchQuery's results leave extensions out
+              observer.next(result);
+            }
+            observer.complete();
+          } catch (err) {
+            observer.error(err);
+          }
+        })();
+        return () => patched.return?.();
+      }),
+  );
+  const apollo = new ApolloClient({ link: liveLink, cache: new InMemoryCache() });
+  client = { dispose: () => wsClient.dispose() };
+  source = (async function* results() {
+    const waiting = [];
+    let wake = () => {};
+    apollo.watchQuery({ query: gql(LIVE), fetchPolicy: 'no-cache' }).subscribe({
+      next: (result) => {
+        if (result.loading) return;
+        waiting.push(result.error ? { errors: [String(result.error)] } : { data: result.data, extensions: lastExtensions });
+        wake();
+      },
+      error: (err) => {
+        waiting.push({ errors: [String(err)] });
+        wake();
+      },
     });
     while (true) {
       while (waiting.length) yield waiting.shift();

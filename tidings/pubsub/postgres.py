@@ -24,7 +24,7 @@ MAX_PAYLOAD = 7999
 
 _LOST = object()
 _CLOSED = object()
-_FAULTS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_FAULTS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
 
 def asyncpg_url(url: str) -> str:
@@ -81,6 +81,7 @@ class PostgresBroker:
                 max_size=self.pool_size,
                 timeout=self.connect_timeout,
                 command_timeout=self.connect_timeout,
+                server_settings={"application_name": "tidings broker notify"},
             )
         except _FAULTS as exc:
             raise BrokerUnavailable(f"PostgreSQL broker cannot connect: {exc}") from exc
@@ -94,10 +95,20 @@ class PostgresBroker:
     async def publish(self, channel: str, message: bytes) -> None:
         payload = fit(message).decode()
         try:
-            async with self.pool.acquire(timeout=self.connect_timeout) as conn:
-                await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+            try:
+                await self._notify(channel, payload)
+            except _FAULTS:
+                # Pooled connections from before a server restart (or a terminated backend)
+                # fail once: replace them all, and one more try takes a fresh connection
+                # (or fails fast if the server is down). The caller bounds the time.
+                await self.pool.expire_connections()
+                await self._notify(channel, payload)
         except _FAULTS as exc:
             raise BrokerUnavailable(f"PostgreSQL NOTIFY failed: {exc}") from exc
+
+    async def _notify(self, channel: str, payload: str) -> None:
+        async with self.pool.acquire(timeout=self.connect_timeout) as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
 
     async def ping(self) -> None:
         try:
@@ -119,7 +130,11 @@ class PostgresBroker:
             _put_last(queue, _LOST)
 
         try:
-            conn: asyncpg.Connection = await asyncpg.connect(asyncpg_url(self.url), timeout=self.connect_timeout)
+            conn: asyncpg.Connection = await asyncpg.connect(
+                asyncpg_url(self.url),
+                timeout=self.connect_timeout,
+                server_settings={"application_name": "tidings broker listen"},
+            )
         except _FAULTS as exc:
             raise BrokerUnavailable(f"PostgreSQL LISTEN cannot connect: {exc}") from exc
         entry = (conn, queue)

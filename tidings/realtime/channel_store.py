@@ -10,6 +10,7 @@ order is publish order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import deque
@@ -222,6 +223,8 @@ class RedisChannelStore:
         return {p for p, v in zip(names, values, strict=True) if v is None}
 
     async def close(self) -> None:
-        # A graceful stop: the others need not wait for the TTL.
+        # A graceful stop: the others need not wait for the TTL. Briefly: a stalled Redis
+        # must not hold the shutdown (the TTL ends this process's entries anyway).
         with contextlib.suppress(Exception):
-            await self.client.delete(self._alive(self.process))
+            async with asyncio.timeout(0.25):
+                await self.client.delete(self._alive(self.process))

@@ -27,10 +27,10 @@ from graphql.execution import Executor, execute_subscription_event
 
 from tidings.auth.channel_rules import ChannelAction, ChannelRules, Resolved
 from tidings.auth.principal import Principal
-from tidings.errors import BadUserInput, CursorExpired
+from tidings.errors import BadUserInput, CursorExpired, TidingsError
 from tidings.events import ChangeEvent
 from tidings.limits import Limits
-from tidings.pubsub import Broker
+from tidings.pubsub import Broker, BrokerUnavailable
 from tidings.realtime.channel_store import ChannelStore, MemoryChannelStore, RedisChannelStore, split
 from tidings.realtime.group import Sink
 from tidings.realtime.presence import Diff, Entry, PresenceKind, PresenceRegistry, presence_view
@@ -244,7 +244,12 @@ class Channels:
             limited = await self.limits.check_publish(principal, client)
             if limited is not None:
                 raise limited
-        return await self._send(resolved, body)
+        try:
+            return await self._send(resolved, body)
+        except BrokerUnavailable as exc:
+            # An outage is not a bug: a warning here, and an answer the client can act on.
+            logger.warning("Channel publish on %r failed: %s", resolved.channel, exc)
+            raise TidingsError("The broker is unreachable: the event was not published; retry later") from exc
 
     def _origin(self, client: Any) -> str | None:
         return None if client is None or isinstance(client, str) else self.connection_id(client)
@@ -397,7 +402,10 @@ class Channels:
                         logger.warning("A channel message could not be handled", exc_info=True)
             finally:
                 if isinstance(messages, AsyncGenerator):
-                    await messages.aclose()
+                    # Bounded: a stalled broker must not hold a shutdown.
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(0.25):
+                            await messages.aclose()
             failures += 1
             ready.set()  # start() does not wait for a broker that is down
             await asyncio.sleep(min(1.0, 0.05 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0))
@@ -533,6 +541,9 @@ class Channels:
         try:
             for entry in await self.store.load(key):
                 self.presence.join(key, entry)
+        except Exception as exc:
+            # Redis unreachable: this process's members only, completed by the changes that arrive.
+            logger.warning("Presence: could not load the members of a channel from Redis (%s)", exc)
         finally:
             del self._loading[key]
             done.set()

@@ -41,7 +41,8 @@ from tidings.limits import Limits
 from tidings.realtime.channels import Channels, ChannelSubscriber
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
-from tidings.realtime.live import LiveHub, LiveMember, LiveQueries, is_live
+from tidings.realtime.live import LiveHub, LiveMember, is_live
+from tidings.realtime.live_plan import LiveQueries
 from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.convert import input_to_dict

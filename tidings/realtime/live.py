@@ -15,32 +15,26 @@ import asyncio
 import collections
 import logging
 from collections.abc import Hashable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from graphql import (
-    DocumentNode,
-    FieldNode,
     GraphQLError,
     GraphQLObjectType,
-    GraphQLSchema,
     OperationDefinitionNode,
 )
 from graphql.execution import Executor
-from graphql.execution.values import get_argument_values
 from graphql.pyutils import Path
 
-from tidings.auth.principal import ANY_ACCOUNT, Principal
-from tidings.auth.rules import Action, Authorizer
-from tidings.errors import BadUserInput, ErrorCode
+from tidings.auth.principal import ANY_ACCOUNT
+from tidings.errors import ErrorCode
 from tidings.events import ChangeEvent
-from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
+from tidings.filters import Filter, equality_terms
 from tidings.limits import TokenBucket
 from tidings.realtime.group import Sink
+from tidings.realtime.live_index import UNINDEXED_COLUMNS, IndexKey, LiveBucket
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Needs, Single, Window
-from tidings.resolvers.convert import input_to_dict
-from tidings.resolvers.crud import count_field
 from tidings.schema.collection import Collection
 from tidings.schema.extensions import classify_all
 from tidings.store import Reader, Store
@@ -48,7 +42,7 @@ from tidings.types import JSONObject
 
 logger = logging.getLogger("tidings.realtime")
 
-__all__ = ["LiveExecutor", "LiveGroup", "LiveHub", "LiveMember", "LiveQueries", "LiveSource", "is_live"]
+__all__ = ["LiveExecutor", "LiveGroup", "LiveHub", "LiveMember", "LiveSource", "is_live"]
 
 BACKLOG = 10_000
 """Events a group holds while it reads; beyond, it drops them and re-reads everything."""
@@ -83,16 +77,6 @@ class LiveExecutor(Executor[Any]):
         except Exception as raw_error:
             self.handle_field_error(raw_error, field_def.type, field_details_list, path)
             return None
-
-
-class _Kept(Protocol):
-    stale: bool
-
-    def needs(self) -> int: ...
-
-    def apply(self, event: ChangeEvent) -> bool: ...
-
-    def value(self) -> Any: ...
 
 
 class LiveSource:
@@ -166,7 +150,7 @@ class LiveGroup:
         self._position = position  # () -> the dispatcher's position
         self.members: dict[int, LiveMember] = {}
         self.collections = {s.collection.name for s in sources}
-        self.bucket_keys: list[tuple[str, Any]] = []
+        self.bucket_keys: list[tuple[tuple[str, Any], IndexKey]] = []
         self.seq = 0  # the event-log position the kept values reflect
         self.rendered: JSONObject | None = None  # the last result sent: {"data": ..., "errors"?: ...}
         self.rendered_seq = 0
@@ -175,6 +159,7 @@ class LiveGroup:
         self.busy = True  # reading: events wait in the backlog
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
+        self.broken = False
         self.task: asyncio.Task[None] | None = None
         self.reads = 0  # database reads after the first (refills, re-reads): for tests and the bench
 
@@ -205,6 +190,20 @@ class LiveGroup:
                 changed = True
         return changed
 
+    def index_key(self, collection: str) -> IndexKey:
+        """How the hub finds this group for an event of ``collection`` (see live_index.py)."""
+        sources = [s for s in self.sources if s.collection.name == collection]
+        if len(sources) != 1:
+            return ("scan",)
+        kept = sources[0].kept
+        if isinstance(kept, Single):
+            return ("id", kept.record_id)
+        terms = {c: v for c, v in equality_terms(sources[0].where).items() if c not in UNINDEXED_COLUMNS}
+        if not terms:
+            return ("scan",)
+        column = next((c for c in terms if c != "account"), "account")
+        return ("eq", column, terms[column])
+
     def _needs_read(self) -> bool:
         return any(s.kept.needs() != Needs.NOTHING for s in self.sources)
 
@@ -219,6 +218,7 @@ class LiveGroup:
             self.emit()
         except Exception:
             # Its members cannot be kept right any more: end them, saying so; they may run it again.
+            self.broken = True  # and nobody joins it: the next subscriber starts a new group
             logger.warning("A live query's read failed; ending its %d operations", len(self.members), exc_info=True)
             error = {
                 "message": "The live query could not be kept current; run it again",
@@ -317,21 +317,24 @@ class LiveHub:
         self.store = store
         self.position = position
         self.groups: dict[Hashable, LiveGroup] = {}
-        self._buckets: dict[tuple[str, Any], set[LiveGroup]] = {}
+        self._buckets: dict[tuple[str, Any], LiveBucket] = {}
 
     def observe(self, event: ChangeEvent) -> None:
+        groups: set[LiveGroup] = set()
         for bucket_key in ((event.collection, event.account), (event.collection, ANY_ACCOUNT)):
-            groups = self._buckets.get(bucket_key)
-            if groups:
-                for group in list(groups):
-                    try:
-                        group.receive(event)
-                    except Exception:
-                        logger.exception("Applying seq %s to a live query failed; it reads again", event.seq)
-                        for source in group.sources:
-                            source.kept.stale = True
-                        if not group.busy:
-                            group._start_read()
+            bucket = self._buckets.get(bucket_key)
+            if bucket is not None:
+                bucket.candidates(event, groups)
+        # In seq order for each group (this is one event); the order among groups does not matter.
+        for group in groups:
+            try:
+                group.receive(event)
+            except Exception:
+                logger.exception("Applying seq %s to a live query failed; it reads again", event.seq)
+                for source in group.sources:
+                    source.kept.stale = True
+                if not group.busy:
+                    group._start_read()
 
     async def subscribe(
         self,
@@ -348,14 +351,17 @@ class LiveHub:
         already holds are skipped by seq.
         """
         group = self.groups.get(key)
+        if group is not None and group.broken:
+            self._drop(group)
+            group = None
         if group is None:
             sources, executor = make()
             group = LiveGroup(key, sources, executor, self.store, self.position)
             self.groups[key] = group
             for name in group.collections:
-                bucket_key = (name, account)
-                group.bucket_keys.append(bucket_key)
-                self._buckets.setdefault(bucket_key, set()).add(group)
+                bucket_key, index_key = (name, account), group.index_key(name)
+                group.bucket_keys.append((bucket_key, index_key))
+                self._buckets.setdefault(bucket_key, LiveBucket()).add(index_key, group)
             member = LiveMember(sink, op_id, group)
             group.members[id(member)] = member
             try:
@@ -364,7 +370,7 @@ class LiveHub:
             except BaseException as exc:
                 group.failure = exc
                 group.ready.set()
-                self.unsubscribe(member)
+                self._drop(group)  # whoever waits on it starts again or fails too
                 raise
             group.ready.set()
         else:
@@ -377,7 +383,10 @@ class LiveHub:
                     self.unsubscribe(member)
                     raise
                 if group.failure is not None:
-                    self.unsubscribe(member)
+                    group.members.pop(id(member), None)
+                    if isinstance(group.failure, asyncio.CancelledError):
+                        # Its starter went away (the client stopped it): this one starts it anew.
+                        return await self.subscribe(key, make, account, sink, op_id)
                     raise RuntimeError("The live query's first read failed") from group.failure
         group.first_message(member)
         return member
@@ -385,144 +394,20 @@ class LiveHub:
     def unsubscribe(self, member: LiveMember) -> None:
         group = member.group
         group.members.pop(id(member), None)
-        if not group.members and self.groups.get(group.key) is group:
+        if not group.members:
+            self._drop(group)
+
+    def _drop(self, group: LiveGroup) -> None:
+        if self.groups.get(group.key) is group:
             del self.groups[group.key]
             group.close()
-            for bucket_key in group.bucket_keys:
-                groups = self._buckets.get(bucket_key)
-                if groups is not None:
-                    groups.discard(group)
-                    if not groups:
+            for bucket_key, index_key in group.bucket_keys:
+                bucket = self._buckets.get(bucket_key)
+                if bucket is not None:
+                    bucket.remove(index_key, group)
+                    if bucket.is_empty():
                         del self._buckets[bucket_key]
 
     @property
     def member_count(self) -> int:
         return sum(len(g.members) for g in self.groups.values())
-
-
-def reads_column(f: Filter, column: str) -> bool:
-    """Whether a filter compares ``column`` anywhere."""
-    if isinstance(f, Compare):
-        return f.column == column
-    if isinstance(f, Not):
-        return reads_column(f.item, column)
-    if isinstance(f, And | Or):
-        return any(reads_column(i, column) for i in f.items)
-    return False
-
-
-def order_keys(order_by: list[Any] | None, coll: Collection) -> list[tuple[str, bool]]:
-    """``orderBy`` (coerced argument values, keyed by GraphQL name) as (column, descending)."""
-    keys: list[tuple[str, bool]] = []
-    for item in order_by or []:
-        given = [(name, d) for name, d in item.items() if d is not None]
-        if len(given) != 1:
-            raise BadUserInput(
-                f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
-            )
-        name, direction = given[0]
-        keys.append((coll.filter_fields[name].column, str(getattr(direction, "value", direction)) == "DESC"))
-    return keys
-
-
-def root_fields(operation: OperationDefinitionNode) -> list[FieldNode]:
-    fields: list[FieldNode] = []
-    for selection in operation.selection_set.selections:
-        if not isinstance(selection, FieldNode):
-            raise BadUserInput("A live query selects fields at its root, not fragments")
-        fields.append(selection)
-    return fields
-
-
-class LiveQueries:
-    """Turns a ``query @live`` operation into a member of its live group."""
-
-    def __init__(
-        self,
-        schema: GraphQLSchema,
-        store: Store,
-        authorizer: Authorizer,
-        collections: list[Collection],
-        hub: LiveHub,
-        *,
-        max_rows: int = 1000,
-        max_limit: int = 1000,
-    ) -> None:
-        self.schema = schema
-        self.store = store
-        self.authorizer = authorizer
-        self.hub = hub
-        self.max_rows = max_rows
-        self.max_limit = max_limit
-        self.lists = {c.plural: c for c in collections}
-        self.singles = {c.single_field: c for c in collections}
-        self.counts = {count_field(c): c for c in collections}
-
-    async def start(
-        self,
-        request_query: str,
-        operation_name: str | None,
-        variables: dict[str, Any] | None,
-        document: DocumentNode,
-        operation: OperationDefinitionNode,
-        principal: Principal,
-        sink: Sink,
-        op_id: str,
-    ) -> LiveMember | list[GraphQLError]:
-        built = LiveExecutor.build(self.schema, document, raw_variable_values=variables, operation_name=operation_name)
-        if isinstance(built, list):
-            return built
-        query_type = self.schema.query_type
-        assert query_type is not None
-        plans: list[tuple[str, Collection, str, dict[str, Any]]] = []
-        guards: dict[str, Filter] = {}
-        for node in root_fields(operation):
-            name = node.name.value
-            key = node.alias.value if node.alias is not None else name
-            if name == "__typename":
-                continue
-            coll = self.lists.get(name) or self.singles.get(name) or self.counts.get(name)
-            if coll is None:
-                raise BadUserInput(f"{name} cannot be live: live queries keep lists, counts and records by id")
-            kind = "list" if name in self.lists else "single" if name in self.singles else "count"
-            if coll.name not in guards:
-                guards[coll.name] = self.authorizer.guard(coll.name, principal, Action.READ)
-            plans.append((key, coll, kind, get_argument_values(query_type.fields[name], node, built.variable_values)))
-        sources = [self._source(key, coll, kind, args, guards[coll.name]) for key, coll, kind, args in plans]
-        account = self.authorizer.index_account(principal)
-        # The grouping of event subscriptions (see Engine._subscribe): all that decides the
-        # result is in the key, the read guards with their substituted values included.
-        group_key = (
-            "live",
-            request_query,
-            operation_name,
-            orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS),
-            tuple(sorted((name, repr(g)) for name, g in guards.items())),
-            account,
-        )
-        return await self.hub.subscribe(group_key, lambda: (sources, built), account, sink, op_id)
-
-    def _source(self, key: str, coll: Collection, kind: str, args: dict[str, Any], guard: Filter) -> LiveSource:
-        if kind == "single":
-            return LiveSource(key, coll, Single(str(args["id"]), compile_predicate(guard)), guard)
-        where = parse_filter(input_to_dict(args.get("where")), coll.filter_fields)
-        view = And((guard, where))
-        exact = not reads_column(view, "updated_at")
-        if kind == "count":
-            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view)
-        limit, offset = args.get("limit"), args.get("offset") or 0
-        if limit is None or limit > self.max_rows:
-            raise BadUserInput(
-                f"A live {coll.plural} query keeps at most {self.max_rows} rows: give a limit of at most that "
-                f"(got {'none' if limit is None else limit})",
-                field="limit",
-                maxRows=self.max_rows,
-            )
-        if not 0 <= limit <= self.max_limit:
-            raise BadUserInput(f"limit must be between 0 and {self.max_limit}, got {limit}", field="limit")
-        if offset < 0:
-            raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
-        order = order_keys(args.get("orderBy"), coll)
-        exact = exact and all(column != "updated_at" for column, _ in order)
-        window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
-        return LiveSource(key, coll, window, view, order)

@@ -33,6 +33,7 @@ from tidings.store.tables import DELETED_AT, Tables
 from tidings.types import Record
 
 _ADVISORY_LOCK_KEY = 0x7469_6469  # "tidi"
+_ADVISORY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY))  # built once, not per write
 _T = TypeVar("_T")
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
 
@@ -109,8 +110,8 @@ class Reader:
         table = self._store.tables.by_collection[coll.name]
         query = self._store.hide_deleted(coll, sa.select(table).where(compile_sql(where, table, self._store.dialect)))
         for column, descending in order_by:
-            col = table.c[column]
-            if self._store.dialect == "postgresql" and isinstance(col.type, sa.Text | sa.String):
+            col: Any = table.c[column]
+            if self._store.dialect == "postgresql" and isinstance(col.type, sa.String):
                 # Code point order, as SQLite sorts, the filters compare and live windows keep
                 # rows (whatever the database's collation).
                 col = col.collate("C")
@@ -149,6 +150,9 @@ class Store:
         self._pending: list[_Pending] = []  # writes waiting for the next group commit
         self._pending_lock = threading.Lock()
         self._draining = False  # a drain runs (or is submitted) on the writer thread
+        # PostgreSQL: writes waiting for the next group commit, and the task committing them.
+        self._pg_pending: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
+        self._pg_drainer: asyncio.Task[None] | None = None
         if self.dialect == "sqlite":
             # pysqlite begins transactions lazily (only before DML), which would let
             # two SELECTs of one reader see two snapshots; take over BEGIN ourselves.
@@ -194,6 +198,8 @@ class Store:
         return f"{value:x}"
 
     async def close(self) -> None:
+        if self._pg_drainer is not None:
+            await self._pg_drainer  # the writes already queued commit (or fail) first
         await self.engine.dispose()
         if self._sync_engine is not None and self._write_thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_engine.dispose)
@@ -300,9 +306,13 @@ class Store:
                 self._write_thread.submit(self._run_in_thread)
             # A cancelled caller's write may still commit, as any write whose COMMIT was sent.
             return await future
-        async with self._write_lock or _nothing(), self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY)))
+        if self.dialect == "postgresql":
+            pg_future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+            self._pg_pending.append((work, pg_future))
+            if self._pg_drainer is None:
+                self._pg_drainer = asyncio.create_task(self._pg_drain(), name="tidings-group-commit")
+            return await pg_future
+        async with self._write_lock or _nothing(), self.engine.begin() as conn:  # SQLite in memory
             return await conn.run_sync(work)
 
     def _run_in_thread(self) -> None:
@@ -327,24 +337,34 @@ class Store:
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self._sync_engine.begin() as conn:
-                if len(batch) == 1:
-                    outcomes.append((True, batch[0][0](conn)))  # raising rolls it all back, below
-                else:
-                    for work, _future, _loop in batch:
-                        savepoint = conn.begin_nested()
-                        try:
-                            result = work(conn)
-                        except Exception as exc:
-                            savepoint.rollback()  # should this fail, the whole batch fails below
-                            outcomes.append((False, exc))
-                        else:
-                            savepoint.commit()
-                            outcomes.append((True, result))
+                _run_batch(conn, [work for work, _future, _loop in batch], outcomes)
         except Exception as exc:
-            # A lone write raised, or BEGIN, a savepoint or COMMIT failed: nothing of the batch is written.
-            failed = dict(enumerate(outcomes))
-            return [failed[i] if i in failed and not failed[i][0] else (False, exc) for i in range(len(batch))]
+            return _batch_failed(outcomes, len(batch), exc)
         return outcomes
+
+    async def _pg_drain(self) -> None:
+        """PostgreSQL's group commit, on the event loop: queued writes in one transaction per batch,
+        under the advisory lock (which orders the batches of every process), until none are left."""
+        batch: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
+        try:
+            while self._pg_pending:
+                batch, self._pg_pending = self._pg_pending, []
+                outcomes: list[tuple[bool, Any]] = []
+                try:
+                    async with self.engine.begin() as conn:
+                        await conn.execute(_ADVISORY_LOCK)
+                        await conn.run_sync(_run_batch, [work for work, _future in batch], outcomes)
+                except Exception as exc:
+                    outcomes = _batch_failed(outcomes, len(batch), exc)
+                _resolve([(future, *outcome) for (_work, future), outcome in zip(batch, outcomes, strict=True)])
+                batch = []
+        except BaseException:
+            for _work, future in batch + self._pg_pending:  # cancelled (shutdown): nobody is left waiting
+                future.cancel()
+            self._pg_pending = []
+            raise
+        finally:
+            self._pg_drainer = None
 
     async def create(
         self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
@@ -564,6 +584,32 @@ def decode_document(coll: Collection, doc: Mapping[str, Any]) -> Record:
         if f.kind is FieldKind.DATETIME and isinstance(out.get(f.name), str):
             out[f.name] = dt.datetime.fromisoformat(out[f.name])
     return out
+
+
+def _run_batch(
+    conn: sa.Connection, works: list[Callable[[sa.Connection], Any]], outcomes: list[tuple[bool, Any]]
+) -> None:
+    """Run ``works`` in ``conn``'s transaction, each in a SAVEPOINT of its own (a lone one without):
+    one that raises is rolled back alone and gets (False, exception), the others (True, result)."""
+    if len(works) == 1:
+        outcomes.append((True, works[0](conn)))  # raising rolls the whole transaction back
+        return
+    for work in works:
+        savepoint = conn.begin_nested()
+        try:
+            result = work(conn)
+        except Exception as exc:
+            savepoint.rollback()  # should this fail, the whole batch fails
+            outcomes.append((False, exc))
+        else:
+            savepoint.commit()
+            outcomes.append((True, result))
+
+
+def _batch_failed(outcomes: list[tuple[bool, Any]], size: int, exc: Exception) -> list[tuple[bool, Any]]:
+    """A lone write raised, or BEGIN, a savepoint or COMMIT failed: nothing of the batch is written.
+    Writes that failed on their own keep their error; the others get ``exc``."""
+    return [outcomes[i] if i < len(outcomes) and not outcomes[i][0] else (False, exc) for i in range(size)]
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

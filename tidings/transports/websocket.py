@@ -102,7 +102,8 @@ class WebSocketConnection:
         origin = header(self.scope, b"origin")
         if not self.ctx.origin_allowed(origin, header(self.scope, b"host")):
             logger.warning("WebSocket from origin %r refused: add it to --allowed-origins to allow it", origin)
-            await self._send({"type": "websocket.close", "code": 1008, "reason": "Origin not allowed"})
+            code = int(CloseCode.POLICY_VIOLATION)
+            await self._send({"type": "websocket.close", "code": code, "reason": "Origin not allowed"})
             return
         await self._send({"type": "websocket.accept", "subprotocol": self.subprotocol})
         if self.subprotocol is None:

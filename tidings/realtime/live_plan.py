@@ -1,0 +1,152 @@
+"""From a ``query @live`` operation to its live sources: which root fields, kept how,
+under which read guards, and the key that groups identical live queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from graphql import DocumentNode, FieldNode, GraphQLError, GraphQLSchema, OperationDefinitionNode
+from graphql.execution.values import get_argument_values
+
+from tidings.auth.principal import Principal
+from tidings.auth.rules import Action, Authorizer
+from tidings.errors import BadUserInput
+from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
+from tidings.realtime.group import Sink
+from tidings.realtime.live import LiveExecutor, LiveHub, LiveMember, LiveSource
+from tidings.realtime.window import Count, Single, Window
+from tidings.resolvers.convert import input_to_dict
+from tidings.resolvers.crud import count_field
+from tidings.schema.collection import Collection
+from tidings.store import Store
+
+__all__ = ["LiveQueries", "order_keys", "reads_column"]
+
+
+def reads_column(f: Filter, column: str) -> bool:
+    """Whether a filter compares ``column`` anywhere."""
+    if isinstance(f, Compare):
+        return f.column == column
+    if isinstance(f, Not):
+        return reads_column(f.item, column)
+    if isinstance(f, And | Or):
+        return any(reads_column(i, column) for i in f.items)
+    return False
+
+
+def order_keys(order_by: list[Any] | None, coll: Collection) -> list[tuple[str, bool]]:
+    """``orderBy`` (coerced argument values, keyed by GraphQL name) as (column, descending)."""
+    keys: list[tuple[str, bool]] = []
+    for item in order_by or []:
+        given = [(name, d) for name, d in item.items() if d is not None]
+        if len(given) != 1:
+            raise BadUserInput(
+                f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
+            )
+        name, direction = given[0]
+        keys.append((coll.filter_fields[name].column, str(getattr(direction, "value", direction)) == "DESC"))
+    return keys
+
+
+def root_fields(operation: OperationDefinitionNode) -> list[FieldNode]:
+    fields: list[FieldNode] = []
+    for selection in operation.selection_set.selections:
+        if not isinstance(selection, FieldNode):
+            raise BadUserInput("A live query selects fields at its root, not fragments")
+        fields.append(selection)
+    return fields
+
+
+class LiveQueries:
+    """Turns a ``query @live`` operation into a member of its live group."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        store: Store,
+        authorizer: Authorizer,
+        collections: list[Collection],
+        hub: LiveHub,
+        *,
+        max_rows: int = 1000,
+        max_limit: int = 1000,
+    ) -> None:
+        self.schema = schema
+        self.store = store
+        self.authorizer = authorizer
+        self.hub = hub
+        self.max_rows = max_rows
+        self.max_limit = max_limit
+        self.lists = {c.plural: c for c in collections}
+        self.singles = {c.single_field: c for c in collections}
+        self.counts = {count_field(c): c for c in collections}
+
+    async def start(
+        self,
+        request_query: str,
+        operation_name: str | None,
+        variables: dict[str, Any] | None,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        principal: Principal,
+        sink: Sink,
+        op_id: str,
+    ) -> LiveMember | list[GraphQLError]:
+        built = LiveExecutor.build(self.schema, document, raw_variable_values=variables, operation_name=operation_name)
+        if isinstance(built, list):
+            return built
+        query_type = self.schema.query_type
+        assert query_type is not None
+        plans: list[tuple[str, Collection, str, dict[str, Any]]] = []
+        guards: dict[str, Filter] = {}
+        for node in root_fields(operation):
+            name = node.name.value
+            key = node.alias.value if node.alias is not None else name
+            if name == "__typename":
+                continue
+            coll = self.lists.get(name) or self.singles.get(name) or self.counts.get(name)
+            if coll is None:
+                raise BadUserInput(f"{name} cannot be live: live queries keep lists, counts and records by id")
+            kind = "list" if name in self.lists else "single" if name in self.singles else "count"
+            if coll.name not in guards:
+                guards[coll.name] = self.authorizer.guard(coll.name, principal, Action.READ)
+            plans.append((key, coll, kind, get_argument_values(query_type.fields[name], node, built.variable_values)))
+        sources = [self._source(key, coll, kind, args, guards[coll.name]) for key, coll, kind, args in plans]
+        account = self.authorizer.index_account(principal)
+        # The grouping of event subscriptions (see Engine._subscribe): all that decides the
+        # result is in the key, the read guards with their substituted values included.
+        group_key = (
+            "live",
+            request_query,
+            operation_name,
+            orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS),
+            tuple(sorted((name, repr(g)) for name, g in guards.items())),
+            account,
+        )
+        return await self.hub.subscribe(group_key, lambda: (sources, built), account, sink, op_id)
+
+    def _source(self, key: str, coll: Collection, kind: str, args: dict[str, Any], guard: Filter) -> LiveSource:
+        if kind == "single":
+            return LiveSource(key, coll, Single(str(args["id"]), compile_predicate(guard)), guard)
+        where = parse_filter(input_to_dict(args.get("where")), coll.filter_fields)
+        view = And((guard, where))
+        exact = not reads_column(view, "updated_at")
+        if kind == "count":
+            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view)
+        limit, offset = args.get("limit"), args.get("offset") or 0
+        if limit is None or limit > self.max_rows:
+            raise BadUserInput(
+                f"A live {coll.plural} query keeps at most {self.max_rows} rows: give a limit of at most that "
+                f"(got {'none' if limit is None else limit})",
+                field="limit",
+                maxRows=self.max_rows,
+            )
+        if not 0 <= limit <= self.max_limit:
+            raise BadUserInput(f"limit must be between 0 and {self.max_limit}, got {limit}", field="limit")
+        if offset < 0:
+            raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
+        order = order_keys(args.get("orderBy"), coll)
+        exact = exact and all(column != "updated_at" for column, _ in order)
+        window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
+        return LiveSource(key, coll, window, view, order)
