@@ -595,9 +595,9 @@ def create_app(
     from tidings.schema.collection import collections_from
 
     if collections is None:
-        from tidings.schema.demo import COLLECTIONS
+        from tidings.schema.demo import CHANNELS, COLLECTIONS
 
-        collections = COLLECTIONS
+        collections = [*COLLECTIONS, *CHANNELS]
     settings = settings or Settings.from_env()
     declared, channels = channels_from(list(collections))
     tidings = Tidings(collections_from(declared), settings, broker=broker, channels=channels, hooks=hooks)

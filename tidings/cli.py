@@ -40,9 +40,11 @@ def load_collections(spec: str | None) -> list[Collection]:
 
 
 def load_channels(spec: str | None) -> list[Channel]:
-    """The channel namespaces declared beside the collections ``spec`` names."""
+    """The channel namespaces declared beside the collections ``spec`` names (None: the demo's)."""
     if spec is None:
-        return []
+        from tidings.schema.demo import CHANNELS
+
+        return list(CHANNELS)
     if spec.endswith(".toml"):
         from tidings.schema.toml import load_channels as load_toml_channels
 

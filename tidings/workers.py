@@ -137,7 +137,7 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
     import uvicorn
 
     from tidings.app import create_app
-    from tidings.cli import load_collections
+    from tidings.cli import load_channels, load_collections
     from tidings.logs import configure_logging
     from tidings.redaction import install_redaction
     from tidings.server import Server
@@ -145,7 +145,7 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
 
     configure_logging(settings)  # --log-format json: the workers' lines are JSON too
     _stop_with_parent()
-    app = create_app(load_collections(settings.collections), settings)
+    app = create_app([*load_collections(settings.collections), *load_channels(settings.collections)], settings)
     gc.collect()
     gc.freeze()
     config = uvicorn.Config(app, **uvicorn_options(settings))

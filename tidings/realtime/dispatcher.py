@@ -18,7 +18,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from tidings.filters import equality_terms
 from tidings.pubsub import Broker
 from tidings.realtime import doorbell
 from tidings.realtime.group import Group, Selection, Sink, Subscriber
+from tidings.realtime.index import Bucket, IndexKey
 from tidings.realtime.replay import Replayer
 from tidings.schema.collection import Collection
 from tidings.store import Store
@@ -41,77 +41,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tidings.realtime")
 
 
-class _Bucket:
-    """The groups of one (collection, account), indexed."""
-
-    __slots__ = ("by_eq", "by_id", "scan")
-
-    def __init__(self) -> None:
-        self.by_id: dict[str, set[Group]] = defaultdict(set)
-        self.by_eq: dict[str, dict[Any, set[Group]]] = defaultdict(lambda: defaultdict(set))
-        self.scan: set[Group] = set()
-
-    def add(self, group: Group) -> None:
-        sel = group.selection
-        if sel.record_id is not None:
-            self.by_id[sel.record_id].add(group)
-        elif group.index_terms:
-            column, value = next(iter(group.index_terms.items()))
-            self.by_eq[column][_hashable(value)].add(group)
-        else:
-            self.scan.add(group)
-
-    def remove(self, group: Group) -> None:
-        sel = group.selection
-        if sel.record_id is not None:
-            _discard(self.by_id, sel.record_id, group)
-        elif group.index_terms:
-            column, value = next(iter(group.index_terms.items()))
-            values = self.by_eq.get(column)
-            if values is not None:
-                _discard(values, _hashable(value), group)
-                if not values:
-                    del self.by_eq[column]
-        else:
-            self.scan.discard(group)
-
-    def candidates(self, event: ChangeEvent, out: set[Group]) -> None:
-        found = self.by_id.get(event.record_id)
-        if found:
-            out |= found
-        if self.by_eq:
-            before = event.before()
-            for column, values in self.by_eq.items():
-                found = values.get(_hashable(event.record.get(column)))
-                if found:
-                    out |= found
-                if before is not None:
-                    found = values.get(_hashable(before.get(column)))
-                    if found:
-                        out |= found
-        out |= self.scan
-
-    def is_empty(self) -> bool:
-        return not (self.by_id or self.by_eq or self.scan)
-
-
-def _discard(index: dict[Any, set[Group]], key: Any, group: Group) -> None:
-    groups = index.get(key)
-    if groups is not None:
-        groups.discard(group)
-        if not groups:
-            del index[key]
-
-
-def _hashable(value: Any) -> Any:
-    # bool is an int in Python (True == 1): keep them apart as filter values are.
-    if isinstance(value, bool):
-        return ("bool", value)
-    try:
-        hash(value)
-    except TypeError:
-        return None
-    return value
+def _index_key(group: Group) -> IndexKey:
+    """Where a group is found: by its record id, its first equality term, or a scan."""
+    if group.selection.record_id is not None:
+        return ("id", group.selection.record_id)
+    if group.index_terms:
+        column, value = next(iter(group.index_terms.items()))
+        return ("eq", column, value)
+    return ("scan",)
 
 
 class Dispatcher:
@@ -137,7 +74,7 @@ class Dispatcher:
         self.replayer = Replayer(store, page_size=replay_page, db_slots=replay_db_slots)
         self.position = 0
         self.groups: dict[Hashable, Group] = {}
-        self._buckets: dict[tuple[str, Any], _Bucket] = {}
+        self._buckets: dict[tuple[str, Any], Bucket] = {}
         self._task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one dispatch pass at a time: order is the invariant
@@ -367,7 +304,7 @@ class Dispatcher:
             group = Group(key, selection, executor, equality_terms(selection.where))
             self.groups[key] = group
             group.bucket_key = (selection.collection.name, account)
-            self._buckets.setdefault(group.bucket_key, _Bucket()).add(group)
+            self._buckets.setdefault(group.bucket_key, Bucket()).add(_index_key(group), group)
         start = self.position
         subscriber = Subscriber(sink, op_id, group, min_seq=start if after is None else after)
         group.members[id(subscriber)] = subscriber
@@ -393,7 +330,7 @@ class Dispatcher:
             self.replayer.forget(group)
             bucket = self._buckets.get(group.bucket_key)
             if bucket is not None:
-                bucket.remove(group)
+                bucket.remove(_index_key(group), group)
                 if bucket.is_empty():
                     del self._buckets[group.bucket_key]
 

@@ -32,7 +32,7 @@ from tidings.events import ChangeEvent
 from tidings.filters import Filter, equality_terms
 from tidings.limits import TokenBucket
 from tidings.realtime.group import Sink
-from tidings.realtime.live_index import UNINDEXED_COLUMNS, IndexKey, LiveBucket
+from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Needs, Single, Window
 from tidings.schema.collection import Collection
@@ -191,7 +191,7 @@ class LiveGroup:
         return changed
 
     def index_key(self, collection: str) -> IndexKey:
-        """How the hub finds this group for an event of ``collection`` (see live_index.py)."""
+        """How the hub finds this group for an event of ``collection`` (see index.py)."""
         sources = [s for s in self.sources if s.collection.name == collection]
         if len(sources) != 1:
             return ("scan",)
@@ -317,7 +317,7 @@ class LiveHub:
         self.store = store
         self.position = position
         self.groups: dict[Hashable, LiveGroup] = {}
-        self._buckets: dict[tuple[str, Any], LiveBucket] = {}
+        self._buckets: dict[tuple[str, Any], Bucket] = {}
 
     def observe(self, event: ChangeEvent) -> None:
         groups: set[LiveGroup] = set()
@@ -361,7 +361,7 @@ class LiveHub:
             for name in group.collections:
                 bucket_key, index_key = (name, account), group.index_key(name)
                 group.bucket_keys.append((bucket_key, index_key))
-                self._buckets.setdefault(bucket_key, LiveBucket()).add(index_key, group)
+                self._buckets.setdefault(bucket_key, Bucket()).add(index_key, group)
             member = LiveMember(sink, op_id, group)
             group.members[id(member)] = member
             try:

@@ -1,11 +1,11 @@
-"""The index of live groups of one (collection, account): an event reaches only the
-groups whose view it may touch, as event subscriptions are found (see ``_Bucket``
-in dispatcher.py).
+"""The index of the groups of one (collection, account), for event subscriptions
+and live queries alike: an event reaches only the groups whose view it may touch.
 
-A group keeping one record is found by that record's id; a group keeping one list
-or count whose filter (read guard included) holds ``column eq value`` at its top,
-by that value, before or after the change: a record that had another value and
-still has one was never in the view and is not now. Anything else is scanned.
+A group watching one record is found by that record's id; a group whose filter
+(read guard included) holds ``column eq value`` at its top, by that value, before
+or after the change: a record that had another value and still has one was never
+in the view and is not now. Anything else is scanned. Candidates are only that:
+each group still decides with its own predicate.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from tidings.events import ChangeEvent
 
-__all__ = ["UNINDEXED_COLUMNS", "IndexKey", "LiveBucket"]
+__all__ = ["UNINDEXED_COLUMNS", "Bucket", "IndexKey"]
 
 IndexKey = tuple[Any, ...]
 """("id", record_id), ("eq", column, value) or ("scan",)."""
@@ -36,7 +36,7 @@ def hashable(value: Any) -> Hashable:
     return value  # type: ignore[no-any-return]
 
 
-class LiveBucket:
+class Bucket:
     """The groups of one (collection, account), each under one index key."""
 
     __slots__ = ("by_eq", "by_id", "scan")
