@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from harness import (
     free_port,
     median,
     pct,
+    start_redis,
     start_server,
 )
 
@@ -53,18 +53,6 @@ def redis_server(workdir: Path) -> Iterator[tuple[int, list[subprocess.Popen[byt
                 os.kill(proc.pid, signal.SIGCONT)
                 proc.kill()
                 proc.wait(5)
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return proc
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.02)
 
 
 class Subscriber:

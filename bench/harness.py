@@ -165,8 +165,13 @@ def server_command(kind: str, port: int, workdir: Path, extra: Sequence[str]) ->
 
 
 @contextlib.contextmanager
-def start_server(kind: str, workdir: Path, *extra: str, start_timeout: float = 30.0) -> Iterator[Server]:
-    """Start a server in its own process; stop it (terminate, then kill) however the block ends."""
+def start_server(
+    kind: str, workdir: Path, *extra: str, start_timeout: float = 30.0, exits: bool = False
+) -> Iterator[Server]:
+    """Start a server in its own process; stop it (terminate, then kill) however the block ends.
+
+    ``exits``: the block ends the process itself (a SIGTERM), so its exit is not reported as a failure.
+    """
     port = free_port()
     log = workdir / f"{kind}-{port}.log"
     cmd = server_command(kind, port, workdir, extra)
@@ -187,7 +192,7 @@ def start_server(kind: str, workdir: Path, *extra: str, start_timeout: float = 3
         listening = True
         yield server
     finally:
-        if listening and proc.poll() is not None:  # it should still be running: say how it ended
+        if listening and not exits and proc.poll() is not None:  # it should still be running: say how it ended
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             print(f"  ! {kind} server exited early with code {proc.returncode}; its log ends:\n{tail}", file=sys.stderr)
         stop_process(proc)
@@ -201,6 +206,21 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A throwaway redis-server on 127.0.0.1:``port`` (no persistence), once it accepts connections."""
+    args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            proc.wait(5)
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -16,21 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
 import signal
-import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import websockets
-from harness import apply_quick, cli, free_port, server_command, stop_process
+from harness import apply_quick, cli, start_server
 from websockets.asyncio.client import ClientConnection, connect
 
 QUERY = "subscription { taskEvents { seq } }"
@@ -73,43 +69,6 @@ async def sse_until_ended(lines: AsyncIterator[str]) -> bool:
     return True
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/graphql"
-
-
-@contextlib.contextmanager
-def running(workdir: Path, extra: list[str]) -> Iterator[Server]:
-    """``tidings serve`` in a process of its own (harness.start_server would call its exit a failure)."""
-    port = free_port()
-    with (workdir / "server.log").open("wb") as out:
-        proc = subprocess.Popen(
-            server_command("tidings", port, workdir, extra), stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tidings exited with {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("tidings did not listen within 30 s")
-            time.sleep(0.05)
-        yield Server(proc, port)
-    finally:
-        stop_process(proc)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ws", type=int, default=200, help="graphql-transport-ws clients")
@@ -120,7 +79,7 @@ async def main() -> None:
     apply_quick(parser, args, {"ws": 20, "sse": 20})
 
     extra = ["--shutdown-timeout", str(args.shutdown_timeout)] if args.shutdown_timeout is not None else []
-    with tempfile.TemporaryDirectory() as tmp, running(Path(tmp), extra) as server:
+    with tempfile.TemporaryDirectory() as tmp, start_server("tidings", Path(tmp), *extra, exits=True) as server:
         async with AsyncExitStack() as stack:
             limits = httpx.Limits(max_connections=args.sse + 10, max_keepalive_connections=args.sse + 10)
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=60, limits=limits))

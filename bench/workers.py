@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from harness import (
     load_workers,
     median,
     pct,
+    start_redis,
     start_server,
 )
 
@@ -48,16 +47,8 @@ def redis_server(workdir: Path) -> Iterator[str]:
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (or pass --db postgresql://... to use its broker)")
     port = free_port()
-    args = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_redis(port, workdir)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.kill()

@@ -7,9 +7,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -19,6 +19,9 @@ from tidings.app import create_app
 from tidings.config import Settings
 from tidings.redaction import install_redaction
 from tidings.serving import uvicorn_options
+
+if TYPE_CHECKING:
+    from tests.processes import RedisProcess
 
 
 def free_port() -> int:
@@ -142,6 +145,15 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A throwaway redis-server on a free loopback port (tests/processes.py), stopped after the test."""
+    from tests.processes import redis_process  # not at the top: tests.processes imports this module
+
+    with redis_process(tmp_path) as redis:
+        yield redis
+
+
 async def wait_subscribers(server: Server, n: int, *, exact: bool = False, timeout: float = 5.0) -> None:
     """Wait until the server holds ``n`` live subscriptions (at least ``n``, or exactly with ``exact``)."""
     deadline = time.monotonic() + timeout
@@ -151,6 +163,24 @@ async def wait_subscribers(server: Server, n: int, *, exact: bool = False, timeo
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{count} subscriptions registered, waiting for {'exactly ' if exact else ''}{n}")
+        await asyncio.sleep(0.01)
+
+
+async def wait_channel_subscribers(server: Server, n: int, timeout: float = 5.0) -> None:
+    """Wait until the server holds at least ``n`` channelEvents subscriptions."""
+    deadline = time.monotonic() + timeout
+    while server.tidings.channels.subscriber_count < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{server.tidings.channels.subscriber_count} channel subscriptions, waiting for {n}")
+        await asyncio.sleep(0.01)
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` is true, polling every 10 ms; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
 
 

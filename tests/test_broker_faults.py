@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.backends import unavailable
-from tests.conftest import Server, free_port, gql_post, make_server, wait_subscribers
+from tests.conftest import Server, gql_post, make_server, until, wait_subscribers
+from tests.processes import RedisProcess
 from tests.wsclient import WS
 from tidings.pubsub import broker_from_url
 
@@ -30,61 +25,6 @@ SUB = 'subscription { messageEvents(where: {room: {eq: "r1"}}) { seq record { bo
 CREATE = 'mutation($body: String!) { createMessage(input: {room: "r1", author: "a", body: $body}) { id } }'
 OUTAGE = "Broker unreachable"
 RECOVERY = "Broker reachable again"
-
-
-class RedisProcess:
-    """A throwaway redis-server that a test may kill, restart, pause and resume."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tmp_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(args, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while self.command(b"PING") != b"+PONG":
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def command(self, *words: bytes) -> bytes | None:
-        """One command over a fresh connection; its first reply line, or None if unreachable."""
-        request = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                s.sendall(request)
-                return s.recv(1024).split(b"\r\n", 1)[0]
-        except OSError:
-            return None
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.kill()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server not installed")
-    redis = RedisProcess(tmp_path)
-    redis.start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
 
 
 @pytest.fixture
@@ -95,14 +35,6 @@ def broker_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "tidings.realtime" and text in r.getMessage()]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def post(http: httpx.AsyncClient, body: str) -> None:

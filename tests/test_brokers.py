@@ -14,8 +14,9 @@ import orjson
 import pytest
 
 from tests.backends import fresh_database, service_url
-from tests.conftest import make_server, wait_subscribers
-from tests.test_broker_faults import OUTAGE, RECOVERY, SUB, RedisProcess, bodies, lines, post, until
+from tests.conftest import make_server, until, wait_subscribers
+from tests.processes import RedisProcess
+from tests.test_broker_faults import OUTAGE, RECOVERY, SUB, bodies, lines, post
 from tests.wsclient import WS
 from tidings.errors import ConfigurationError
 from tidings.pubsub import Broker, BrokerUnavailable, MemoryBroker, broker_from_url, resolve_broker_url
@@ -90,35 +91,31 @@ async def test_on_ready_means_every_later_message_arrives(broker: Broker) -> Non
     await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def test_redis_faults_raise_to_the_caller_and_close_never_waits(tmp_path: Path) -> None:
+async def test_redis_faults_raise_to_the_caller_and_close_never_waits(redis_server: RedisProcess) -> None:
     # The contract for a lost connection: the subscription's iterator raises (the caller
     # subscribes again), publish raises, and close returns even while Redis is stalled.
-    redis = RedisProcess(tmp_path)
-    redis.start()
+    redis = redis_server
     broker = broker_from_url(redis.url)
-    try:
-        await broker.start()
-        ready = asyncio.Event()
-        stream = broker.subscribe("c", on_ready=ready.set)
-        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-        await asyncio.wait_for(ready.wait(), 5)
-        assert redis.command(b"CLIENT", b"KILL", b"TYPE", b"pubsub") == b":1"
-        with pytest.raises(BrokerUnavailable):
-            await asyncio.wait_for(pending, 5)
-        redis.kill()
-        with pytest.raises(BrokerUnavailable):
-            await asyncio.wait_for(broker.publish("c", b"lost"), 5)
-        redis.start()
-        await asyncio.wait_for(broker.publish("c", b"back"), 5)  # a stale pooled connection is not an error
-        ready.clear()
-        stream = broker.subscribe("c", on_ready=ready.set)
-        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-        await asyncio.wait_for(ready.wait(), 5)
-        redis.signal(signal.SIGSTOP)
-        pending.cancel()
-        await asyncio.wait_for(broker.close(), 2)
-    finally:
-        redis.stop()
+    await broker.start()
+    ready = asyncio.Event()
+    stream = broker.subscribe("c", on_ready=ready.set)
+    pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+    await asyncio.wait_for(ready.wait(), 5)
+    assert redis.command(b"CLIENT", b"KILL", b"TYPE", b"pubsub") == b":1"
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(pending, 5)
+    redis.kill()
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(broker.publish("c", b"lost"), 5)
+    redis.start()
+    await asyncio.wait_for(broker.publish("c", b"back"), 5)  # a stale pooled connection is not an error
+    ready.clear()
+    stream = broker.subscribe("c", on_ready=ready.set)
+    pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
+    await asyncio.wait_for(ready.wait(), 5)
+    redis.signal(signal.SIGSTOP)
+    pending.cancel()
+    await asyncio.wait_for(broker.close(), 2)
 
 
 async def test_ping_answers_while_the_broker_is_up(broker: Broker) -> None:

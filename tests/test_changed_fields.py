@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import Server, gql_post, wait_subscribers
-from tests.test_realtime_sse import read_events
+from tests.test_realtime_sse import read_events, sse_stream
 from tests.test_realtime_ws import create, delete, update
 from tests.wsclient import WS
 
@@ -48,12 +48,7 @@ async def test_changed_fields_narrows_updates_over_websocket_and_sse(server: Ser
     await ws.subscribe("status", NARROWED, {"fields": ["status"]})
     await ws.subscribe("all", NARROWED)
     sse_query = "subscription { taskEvents(changedFields: [status, priority]) { operation changedFields } }"
-    async with (
-        httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client,
-        stream_client.stream(
-            "GET", "/graphql", params={"query": sse_query}, headers={"accept": "text/event-stream"}
-        ) as stream,
-    ):
+    async with sse_stream(server.url, sse_query) as stream:
         await wait_subscribers(server, 3)
         await changes(http)
         got = [await ws.recv() for _ in range(10)]

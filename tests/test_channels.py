@@ -15,11 +15,10 @@ import httpx
 import pytest
 
 from tests.backends import service_url
-from tests.conftest import Server, gql_post, make_server
+from tests.conftest import Server, gql_post, make_server, wait_channel_subscribers
+from tests.processes import RedisProcess, serving
 from tests.test_auth import SECRET, token
-from tests.test_broker_faults import RedisProcess
 from tests.test_realtime_sse import read_events
-from tests.test_shutdown import serving
 from tests.wsclient import WS
 from tidings import Channel, collection
 from tidings.auth.channel_rules import ChannelAction, ChannelRules
@@ -111,14 +110,6 @@ def test_channel_rules_patterns_claims_roles_and_tenants() -> None:
 
 
 # -- integration ---------------------------------------------------------------------------------
-
-
-async def wait_channel_subscribers(server: Server, n: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.tidings.channels.subscriber_count < n:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{server.tidings.channels.subscriber_count} channel subscriptions, waiting for {n}")
-        await asyncio.sleep(0.01)
 
 
 async def open_ws(server: Server, bearer: str | None = None) -> WS:
@@ -490,9 +481,10 @@ async def test_publish_limits_count_per_connection_and_per_user_across_connectio
     assert await limits.check_publish(BOB, other) is None
 
 
-async def test_a_publish_while_redis_is_down_is_answered_and_logged_as_a_warning(tmp_path: Path) -> None:
-    redis = RedisProcess(tmp_path)
-    redis.start()
+async def test_a_publish_while_redis_is_down_is_answered_and_logged_as_a_warning(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    redis = redis_server
     server = make_server(tmp_path, broker=broker_from_url(redis.url), presence_ttl=60.0)
     try:
         ws = await open_ws(server)
@@ -504,4 +496,3 @@ async def test_a_publish_while_redis_is_down_is_answered_and_logged_as_a_warning
         await ws.close()
     finally:
         server.stop()
-        redis.stop()

@@ -22,7 +22,8 @@ from tidings.schema.demo import COLLECTIONS
 from tidings.store import Store
 from tidings.types import Record
 
-TASK, MESSAGE = collections_from(COLLECTIONS)
+COLLECTIONS_ = collections_from(COLLECTIONS)
+TASK = next(c for c in COLLECTIONS_ if c.name == "Task")
 SEEDED = 4
 
 # One write of a concurrent burst; seeded records are addressed by index, "ok" kinds must be acknowledged.
@@ -147,7 +148,7 @@ def test_concurrent_writes_commit_together_each_all_or_nothing(kind: str, ops: l
 
     async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            store = Store(await fresh_database(kind, Path(tmp)), [TASK, MESSAGE])
+            store = Store(await fresh_database(kind, Path(tmp)), COLLECTIONS_)
             await store.start()
             try:
                 await run_burst(store, ops)

@@ -5,9 +5,7 @@ dispatcher left behind the log) and recovers when it is back."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +13,12 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.backends import fresh_database, service_url, unavailable
+from tests.backends import fresh_database, service_url
 from tests.conftest import make_server
-from tests.test_broker_faults import RedisProcess, post
+from tests.processes import RedisProcess
+from tests.test_broker_faults import post
 from tidings.pubsub import MemoryBroker, broker_from_url
 from tidings.pubsub.postgres import asyncpg_url
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server not installed")
-    redis = RedisProcess(tmp_path)
-    redis.start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
 
 
 async def readyz(http: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:

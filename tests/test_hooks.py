@@ -13,7 +13,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import Server, gql_post, make_server, wait_subscribers
+from tests.conftest import Server, gql_post, make_server, wait_channel_subscribers, wait_subscribers
 from tests.wsclient import WS
 from tidings import (
     BadUserInput,
@@ -64,14 +64,6 @@ class Recorder:
             if got == name:
                 found.append(arg)
         return found
-
-
-async def wait_channel_subscribers(server: Server, n: int, timeout: float = 5.0) -> None:
-    """Until ``n`` channelEvents subscriptions are registered."""
-    deadline = time.monotonic() + timeout
-    while server.tidings.channels.subscriber_count < n:
-        assert time.monotonic() < deadline, f"{server.tidings.channels.subscriber_count} channel subscribers"
-        await asyncio.sleep(0.01)
 
 
 def recording_hooks(recorder: Recorder) -> Hooks:

@@ -32,9 +32,9 @@ import httpx
 import pytest
 
 from tests.backends import unavailable
-from tests.conftest import Server, wait_subscribers
+from tests.conftest import Server, make_server, wait_subscribers
+from tests.processes import serving
 from tests.test_readme import readme_blocks
-from tests.test_shutdown import serving
 
 INTEROP = Path(__file__).parent / "interop"
 CLIENTS = ["graphql-ws", "graphql-sse-distinct", "graphql-sse-single", "urql", "apollo"]
@@ -401,12 +401,11 @@ class Script:
 
 
 @contextlib.asynccontextmanager
-async def resume_script(node: str, transport: str, url: str, count: int) -> AsyncIterator[Script]:
+async def node_script(node: str, *args: str, stdin: int = asyncio.subprocess.DEVNULL) -> AsyncIterator[Script]:
+    """A script of tests/interop run to its end (waited for after the block), killed if it is not done."""
     proc = await asyncio.create_subprocess_exec(
-        node, "resume.mjs", "--url", url, "--transport", transport, "--count", str(count),
-        "--timeout", str(SCRIPT_TIMEOUT_MS), "--linger", "300",
-        cwd=INTEROP, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        node, *args, cwd=INTEROP, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     script = Script(proc)
     try:
         yield script
@@ -417,6 +416,14 @@ async def resume_script(node: str, transport: str, url: str, count: int) -> Asyn
             proc.kill()
             await proc.wait()
         script.reader.cancel()
+
+
+def resume_script(node: str, transport: str, url: str, count: int) -> contextlib.AbstractAsyncContextManager[Script]:
+    return node_script(
+        node, "resume.mjs", "--url", url, "--transport", transport, "--count", str(count),
+        "--timeout", str(SCRIPT_TIMEOUT_MS), "--linger", "300",
+        stdin=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 async def create_titled(url: str, *titles: str) -> None:
@@ -546,28 +553,107 @@ async def test_live_query_patched_by_the_npm_client_equals_a_fresh_query_after_e
         (DELETE_LIVE, {"id": a}),  # empties a slot: refilled from the database
         (UPDATE_LIVE, {"id": b, "i": {"status": "closed"}}),  # leaves the view
     ]
-    proc = await asyncio.create_subprocess_exec(
+    async with node_script(
         node, "live.mjs", "--url", server.url, "--client", client, "--count", str(len(steps) + 1),
         "--timeout", str(SCRIPT_TIMEOUT_MS),
-        cwd=INTEROP, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    script = Script(proc)
-    try:
+    ) as script:  # fmt: skip
         await script.until(lambda: len(script.lines) >= 1)
         for n, (query, variables) in enumerate(steps, start=2):
             await mutate(query, variables)
             await script.until(lambda n=n: len(script.lines) >= n)  # type: ignore[misc]
-        await asyncio.wait_for(proc.wait(), PROCESS_TIMEOUT)
-        await asyncio.wait_for(script.reader, 5)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        script.reader.cancel()
-    assert proc.returncode == 0 and script.lines[-1] == "DONE", script.describe()
+    assert script.proc.returncode == 0 and script.lines[-1] == "DONE", script.describe()
     results = [json.loads(x) for x in script.lines[:-1]]
     assert [r["revision"] for r in results] == list(range(1, len(steps) + 2)), script.describe()
     assert all(r["equal"] for r in results), script.describe()
     seqs = [int(r["seq"]) for r in results]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
     assert [t["title"] for t in results[-1]["live"]["tasks"]] == ["c", "d"]
+
+
+# -- the chat demo, played by two users with graphql-ws ---------------------------------
+
+CHAT_SECRET = "interop-chat-secret-of-at-least-32-bytes"
+
+
+def _presence(event: dict[str, Any]) -> tuple[Any, ...]:
+    """A presence event without its connection keys: kind, count, and who with how many connections."""
+
+    def who(m: dict[str, Any]) -> tuple[Any, ...]:
+        return (m["sub"], m["connections"], m["meta"]["typing"])
+
+    return (event["kind"], event["count"], [who(m) for m in event["members"] or ()] or who(event["member"]))
+
+
+@pytest.mark.timeout(30)
+async def test_chat_demo_two_users_join_type_send_and_leave(node: str, tmp_path: Path) -> None:
+    # `tidings serve`'s default: the demo collections and their room:* namespace, here with
+    # tokens required (an undeclared channel would be FORBIDDEN).
+    server = make_server(tmp_path, jwt_secret=CHAT_SECRET)
+    try:
+        mint = server.tidings.authenticator.mint
+        tokens = [mint({"sub": name, "account": "acme"}) for name in ("alice", "bob")]
+        proc = await asyncio.create_subprocess_exec(
+            node, "chat.mjs", "--url", server.url, "--room", "lobby", "--alice", tokens[0], "--bob", tokens[1],
+            "--timeout", str(SCRIPT_TIMEOUT_MS),
+            cwd=INTEROP, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), PROCESS_TIMEOUT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        transcript = f"{stdout.decode()}\n{stderr.decode()}"
+        assert proc.returncode == 0 and stdout.decode().splitlines()[-1] == "DONE", transcript
+        lines = [json.loads(x) for x in stdout.decode().splitlines()[:-1]]
+        seen: dict[tuple[str, str], list[Any]] = {}
+        for x in lines:
+            if "who" in x:
+                seen.setdefault((x["who"], x["op"]), []).append(x["data"])
+
+        # Presence: SYNC first, then one message per change; bob's two tabs are one member.
+        assert [_presence(e) for e in seen["alice", "presence"]] == [
+            ("SYNC", 1, [("alice", 1, False)]),
+            ("JOIN", 2, ("bob", 1, False)),
+            ("UPDATE", 2, ("bob", 2, False)),  # his second tab
+            ("UPDATE", 2, ("bob", 1, False)),  # closed
+            ("UPDATE", 2, ("alice", 1, True)),  # her own updatePresence
+            ("LEAVE", 1, ("bob", 0, False)),
+        ], transcript
+        assert [_presence(e) for e in seen["bob", "presence"]] == [
+            ("SYNC", 2, [("alice", 1, False), ("bob", 1, False)]),
+            ("UPDATE", 2, ("bob", 2, False)),
+            ("UPDATE", 2, ("bob", 1, False)),
+            ("UPDATE", 2, ("alice", 1, True)),
+        ], transcript
+        tab2 = [_presence(e) for e in seen["bob2", "presence"]]
+        assert tab2 == [("SYNC", 2, [("alice", 1, False), ("bob", 2, False)])], transcript
+
+        # Channel events: alice typed with echo: false, so only bob saw it; the message
+        # reached both through ChatMessage's room:{room} fan-out, and as a collection event.
+        def events(who: str) -> list[tuple[str, str | None]]:
+            return [(e["type"], e["sender"]["sub"] if e["sender"] else None) for e in seen[who, "channel"]]
+
+        assert events("alice") == [("hello", "alice"), ("hello", "bob"), ("chatMessage.created", "bob")], transcript
+        assert events("bob") == [
+            ("hello", "bob"),
+            ("typing", "alice"),
+            ("chatMessage.created", "bob"),
+        ], transcript
+        typing = seen["bob", "channel"][1]
+        assert (typing["channel"], typing["data"]) == ("room:lobby", {"name": "Alice", "typing": True})
+        created = seen["alice", "channel"][2]["data"]["record"]
+        assert (created["room"], created["author"], created["body"], created["account"]) == (
+            "lobby", "Bob", "hello Alice", "acme",
+        )  # fmt: skip
+        message = {"operation": "CREATED", "record": {"room": "lobby", "author": "Bob", "body": "hello Alice"}}
+        assert seen["alice", "messages"] == seen["bob", "messages"] == [message]
+
+        # Everyone left: no subscription, no presence member is left behind on the server.
+        channels = server.tidings.channels
+        async with asyncio.timeout(5):
+            while channels.subscriber_count or channels.member_count or server.tidings.dispatcher.subscriber_count:
+                await asyncio.sleep(0.01)
+    finally:
+        server.stop()

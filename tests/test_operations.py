@@ -9,9 +9,9 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import fresh_database, service_url
 from tests.conftest import Server, free_port, make_server, wait_subscribers
+from tests.processes import spawn_serve, stop_serve
 from tests.test_realtime_sse import read_events
 from tests.wsclient import WS
 from tidings.config import Settings
@@ -35,7 +36,6 @@ from tidings.redaction import REDACTED
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = "operations-test-secret-0123456789abcdef"
-TIDINGS = str(Path(sys.executable).with_name("tidings"))
 TASK_EVENTS = "subscription { taskEvents { operation record { title } } }"
 OPENED_AND_OPEN = ("tidings_connections_opened_total", "tidings_connections")
 CREATE = "mutation($t: String!) { createTask(input: {title: $t}) { id } }"
@@ -224,15 +224,8 @@ def test_log_format_must_be_text_or_json() -> None:
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        TIDINGS, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'app.db'}", "--shutdown-timeout", "2",
-        *args,
-        cwd=tmp_path,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    db = f"sqlite:///{tmp_path / 'app.db'}"
+    proc = await spawn_serve(port, "--db", db, "--shutdown-timeout", "2", *args, cwd=tmp_path, stderr=PIPE)
     assert proc.stderr is not None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -246,13 +239,7 @@ async def serving(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.sub
                 await asyncio.sleep(0.05)
         yield proc, url
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_serve(proc)
 
 
 async def test_serve_with_json_logs_writes_connection_lines_without_tokens(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from graphql import parse, validate
 
 from tests.conftest import Server, make_server, wait_subscribers
 from tidings.playground import example_tabs
+from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
 from tidings.schema.collection import JSON, collection, collections_from
 
@@ -57,15 +58,20 @@ class Reading:
 
 
 def test_examples_are_valid_operations_for_every_field_kind() -> None:
-    for collections in (collections_from([Reading]), collections_from(_demo())):
-        schema, _ = build_schema(collections)
+    for collections, count in ((collections_from([Reading]), 3), (collections_from(_demo()), 4)):
+        channels = {"extra_mutations": CHANNEL_MUTATIONS, "extra_subscriptions": CHANNEL_SUBSCRIPTIONS}
+        schema, _ = build_schema(collections, **channels)
         tabs = example_tabs(collections)
-        assert len(tabs) == 3
+        assert len(tabs) == count
         for tab in tabs:
             assert validate(schema._schema, parse(tab["query"])) == [], tab["query"]
     tabs = example_tabs(collections_from(_demo()))
     assert "subscription TaskEvents" in tabs[0]["query"]
     assert 'createTask(input: {title: "hello"})' in tabs[1]["query"]
+    # The demo's chat tab (its Room and ChatMessage): presence, channel events, typing, a message.
+    chat = tabs[3]["query"]
+    for name in ("subscription LobbyPresence", "subscription LobbyEvents", "mutation Typing", "createChatMessage"):
+        assert name in chat
 
 
 def _demo() -> list[Any]:
@@ -99,6 +105,7 @@ async def test_page_and_assets_need_no_token_and_are_cached(auth_server: Server)
         assert config["auth"] is True and config["endpoint"] == "/graphql"
         assert "taskEvents" in config["tabs"][0]["query"]
         srcs = [part.split('"')[0] for part in page.text.split('="/playground/')[1:]]
+        srcs.remove("chat")  # the link to the chat demo
         assert sorted(s.split("?")[0] for s in srcs) == ["playground.css", "playground.js"]
         for src in srcs:
             asset = await client.get(f"/playground/{src}")
@@ -116,6 +123,35 @@ async def test_page_and_assets_need_no_token_and_are_cached(auth_server: Server)
         assert denied.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         # Not a browser: a query by GET still runs as a query.
         assert (await client.get("/graphql", params={"query": "{ tasks { id } }"})).status_code == 401
+
+
+async def test_chat_page_and_its_script_are_served_with_the_demo_only(auth_server: Server, tmp_path: Path) -> None:
+    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client:
+        playground = await client.get("/graphql", headers={"accept": "text/html"})
+        assert '<a id="tidings-chat-link" href="/playground/chat">' in playground.text
+        page = await client.get("/playground/chat")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert page.headers["content-security-policy"].startswith("default-src 'self'; script-src 'self';")
+        assert "https://" not in page.text and "http://" not in page.text
+        config = json.loads(page.text.split('id="tidings-chat-config" type="application/json">')[1].split("</")[0])
+        assert config == {"endpoint": "/graphql", "auth": True}
+        [src] = [part.split('"')[0] for part in page.text.split('src="')[1:]]
+        assert src.startswith("/playground/chat.js?v=")
+        script = await client.get(src)
+        assert script.status_code == 200
+        assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert "graphql-transport-ws" in script.text
+    # Collections other than the demo's: no chat page, no link.
+    (tmp_path / "other").mkdir()
+    other = make_server(tmp_path / "other", [Reading])
+    try:
+        async with httpx.AsyncClient(base_url=other.url, timeout=10) as client:
+            assert "tidings-chat-link" not in (await client.get("/graphql", headers={"accept": "text/html"})).text
+            assert (await client.get("/playground/chat")).status_code == 404
+            assert (await client.get("/playground/chat.js")).status_code == 404
+    finally:
+        other.stop()
 
 
 async def test_no_page_with_graphiql_off(tmp_path: Path) -> None:
@@ -317,3 +353,57 @@ async def test_browser_refused_subscription_shows_the_error(
     # The run is over (no spinner, no silent retry): the button offers to run again.
     await page.wait_for_selector(".graphiql-execute-button[aria-label^='Execute']")
     assert auth_server.tidings.dispatcher.subscriber_count == 0
+
+
+async def texts(page: Any, selector: str, expected: list[str]) -> None:
+    """Wait until the elements ``selector`` finds hold exactly ``expected`` (their text, in order)."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        await page.wait_for_function(
+            "([s, e]) => JSON.stringify([...document.querySelectorAll(s)].map((x) => x.textContent)) === e",
+            arg=[selector, json.dumps(expected, ensure_ascii=False, separators=(",", ":"))],
+        )
+    except PlaywrightTimeout:
+        shown = await page.locator(selector).all_text_contents()
+        raise AssertionError(f"{selector}: {shown!r}, waiting for {expected!r}") from None
+
+
+async def open_chat(context: Any, offline: Offline, server: Server, name: str) -> Any:
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: offline.page_errors.append(str(exc)))
+    page.on("websocket", lambda ws: offline.sockets.append(ws.url))
+    await page.goto(f"{server.url}/graphql")
+    await page.click("#tidings-chat-link")  # from the playground's start page
+    await page.fill("#chat-name", name)
+    await page.click("#chat-join-button")
+    await page.wait_for_selector("#chat-status:text-is('In lobby as " + name + "')")
+    return page
+
+
+@pytest.mark.timeout(60)
+async def test_browser_chat_page_two_tabs_see_each_other_typing_and_messages(
+    server: Server, browser: tuple[Any, Offline]
+) -> None:
+    context, offline = browser
+    ann = await open_chat(context, offline, server, "Ann")
+    bea = await open_chat(context, offline, server, "Bea")
+    # Presence: each sees both members.
+    for page in (ann, bea):
+        await page.wait_for_selector("#chat-count:text-is('2')")
+    assert sorted(await ann.locator(".chat-member").all_inner_texts()) == ["Ann", "Bea"]
+    # Typing: Bea sees Ann typing (a channel event and her presence meta); Ann does not see herself.
+    await ann.fill("#chat-input", "hel")  # fill fires the input event
+    await bea.wait_for_selector("#chat-typing:text-is('Ann is typing…')")
+    await bea.wait_for_selector(".chat-member:text-is('Ann ✎')")
+    assert await ann.inner_text("#chat-typing") == ""
+    # A message from Ann reaches Bea, once.
+    await ann.fill("#chat-input", "hello from Ann")
+    await ann.press("#chat-input", "Enter")
+    for page in (bea, ann):
+        await texts(page, ".chat-message", ["Ann hello from Ann"])
+    await bea.wait_for_selector("#chat-typing:text-is('')")  # sending ends the typing
+    # Ann closes her tab: Bea sees her leave.
+    await ann.close()
+    await bea.wait_for_selector("#chat-count:text-is('1')")
+    assert await bea.locator(".chat-member").all_inner_texts() == ["Bea"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -33,13 +35,18 @@ async def read_events(response: httpx.Response, count: int, timeout: float = 5.0
     return taken
 
 
-async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server, http: httpx.AsyncClient) -> None:
+@contextlib.asynccontextmanager
+async def sse_stream(url: str, query: str) -> AsyncIterator[httpx.Response]:
+    """A distinct-mode graphql-sse GET stream of ``query`` from the server at ``url``, on a client of its own."""
     async with (
-        httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client,
-        stream_client.stream(
-            "GET", "/graphql", params={"query": SUB}, headers={"accept": "text/event-stream"}
-        ) as response,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        client.stream("GET", "/graphql", params={"query": query}, headers={"accept": "text/event-stream"}) as stream,
     ):
+        yield stream
+
+
+async def test_distinct_mode_get_streams_filtered_events_with_ids(server: Server, http: httpx.AsyncClient) -> None:
+    async with sse_stream(server.url, SUB) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         await wait_subscribers(server, 1)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Server, gql_post, wait_subscribers
+from tests.conftest import Server, gql_post, until, wait_subscribers
 from tests.test_resume import SUB, events_of, post_many
 from tests.wsclient import WS
 from tidings.errors import CursorExpired
@@ -121,12 +120,6 @@ async def test_live_event_during_a_shared_replay_arrives_once_after_it(server: S
     assert len(dispatcher.groups) == 1
     await a.close()
     await b.close()
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 # -- the Replayer alone, with a fake log and a fake group --------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.backends import fresh_database
-from tests.conftest import Server, gql_post, make_server
+from tests.conftest import Server, gql_post, make_server, until
 
 ALIASES = 10
 REQUESTS = 20
@@ -25,14 +24,6 @@ CREATE = "mutation($p: Int!) { createTask(input: {title: 'x', priority: $p}) { i
 def checked_out(server: Server) -> int:
     pool: Any = server.tidings.store.engine.pool
     return int(pool.checkedout())
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

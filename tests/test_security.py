@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-import sys
+from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import Server, free_port, make_server
+from tests.processes import spawn_serve, stop_serve
 from tests.test_auth import SECRET, call, token
 from tests.wsclient import WS
 from tidings import Rules, collection
@@ -187,14 +186,7 @@ class LogTail:
 async def serve_process(tmp_path: Path, *args: str) -> AsyncIterator[tuple[str, LogTail]]:
     """A real `tidings serve` process; yields its URL and its log (stdout and stderr)."""
     port = free_port()
-    tidings = str(Path(sys.executable).with_name("tidings"))
-    proc = await asyncio.create_subprocess_exec(
-        tidings, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'serve.db'}", *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    proc = await spawn_serve(port, "--db", f"sqlite:///{tmp_path / 'serve.db'}", *args, stdout=PIPE, stderr=STDOUT)
     log = LogTail()
 
     async def read() -> None:
@@ -207,13 +199,7 @@ async def serve_process(tmp_path: Path, *args: str) -> AsyncIterator[tuple[str, 
         await log.wait_for("Application startup complete", 20)
         yield f"http://127.0.0.1:{port}", log
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_serve(proc)
         await asyncio.wait_for(reader, 5)
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import free_port
+from tests.processes import Process, serving
 from tidings.protocols.sse import SSEParser
 
 pytestmark = pytest.mark.timeout(40)
@@ -28,55 +25,6 @@ pytestmark = pytest.mark.timeout(40)
 EVENTS = "subscription { taskEvents%s { seq } }"
 TITLED_EVENTS = "subscription { taskEvents%s { seq record { title } } }"  # each as large as its title
 CREATE = 'mutation($t: String!) { createTask(input: {title: $t, status: "open"}) { id } }'
-
-
-class Process:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/graphql"
-
-    async def exit_status(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"tidings serve still running {timeout} s after the signal")
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    def problems(self) -> list[str]:
-        text = self.log.read_text(errors="replace")
-        return [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line]
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, db: Path, *flags: str, port: int | None = None) -> AsyncIterator[Process]:
-    port = port or free_port()
-    script = Path(sys.executable).with_name("tidings")
-    command = [str(script), "serve", "--port", str(port), "--db", f"sqlite:///{db}", "--log-level", "info", *flags]
-    log = tmp_path / f"serve-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    process = Process(proc, port, log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, log.read_text(errors="replace")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            assert time.monotonic() < deadline, "tidings serve did not listen"
-            await asyncio.sleep(0.05)
-        yield process
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def seq_of(message: dict[str, Any]) -> int:

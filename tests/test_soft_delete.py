@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from tests.backends import fresh_database
 from tests.conftest import Server, gql_post, make_server, wait_subscribers
 from tests.test_auth import SECRET, token
-from tests.test_realtime_sse import read_events
+from tests.test_realtime_sse import read_events, sse_stream
 from tests.test_realtime_ws import create, delete, mutate, update
 from tests.wsclient import WS
 from tidings import Rules, collection
@@ -156,12 +156,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
     s.stop()
 
 
-@pytest.fixture
-async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        yield client
-
-
 async def restore(http: httpx.AsyncClient, id_: str) -> dict[str, Any]:
     data = await mutate(http, "mutation($id: ID!) { restoreTask(id: $id) { id title status } }", {"id": id_})
     return data["restoreTask"]  # type: ignore[no-any-return]
@@ -205,12 +199,7 @@ async def test_restore_sends_restored_to_subscribers_whose_filter_matches(
     await ws.subscribe("open", EVENTS, {"where": {"status": {"eq": "open"}}})
     await ws.subscribe("closed", EVENTS, {"where": {"status": {"eq": "closed"}}})
     sse_query = "subscription { taskEvents { operation match record { title } } }"
-    async with (
-        httpx.AsyncClient(base_url=server.url, timeout=10) as stream_client,
-        stream_client.stream(
-            "GET", "/graphql", params={"query": sse_query}, headers={"accept": "text/event-stream"}
-        ) as stream,
-    ):
+    async with sse_stream(server.url, sse_query) as stream:
         await wait_subscribers(server, 3)
         tid = await create(http, title="a")
         await delete(http, tid)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
-import os
 import signal
 import socket
 import subprocess
-import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import Server, free_port
+from tests.processes import TIDINGS, serve_command, spawn_serve, stop_serve
 from tidings.app import create_app
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
@@ -29,14 +29,13 @@ from tidings.startup import describe, mask_url
 
 pytestmark = pytest.mark.timeout(60)
 
-TIDINGS = str(Path(sys.executable).with_name("tidings"))
 SECRET = "startup-test-secret-of-at-least-32-bytes"
 BANNER_START = "tidings "  # the banner's first line: "tidings <version>"
 
 
 def serve(tmp_path: Path, *args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
     """``tidings serve`` expected to give up at startup: its exit status and output."""
-    command = [TIDINGS, "serve", "--port", str(free_port()), "--db", db or f"sqlite:///{tmp_path / 'x.db'}", *args]
+    command = serve_command(free_port(), "--db", db or f"sqlite:///{tmp_path / 'x.db'}", *args)
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
 
 
@@ -138,7 +137,7 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        command = [TIDINGS, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'x.db'}"]
+        command = serve_command(port, "--db", f"sqlite:///{tmp_path / 'x.db'}")
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert_refused(result, 1, f"--port {port}", "already in use")
 
@@ -150,14 +149,7 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
 async def running(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str], str]]:
     """A ``tidings serve`` that started: the process, its stdout lines, its URL."""
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        TIDINGS, "serve", "--port", str(port), "--db", "sqlite:///app.db", *args,
-        cwd=tmp_path,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    proc = await spawn_serve(port, "--db", "sqlite:///app.db", *args, cwd=tmp_path, stdout=PIPE, stderr=PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     stdout: list[str] = []
     try:
@@ -169,13 +161,7 @@ async def running(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.sub
                 stdout.append((await proc.stdout.readline()).decode().rstrip("\n"))
         yield proc, stdout, f"http://127.0.0.1:{port}"
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_serve(proc)
 
 
 async def test_the_banner_says_what_serves_before_listening(tmp_path: Path) -> None:
@@ -186,7 +172,7 @@ async def test_the_banner_says_what_serves_before_listening(tmp_path: Path) -> N
             f"tidings {version}",
             f"  database:    sqlite:///app.db (file {tmp_path / 'app.db'})",
             "  broker:      memory:// (this process only)",
-            "  collections: Task, Message (the demo)",
+            "  collections: Task, Message, Room, ChatMessage (the demo)",
             f"  auth:        HS256 tokens required (--jwt-secret, {len(SECRET)} bytes), issuer 'acme'",
             banner[5],  # worded by the origin policies (tidings/transports/origins.py)
             f"  GraphQL and the playground at {url}/graphql",

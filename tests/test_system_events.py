@@ -13,9 +13,9 @@ import pytest
 
 from tests.authdemo import COLLECTIONS
 from tests.conftest import Server, make_server, wait_subscribers
+from tests.processes import serving
 from tests.test_auth import SECRET, token
-from tests.test_realtime_sse import read_events
-from tests.test_shutdown import serving
+from tests.test_realtime_sse import read_events, sse_stream
 from tests.wsclient import WS
 from tidings import Rules
 
@@ -35,12 +35,7 @@ async def test_shutting_down_reaches_ws_and_sse_subscribers_before_the_close(tmp
         assert (await ws.init())["type"] == "connection_ack"
         await ws.subscribe("sys", SYSTEM)
         await ws.subscribe("tasks", "subscription { taskEvents { seq } }")
-        async with (
-            httpx.AsyncClient(base_url=proc.url, timeout=10) as client,
-            client.stream(
-                "GET", "/graphql", params={"query": SYSTEM}, headers={"accept": "text/event-stream"}
-            ) as response,
-        ):
+        async with sse_stream(proc.url, SYSTEM) as response:
             assert response.status_code == 200
             # Both subscriptions are registered once an operation sent after them is answered.
             await ws.subscribe("q", "{ tasks { id } }")

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.backends import fresh_database, service_url
 from tests.conftest import free_port, make_server
+from tests.processes import ServeProcess, popen_serve, serve_command
 from tidings.filters import MATCH_ALL
 from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
@@ -40,13 +40,9 @@ CREATE = 'mutation($t: String!) { createTask(input: {title: $t, status: "open"})
 COUNT = "{ tasks(limit: 1000) { id } }"
 
 
-def tidings_command(port: int, *flags: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("tidings")), "serve", "--port", str(port), *flags]
-
-
 @pytest.mark.parametrize("broker", [[], ["--broker", "memory://"]], ids=["auto", "memory"])
 def test_workers_refuse_a_broker_that_stays_in_one_process(tmp_path: Path, broker: list[str]) -> None:
-    command = tidings_command(free_port(), "--workers", "2", "--db", f"sqlite:///{tmp_path / 'w.db'}", *broker)
+    command = serve_command(free_port(), "--workers", "2", "--db", f"sqlite:///{tmp_path / 'w.db'}", *broker)
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2
     assert done.stdout == ""
@@ -56,18 +52,8 @@ def test_workers_refuse_a_broker_that_stays_in_one_process(tmp_path: Path, broke
     ]
 
 
-class Workers:
+class Workers(ServeProcess):
     """A running ``tidings serve --workers 2`` and its log."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log = log
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}/graphql"
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def pids(self) -> list[int]:
         found = re.search(r"Started 2 workers \(pids (\d+), (\d+)\)", self.text())
@@ -80,29 +66,18 @@ class Workers:
             assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.text()}"
             await asyncio.sleep(0.05)
 
-    async def exit_status(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            assert time.monotonic() < deadline, f"still running {timeout} s after SIGTERM"
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
 
 @contextlib.asynccontextmanager
 async def workers(tmp_path: Path, *flags: str) -> AsyncIterator[Workers]:
     port = free_port()
     log = tmp_path / f"workers-{port}.log"
-    command = tidings_command(port, "--workers", "2", "--shutdown-timeout", "3", "--log-level", "info", *flags)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    proc = popen_serve(log, port, "--workers", "2", "--shutdown-timeout", "3", "--log-level", "info", *flags)
     running = Workers(proc, port, log)
     try:
         await running.until_log("Application startup complete", count=2)
         yield running
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        running.kill()
         for pid in running.pids():  # a worker outliving a killed parent
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -140,7 +140,7 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get("TIDINGS_" + f.name.upper())
+            raw = environ.get(env_name(f.name))
             if raw is not None:
                 values[f.name] = coerce(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -155,28 +155,35 @@ class Settings:
         value = str(getattr(self, name)).strip().lower()
         if value == "auto":
             return not self.auth_enabled
-        if value in ("on", "true", "1", "yes"):
-            return True
-        if value in ("off", "false", "0", "no"):
-            return False
+        flag = _flag(value)
+        if flag is not None:
+            return flag
         raise ConfigurationError(f"--{name.replace('_', '-')} must be auto, on or off, got {value!r}")
+
+
+def _flag(word: str) -> bool | None:
+    """A lower-case on/off word (on, true, 1, yes; off, false, 0, no) as a bool; None for any other."""
+    if word in ("on", "true", "1", "yes"):
+        return True
+    if word in ("off", "false", "0", "no"):
+        return False
+    return None
 
 
 def coerce(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
         if kind.startswith("bool"):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
+            flag = _flag(raw.lower())
+            if flag is None:
+                raise ValueError(raw)
+            return flag
         if kind.startswith("int"):
             return int(raw)
         if kind.startswith("float"):
             return float(raw)
     except ValueError as exc:
-        raise ConfigurationError(f"TIDINGS_{f.name.upper()}: expected {kind}, got {raw!r}") from exc
+        raise ConfigurationError(f"{env_name(f.name)}: expected {kind}, got {raw!r}") from exc
     return raw
 
 

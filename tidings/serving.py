@@ -30,8 +30,12 @@ except ImportError:  # pragma: no cover - httptools is optional for uvicorn
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 
-class _Deadline:
-    """One timer per connection; the phase it bounds is named for the log line."""
+class _Deadline(asyncio.Protocol):
+    """One timer per connection; the phase it bounds is named for the log line.
+
+    A mixin before uvicorn's protocol: the headers' timer starts with the connection, and
+    every timer stops when it is lost.
+    """
 
     header_timeout: ClassVar[float] = 10.0
     body_timeout: ClassVar[float] = 30.0
@@ -40,6 +44,14 @@ class _Deadline:
 
     _timer: asyncio.TimerHandle | None = None
     _phase: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def _arm(self, phase: str) -> None:
         if self._phase == phase:
@@ -72,14 +84,6 @@ if HttpToolsProtocol is not None:
     class HttpToolsDeadlineProtocol(_Deadline, HttpToolsProtocol):
         """uvicorn's httptools protocol with header and body read deadlines."""
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm("headers")
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
         def on_message_begin(self) -> None:
             super().on_message_begin()
             if self._phase is None:  # a keep-alive connection's next request
@@ -99,14 +103,6 @@ if HttpToolsProtocol is not None:
 
 class H11DeadlineProtocol(_Deadline, H11Protocol):
     """uvicorn's h11 protocol with header and body read deadlines."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm("headers")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -82,4 +82,50 @@ query {plural} {{
   }}
 }}
 """
-    return [{"query": subscription}, {"query": mutation}, {"query": query}]
+    tabs = [{"query": subscription}, {"query": mutation}, {"query": query}]
+    if {c.name for c in collections} >= {"Room", "ChatMessage"}:
+        tabs.append({"query": CHAT_TAB})
+    return tabs
+
+
+# The chat demo's operations (also at /playground/chat, which runs them all at once).
+CHAT_TAB = """\
+# The chat demo: room "lobby" is channel room:lobby. Choose an
+# operation with the play button's menu. Run one subscription
+# here (changing tabs stops it) and the mutations in another
+# browser tab; /playground/chat does all of it in one page.
+subscription LobbyPresence {
+  # Joins: SYNC (who is here) first, then JOIN, UPDATE, LEAVE.
+  presence(channel: "room:lobby", meta: {name: "alice", typing: false}) {
+    kind
+    count
+    members { sub connections meta }
+    member { sub connection connections meta }
+  }
+}
+
+subscription LobbyEvents {
+  # Typing events, and each message written in the lobby
+  # (chatMessage.created: ChatMessage fans out to its room).
+  channelEvents(channels: ["room:lobby"]) {
+    channel
+    type
+    data
+    sender { sub }
+    seq
+  }
+}
+
+mutation Typing {
+  # echo: false skips the publishing connection (over a WebSocket).
+  publish(channel: "room:lobby", type: "typing", data: {name: "alice", typing: true}, echo: false)
+}
+
+mutation SendChatMessage {
+  createChatMessage(input: {room: "lobby", author: "alice", body: "hello"}) {
+    id
+    author
+    body
+  }
+}
+"""

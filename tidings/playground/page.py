@@ -10,7 +10,7 @@ import gzip
 import hashlib
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from tidings.schema.collection import Collection
 from tidings.transports.common import header
 
 STATIC = Path(__file__).with_name("static")
+CHAT_JS = Path(__file__).with_name("chat.js")  # not in static/: playground/build empties that
+CHAT_COLLECTIONS = frozenset({"Room", "ChatMessage"})
 ASSETS_PATH = "/playground"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 # Asset URLs carry a hash of their content, so they can be cached for good.
@@ -60,6 +62,10 @@ class Playground:
             self.assets = {name: _Asset(STATIC / name) for name in ("playground.js", "playground.css")}
         except OSError as exc:
             raise ConfigurationError(f"The playground's assets are missing ({exc}); run playground/build") from exc
+        # The chat demo (/playground/chat) when the demo's Room and ChatMessage are served.
+        self.chat = {c.name for c in collections} >= CHAT_COLLECTIONS
+        if self.chat:
+            self.assets["chat.js"] = _Asset(CHAT_JS)
         self.tabs = example_tabs(collections)
         self.auth_enabled = auth_enabled
         self.introspection = introspection
@@ -99,6 +105,7 @@ class Playground:
 <script defer src="{html.escape(js)}"></script>
 </head>
 <body>
+{self._chat_link(root)}\
 <div id="tidings-playground"><noscript>The tidings playground (GraphiQL) needs JavaScript.</noscript></div>
 </body>
 </html>
@@ -109,7 +116,31 @@ class Playground:
             headers={"Cache-Control": "no-cache", "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"},
         )
 
+    def _chat_link(self, root: str) -> str:
+        if not self.chat:
+            return ""
+        # Beside the bundle's bar (its right end kept clear for it), so the bundle needs no rebuild.
+        return (
+            "<style>.tidings-bar{padding-right:130px!important}#tidings-chat-link{position:fixed;top:7px;"
+            "right:12px;z-index:10;font:13px Roboto,system-ui,sans-serif;color:hsl(243,100%,65%)}</style>\n"
+            f'<a id="tidings-chat-link" href="{html.escape(root)}{ASSETS_PATH}/chat">Chat demo &rarr;</a>\n'
+        )
+
+    def chat_page(self, scope: Mapping[str, Any]) -> Response:
+        """The chat demo: a static page and chat.js, talking graphql-transport-ws to /graphql."""
+        root = scope.get("root_path", "")
+        config = json.dumps({"endpoint": f"{root}/graphql", "auth": self.auth_enabled}).replace("<", "\\u003c")
+        js = f"{root}{ASSETS_PATH}/chat.js?v={self.assets['chat.js'].etag}"
+        body = _CHAT_PAGE.format(config=config, js=html.escape(js), playground=html.escape(f"{root}/graphql"))
+        return Response(
+            body,
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"},
+        )
+
     async def asset(self, request: Request) -> Response:
+        if request.path_params["name"] == "chat" and self.chat:
+            return self.chat_page(request.scope)
         asset = self.assets.get(request.path_params["name"])
         if asset is None:
             return PlainTextResponse("Not found", status_code=404)
@@ -126,3 +157,58 @@ class Playground:
             body = asset.gzipped
             headers["Content-Encoding"] = "gzip"
         return Response(body, media_type=asset.content_type, headers=headers)
+
+
+_CHAT_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tidings chat demo</title>
+<link rel="icon" href="data:,">
+<style>
+body {{ margin: 0; font: 14px Roboto, system-ui, sans-serif; color: hsl(219, 28%, 22%); }}
+header {{ display: flex; gap: 16px; align-items: baseline; padding: 8px 14px; border-bottom: 1px solid #ddd; }}
+header a {{ color: hsl(243, 100%, 65%); }}
+#chat-status.error {{ color: #b00020; }}
+form {{ margin: 0; }}
+#chat-join {{ padding: 24px 14px; display: grid; gap: 10px; max-width: 420px; }}
+#chat-main {{ display: grid; grid-template-columns: 180px 1fr 200px; height: calc(100vh - 40px); }}
+#chat-main[hidden], #chat-join[hidden], #chat-token-row[hidden] {{ display: none; }}
+aside {{ padding: 10px; border-right: 1px solid #eee; overflow: auto; }}
+aside:last-child {{ border-right: 0; border-left: 1px solid #eee; }}
+ul {{ list-style: none; margin: 0; padding: 0; }}
+#chat-rooms button {{ width: 100%; text-align: left; border: 0; background: none; padding: 4px 6px; cursor: pointer; }}
+#chat-rooms button[aria-pressed=true] {{ background: hsl(243, 100%, 94%); border-radius: 4px; }}
+section {{ display: flex; flex-direction: column; min-height: 0; }}
+#chat-messages {{ flex: 1; overflow: auto; padding: 10px; }}
+.chat-message {{ padding: 2px 0; white-space: pre-wrap; }}
+#chat-typing {{ min-height: 18px; padding: 0 10px; font-style: italic; opacity: 0.7; }}
+#chat-send {{ display: flex; gap: 8px; padding: 10px; border-top: 1px solid #eee; }}
+#chat-input {{ flex: 1; }}
+input, button {{ font: inherit; padding: 4px 8px; }}
+</style>
+<script id="tidings-chat-config" type="application/json">{config}</script>
+<script defer src="{js}"></script>
+</head>
+<body>
+<header><strong>tidings chat</strong><a href="{playground}">&larr; playground</a><span id="chat-status"></span></header>
+<form id="chat-join">
+<label>Your name <input id="chat-name" maxlength="40" required></label>
+<label id="chat-token-row">Token (auth is on: <code>tidings token --sub alice</code>)
+<input id="chat-token" autocomplete="off"></label>
+<button id="chat-join-button" type="submit">Join the chat</button>
+<noscript>The chat demo needs JavaScript.</noscript>
+</form>
+<div id="chat-main" hidden>
+<aside><b>Rooms</b><ul id="chat-rooms"></ul>
+<form id="chat-room-form"><input id="chat-new-room" placeholder="new room" size="12"></form></aside>
+<section><h3 style="margin: 10px">#<span id="chat-room-name"></span></h3>
+<ul id="chat-messages"></ul><div id="chat-typing"></div>
+<form id="chat-send"><input id="chat-input" placeholder="Say something" autocomplete="off" maxlength="2000">
+<button type="submit">Send</button></form></section>
+<aside><b>Here (<span id="chat-count">0</span>)</b><ul id="chat-members"></ul></aside>
+</div>
+</body>
+</html>
+"""

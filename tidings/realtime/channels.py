@@ -22,8 +22,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mappi
 from typing import Any
 
 import orjson
-from graphql import GraphQLError
-from graphql.execution import Executor, execute_subscription_event
+from graphql.execution import Executor
 
 from tidings.auth.channel_rules import ChannelAction, ChannelRules, Resolved
 from tidings.auth.principal import Principal
@@ -32,10 +31,9 @@ from tidings.events import ChangeEvent
 from tidings.limits import Limits
 from tidings.pubsub import Broker, BrokerUnavailable
 from tidings.realtime.channel_store import ChannelStore, MemoryChannelStore, RedisChannelStore, split
-from tidings.realtime.group import Sink
+from tidings.realtime.group import Sink, render_view
 from tidings.realtime.presence import Diff, Entry, PresenceKind, PresenceRegistry, presence_view
 from tidings.resolvers.context import Publisher
-from tidings.schema.extensions import classify_all
 
 logger = logging.getLogger("tidings.realtime")
 
@@ -101,18 +99,6 @@ class ChannelSubscriber:
 
     def close(self) -> None:
         self.stop(self)
-
-
-def render(executor: Executor[Any], view: Mapping[str, Any]) -> str:
-    """Execute a subscription's selection set on ``view`` and serialize it."""
-    per_event = executor.build_per_event_executor(view)
-    per_event._relevant_sub_fields = {}  # see Group.render: the memo would grow per event
-    result = execute_subscription_event(per_event)
-    payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
-    errors: list[GraphQLError] | None = result.errors  # type: ignore[union-attr]
-    if errors:
-        payload["errors"] = [e.formatted for e in classify_all(list(errors))]
-    return orjson.dumps(payload).decode()
 
 
 def _event_view(seq: int, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -370,7 +356,7 @@ class Channels:
             return  # echo: false, and this is the publishing connection
         payload = cache.get(subscriber.render_key)
         if payload is None:
-            payload = cache[subscriber.render_key] = render(subscriber.executor, _event_view(seq, data))
+            payload = cache[subscriber.render_key] = render_view(subscriber.executor, _event_view(seq, data))
         self.delivered += 1
         subscriber.sink.push(subscriber.op_id, seq, payload)
 
@@ -471,7 +457,7 @@ class Channels:
             raise
         watcher.buffer = None
         members = self.presence.members(key)
-        sink.push(op_id, 0, render(executor, presence_view(PresenceKind.SYNC, members, None, len(members))))
+        sink.push(op_id, 0, render_view(executor, presence_view(PresenceKind.SYNC, members, None, len(members))))
         return watcher
 
     async def update(self, principal: Principal, channel: str, meta: Any, client: Any) -> bool:
@@ -577,7 +563,7 @@ class Channels:
             payload = cache.get(watcher.render_key)
             if payload is None:
                 view = presence_view(diff.kind, None, diff.member, diff.count)
-                payload = cache[watcher.render_key] = render(watcher.executor, view)
+                payload = cache[watcher.render_key] = render_view(watcher.executor, view)
             watcher.sink.push(watcher.op_id, 0, payload)
 
     async def _beat(self) -> None:

@@ -27,6 +27,20 @@ from tidings.schema.inputs import Operation as GraphQLOperation
 _OPERATIONS = {op: GraphQLOperation(op.value) for op in Operation}
 
 
+def render_view(executor: Executor[Any], view: Mapping[str, Any]) -> str:
+    """Execute a subscription's selection set on ``view`` (its root value) and serialize the result."""
+    per_event = executor.build_per_event_executor(view)
+    # The copy shares graphql-core's subfield memo with the subscription's executor, keyed by
+    # lists made anew for each event: shared, it would grow by every event ever rendered.
+    per_event._relevant_sub_fields = {}
+    result = execute_subscription_event(per_event)
+    payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
+    errors: list[GraphQLError] | None = result.errors  # type: ignore[union-attr]
+    if errors:
+        payload["errors"] = [e.formatted for e in classify_all(list(errors))]
+    return orjson.dumps(payload).decode()
+
+
 class Sink(Protocol):
     """Where one connection's results go (the transport implements it).
 
@@ -174,13 +188,4 @@ class Group:
             "actor": event.actor,
             "match": match,
         }
-        executor = self.executor.build_per_event_executor(view)
-        # The copy shares graphql-core's subfield memo with the group's executor, keyed by
-        # lists made anew for each event: shared, it would grow by every event ever rendered.
-        executor._relevant_sub_fields = {}
-        result = execute_subscription_event(executor)
-        payload: dict[str, Any] = {"data": result.data}  # type: ignore[union-attr]
-        errors: list[GraphQLError] | None = result.errors  # type: ignore[union-attr]
-        if errors:
-            payload["errors"] = [e.formatted for e in classify_all(list(errors))]
-        return orjson.dumps(payload).decode()
+        return render_view(self.executor, view)

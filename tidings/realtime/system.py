@@ -16,8 +16,7 @@ from typing import Any
 
 from graphql.execution import Executor
 
-from tidings.realtime.channels import render
-from tidings.realtime.group import Sink
+from tidings.realtime.group import Sink, render_view
 
 
 class SystemEventKind(enum.Enum):
@@ -86,7 +85,7 @@ class SystemEvents:
 
     def _send(self, subscriber: SystemSubscriber, kind: SystemEventKind, message: str, data: Any) -> None:
         view = {"kind": kind, "message": message, "at": dt.datetime.now(dt.UTC), "data": data}
-        subscriber.sink.push(subscriber.op_id, 0, render(subscriber.executor, view))
+        subscriber.sink.push(subscriber.op_id, 0, render_view(subscriber.executor, view))
 
     # -- token expiry ------------------------------------------------------------------
 
