@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.wsclient import WS
 from tidings.app import create_app
 from tidings.config import Settings
 from tidings.redaction import install_redaction
@@ -164,6 +165,17 @@ async def wait_subscribers(server: Server, n: int, *, exact: bool = False, timeo
         if time.monotonic() > deadline:
             raise AssertionError(f"{count} subscriptions registered, waiting for {'exactly ' if exact else ''}{n}")
         await asyncio.sleep(0.01)
+
+
+async def subscribed(
+    server: Server, op_id: str, query: str, variables: dict[str, Any] | None = None, *, n: int = 1
+) -> WS:
+    """A graphql-transport-ws connection to ``server`` that subscribed ``query``, once the server holds ``n``."""
+    ws = await WS.open(server.ws_url)
+    await ws.init()
+    await ws.subscribe(op_id, query, variables)
+    await wait_subscribers(server, n)
+    return ws
 
 
 async def wait_channel_subscribers(server: Server, n: int, timeout: float = 5.0) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, gql_post, make_server, until, wait_subscribers
+from tests.conftest import Server, gql_post, make_server, subscribed, until
 from tests.processes import RedisProcess
+from tests.test_resume import events_of
 from tests.wsclient import WS
 from tidings.pubsub import broker_from_url
 
@@ -43,8 +44,8 @@ async def post(http: httpx.AsyncClient, body: str) -> None:
 
 
 async def bodies(ws: WS, n: int, timeout: float = 5.0) -> list[tuple[int, str]]:
-    got = [(await ws.recv(timeout))["payload"]["data"]["messageEvents"] for _ in range(n)]
-    return [(int(e["seq"]), e["record"]["body"]) for e in got]
+    """The next ``n`` messageEvents as (seq, body)."""
+    return events_of([await ws.recv(timeout) for _ in range(n)])
 
 
 def redis_app(tmp_path: Path, redis: RedisProcess, **settings: Any) -> Server:
@@ -60,10 +61,7 @@ async def test_consumer_resubscribes_and_fills_the_gap_after_a_disconnect(
     server = redis_app(tmp_path, redis_server, gap_check_interval=30.0)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            ws = await WS.open(server.ws_url)
-            await ws.init()
-            await ws.subscribe("1", SUB)
-            await wait_subscribers(server, 1)
+            ws = await subscribed(server, "1", SUB)
             await post(http, "before")
             assert [b for _, b in await bodies(ws, 1)] == ["before"]
             if fault == "restart":
@@ -96,10 +94,7 @@ async def test_stalled_broker_holds_no_mutation_and_the_gap_check_delivers(
     server = redis_app(tmp_path, redis_server, gap_check_interval=0.2)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            ws = await WS.open(server.ws_url)
-            await ws.init()
-            await ws.subscribe("1", SUB)
-            await wait_subscribers(server, 1)
+            ws = await subscribed(server, "1", SUB)
             await post(http, "before")
             assert [b for _, b in await bodies(ws, 1)] == ["before"]
             redis_server.signal(signal.SIGSTOP)
@@ -129,10 +124,7 @@ async def test_server_stops_cleanly_while_the_broker_is_down(
     server = redis_app(tmp_path, redis_server, gap_check_interval=0.2)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            ws = await WS.open(server.ws_url)
-            await ws.init()
-            await ws.subscribe("1", SUB)
-            await wait_subscribers(server, 1)
+            ws = await subscribed(server, "1", SUB)
             if fault == "killed":
                 redis_server.kill()
             else:

@@ -14,10 +14,9 @@ import orjson
 import pytest
 
 from tests.backends import fresh_database, service_url
-from tests.conftest import make_server, until, wait_subscribers
+from tests.conftest import make_server, subscribed, until
 from tests.processes import RedisProcess
 from tests.test_broker_faults import OUTAGE, RECOVERY, SUB, bodies, lines, post
-from tests.wsclient import WS
 from tidings.errors import ConfigurationError
 from tidings.pubsub import Broker, BrokerUnavailable, MemoryBroker, broker_from_url, resolve_broker_url
 from tidings.pubsub.postgres import PostgresBroker, asyncpg_url, fit
@@ -34,6 +33,15 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     await b.start()
     yield b
     await b.close()
+
+
+async def subscribe_ready(broker: Broker, channel: str) -> tuple[AsyncIterator[bytes], asyncio.Future[bytes]]:
+    """Subscribe to ``channel``, once the backend holds the subscription: the stream and its next message."""
+    ready = asyncio.Event()
+    stream = broker.subscribe(channel, on_ready=ready.set)
+    pending = asyncio.ensure_future(anext(stream))
+    await asyncio.wait_for(ready.wait(), 5)
+    return stream, pending
 
 
 async def _collect(broker: Broker, channel: str, n: int, ready: asyncio.Event, out: list[bytes]) -> None:
@@ -82,10 +90,7 @@ async def test_memory_broker_drop_hook_counts() -> None:
 
 async def test_on_ready_means_every_later_message_arrives(broker: Broker) -> None:
     # No settling sleep: once on_ready is called, the subscription is in place on the broker.
-    ready = asyncio.Event()
-    stream = broker.subscribe("ready", on_ready=ready.set)
-    first = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-    await asyncio.wait_for(ready.wait(), 5)
+    stream, first = await subscribe_ready(broker, "ready")
     await broker.publish("ready", b"first")
     assert await asyncio.wait_for(first, 5) == b"first"
     await stream.aclose()  # type: ignore[attr-defined]
@@ -97,10 +102,7 @@ async def test_redis_faults_raise_to_the_caller_and_close_never_waits(redis_serv
     redis = redis_server
     broker = broker_from_url(redis.url)
     await broker.start()
-    ready = asyncio.Event()
-    stream = broker.subscribe("c", on_ready=ready.set)
-    pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-    await asyncio.wait_for(ready.wait(), 5)
+    _stream, pending = await subscribe_ready(broker, "c")
     assert redis.command(b"CLIENT", b"KILL", b"TYPE", b"pubsub") == b":1"
     with pytest.raises(BrokerUnavailable):
         await asyncio.wait_for(pending, 5)
@@ -109,10 +111,7 @@ async def test_redis_faults_raise_to_the_caller_and_close_never_waits(redis_serv
         await asyncio.wait_for(broker.publish("c", b"lost"), 5)
     redis.start()
     await asyncio.wait_for(broker.publish("c", b"back"), 5)  # a stale pooled connection is not an error
-    ready.clear()
-    stream = broker.subscribe("c", on_ready=ready.set)
-    pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-    await asyncio.wait_for(ready.wait(), 5)
+    _stream, pending = await subscribe_ready(broker, "c")
     redis.signal(signal.SIGSTOP)
     pending.cancel()
     await asyncio.wait_for(broker.close(), 2)
@@ -148,10 +147,7 @@ async def test_postgres_large_doorbell_arrives_as_its_seq() -> None:
     broker = broker_from_url(service_url("TIDINGS_TEST_PG_URL", "PostgreSQL"))
     await broker.start()
     try:
-        ready = asyncio.Event()
-        stream = broker.subscribe("big", on_ready=ready.set)
-        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-        await asyncio.wait_for(ready.wait(), 5)
+        stream, pending = await subscribe_ready(broker, "big")
         await broker.publish("big", orjson.dumps({"seq": 41, "record": {"body": "é" * 5000}}))
         assert orjson.loads(await asyncio.wait_for(pending, 5)) == {"seq": 41}
         await stream.aclose()  # type: ignore[attr-defined]
@@ -167,10 +163,7 @@ async def test_postgres_faults_raise_to_the_caller_and_a_new_subscription_works(
     await broker.start()
     admin = await asyncpg.connect(asyncpg_url(url))
     try:
-        ready = asyncio.Event()
-        stream = broker.subscribe("pgfault", on_ready=ready.set)
-        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-        await asyncio.wait_for(ready.wait(), 5)
+        stream, pending = await subscribe_ready(broker, "pgfault")
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN %pgfault%'"
         )
@@ -183,10 +176,7 @@ async def test_postgres_faults_raise_to_the_caller_and_a_new_subscription_works(
             "WHERE application_name = 'tidings broker notify' AND datname = current_database()"
         )
         await asyncio.wait_for(broker.publish("pgfault", b"nobody"), 5)
-        ready.clear()
-        stream = broker.subscribe("pgfault", on_ready=ready.set)
-        pending = asyncio.ensure_future(anext(stream))  # type: ignore[arg-type]
-        await asyncio.wait_for(ready.wait(), 5)
+        stream, pending = await subscribe_ready(broker, "pgfault")
         await broker.publish("pgfault", b"back")
         assert await asyncio.wait_for(pending, 5) == b"back"
         await stream.aclose()  # type: ignore[attr-defined]
@@ -207,10 +197,7 @@ async def test_postgres_broker_listener_terminated_the_server_resubscribes_and_f
     admin = await asyncpg.connect(asyncpg_url(db))
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            ws = await WS.open(server.ws_url)
-            await ws.init()
-            await ws.subscribe("1", SUB)
-            await wait_subscribers(server, 1)
+            ws = await subscribed(server, "1", SUB)
             await post(http, "before")
             assert [b for _, b in await bodies(ws, 1)] == ["before"]
             killed = await admin.fetchval(

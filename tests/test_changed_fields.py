@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, gql_post, wait_subscribers
+from tests.conftest import Server, gql_post, subscribed, wait_subscribers
 from tests.test_realtime_sse import read_events, sse_stream
 from tests.test_realtime_ws import create, delete, update
 from tests.wsclient import WS
@@ -67,10 +67,7 @@ async def test_changed_fields_narrows_updates_over_websocket_and_sse(server: Ser
 
 
 async def test_entering_or_leaving_the_view_passes_whatever_changed(server: Server, http: httpx.AsyncClient) -> None:
-    ws = await WS.open(server.ws_url)
-    await ws.init()
-    await ws.subscribe("s", NARROWED, {"fields": ["title"], "where": {"priority": {"lt": 5}}})
-    await wait_subscribers(server, 1)
+    ws = await subscribed(server, "s", NARROWED, {"fields": ["title"], "where": {"priority": {"lt": 5}}})
     tid = await create(http, title="a")
     await update(http, tid, status="done")  # stays in view, title unchanged: narrowed away
     await update(http, tid, priority=9)  # leaves the view: a client's copy must drop it

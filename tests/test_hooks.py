@@ -13,7 +13,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import Server, gql_post, make_server, wait_channel_subscribers, wait_subscribers
+from tests.conftest import Server, gql_post, make_server, subscribed, wait_channel_subscribers
 from tests.wsclient import WS
 from tidings import (
     BadUserInput,
@@ -224,10 +224,7 @@ async def test_a_raising_after_commit_hook_does_not_affect_delivery(tmp_path: Pa
 
     server = make_server(tmp_path, hooks=hooks)
     try:
-        ws = await WS.open(server.ws_url)
-        await ws.init()
-        await ws.subscribe("s", EVENTS)
-        await wait_subscribers(server, 1)
+        ws = await subscribed(server, "s", EVENTS)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             for title in ("one", "two"):
                 assert "errors" not in await gql_post(http, CREATE, {"t": title})

@@ -369,25 +369,39 @@ async def texts(page: Any, selector: str, expected: list[str]) -> None:
         raise AssertionError(f"{selector}: {shown!r}, waiting for {expected!r}") from None
 
 
-async def open_chat(context: Any, offline: Offline, server: Server, name: str) -> Any:
+async def open_chat(context: Any, offline: Offline, server: Server, name: str, token: str | None) -> Any:
     page = await context.new_page()
     page.on("pageerror", lambda exc: offline.page_errors.append(str(exc)))
     page.on("websocket", lambda ws: offline.sockets.append(ws.url))
     await page.goto(f"{server.url}/graphql")
     await page.click("#tidings-chat-link")  # from the playground's start page
     await page.fill("#chat-name", name)
+    assert await page.is_visible("#chat-token") is (token is not None)
+    if token is not None:
+        await page.fill("#chat-token", token)
     await page.click("#chat-join-button")
     await page.wait_for_selector("#chat-status:text-is('In lobby as " + name + "')")
     return page
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("auth", [False, True], ids=["demo", "auth"])
 async def test_browser_chat_page_two_tabs_see_each_other_typing_and_messages(
-    server: Server, browser: tuple[Any, Offline]
+    tmp_path: Path, browser: tuple[Any, Offline], auth: bool
 ) -> None:
     context, offline = browser
-    ann = await open_chat(context, offline, server, "Ann")
-    bea = await open_chat(context, offline, server, "Bea")
+    server = make_server(tmp_path, **({"jwt_secret": SECRET} if auth else {}))
+    try:
+        await chat_in_two_tabs(context, offline, server, auth)
+    finally:
+        server.stop()
+
+
+async def chat_in_two_tabs(context: Any, offline: Offline, server: Server, auth: bool) -> None:
+    mint = server.tidings.authenticator.mint
+    tokens = [mint({"sub": sub, "account": "acme"}) if auth else None for sub in ("ann", "bea")]
+    ann = await open_chat(context, offline, server, "Ann", tokens[0])
+    bea = await open_chat(context, offline, server, "Bea", tokens[1])
     # Presence: each sees both members.
     for page in (ann, bea):
         await page.wait_for_selector("#chat-count:text-is('2')")

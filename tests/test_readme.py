@@ -25,6 +25,7 @@ import httpx
 
 from tests.backends import unavailable
 from tests.conftest import Server, wait_subscribers
+from tests.processes import TIDINGS
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -62,8 +63,7 @@ async def run_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_schema(directory: Path) -> None:
-    tidings = Path(sys.executable).with_name("tidings")
-    sdl = subprocess.run([str(tidings), "export-schema"], capture_output=True, check=True, timeout=30).stdout
+    sdl = subprocess.run([TIDINGS, "export-schema"], capture_output=True, check=True, timeout=30).stdout
     (directory / "schema.graphql").write_bytes(sdl)
 
 

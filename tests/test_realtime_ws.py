@@ -10,7 +10,7 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.conftest import Server, gql_post, wait_subscribers
+from tests.conftest import Server, gql_post, subscribed, wait_subscribers
 from tests.wsclient import WS
 
 EVENTS = """subscription($where: TaskWhere, $ops: [Operation!], $id: ID, $after: String) {
@@ -101,10 +101,7 @@ async def test_operations_and_id_narrow_the_stream(server: Server, http: httpx.A
 
 
 async def test_complete_stops_delivery_and_id_can_be_reused(server: Server, http: httpx.AsyncClient) -> None:
-    ws = await WS.open(server.ws_url)
-    await ws.init()
-    await ws.subscribe("s", EVENTS)
-    await wait_subscribers(server, 1)
+    ws = await subscribed(server, "s", EVENTS)
     await ws.send({"id": "s", "type": "complete"})
     await wait_subscribers(server, 0, exact=True)
     await create(http, title="nobody listens")
@@ -246,10 +243,7 @@ async def test_gql_client_receives_filtered_events(server: Server, http: httpx.A
 
 
 async def test_failed_mutation_publishes_nothing(server: Server, http: httpx.AsyncClient) -> None:
-    ws = await WS.open(server.ws_url)
-    await ws.init()
-    await ws.subscribe("1", EVENTS)
-    await wait_subscribers(server, 1)
+    ws = await subscribed(server, "1", EVENTS)
     body = await gql_post(http, 'mutation { updateTask(id: "missing", input: {title: "x"}) { id } }')
     assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert await ws.no_message(0.5)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, gql_post, until, wait_subscribers
+from tests.conftest import Server, gql_post, subscribed, until, wait_subscribers
 from tests.test_resume import SUB, events_of, post_many
 from tests.wsclient import WS
 from tidings.errors import CursorExpired
@@ -246,10 +246,7 @@ async def test_replayer_keeps_a_groups_renders_for_subscribers_that_resume_one_b
 
 
 async def test_rendering_events_does_not_grow_the_group_executor(server: Server, http: httpx.AsyncClient) -> None:
-    ws = await WS.open(server.ws_url)
-    await ws.init()
-    await ws.subscribe("1", SUB)
-    await wait_subscribers(server, 1)
+    ws = await subscribed(server, "1", SUB)
     await post_many(http, [("r1", f"m{i}") for i in range(20)])
     assert len([await ws.recv() for _ in range(20)]) == 20
     (group,) = server.tidings.dispatcher.groups.values()

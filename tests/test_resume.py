@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, gql_post, make_server, wait_subscribers
+from tests.conftest import Server, gql_post, make_server, subscribed, wait_subscribers
 from tests.test_realtime_sse import read_events
 from tests.test_realtime_ws import create
 from tests.wsclient import WS
@@ -45,10 +45,7 @@ def events_of(messages: list[dict[str, Any]]) -> list[tuple[int, str]]:
 async def test_reconnect_with_after_replays_exactly_what_was_missed_then_goes_live(
     server: Server, http: httpx.AsyncClient
 ) -> None:
-    ws = await WS.open(server.ws_url)
-    await ws.init()
-    await ws.subscribe("1", SUB)
-    await wait_subscribers(server, 1)
+    ws = await subscribed(server, "1", SUB)
     await post_many(http, [("r1", "first")])
     last_seen = int((await ws.recv())["payload"]["data"]["messageEvents"]["seq"])
     await ws.close()
@@ -133,10 +130,7 @@ async def test_lost_doorbells_are_filled_from_the_log(tmp_path: Path) -> None:
     server = make_server(tmp_path, broker=MemoryBroker(drop=drop), gap_check_interval=0.1)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            ws = await WS.open(server.ws_url)
-            await ws.init()
-            await ws.subscribe("1", SUB)
-            await wait_subscribers(server, 1)
+            ws = await subscribed(server, "1", SUB)
             await post_many(http, [("r1", f"m{i}") for i in range(50)], concurrency=1)
             got = [await ws.recv() for _ in range(50)]
             assert [b for _, b in events_of(got)] == [f"m{i}" for i in range(50)]

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.backends import fresh_database
-from tests.conftest import Server, gql_post, make_server, wait_subscribers
+from tests.conftest import Server, gql_post, make_server, subscribed, wait_subscribers
 from tests.test_auth import SECRET, token
 from tests.test_realtime_sse import read_events, sse_stream
 from tests.test_realtime_ws import create, delete, mutate, update
@@ -170,10 +170,7 @@ async def error_code(http: httpx.AsyncClient, query: str, variables: dict[str, A
 async def test_soft_delete_hides_from_get_and_list_and_subscribers_get_deleted(
     server: Server, http: httpx.AsyncClient
 ) -> None:
-    ws = await WS.open(server.ws_url)
-    await ws.init()
-    await ws.subscribe("open", EVENTS, {"where": {"status": {"eq": "open"}}})
-    await wait_subscribers(server, 1)
+    ws = await subscribed(server, "open", EVENTS, {"where": {"status": {"eq": "open"}}})
     tid = await create(http, title="a")
     await create(http, title="b")
     await delete(http, tid)

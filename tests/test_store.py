@@ -18,7 +18,8 @@ from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
 from tidings.store import Store
 
-TASK, MESSAGE = collections_from(COLLECTIONS)
+_BY_NAME = {c.name: c for c in collections_from(COLLECTIONS)}
+TASK, MESSAGE = _BY_NAME["Task"], _BY_NAME["Message"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,7 @@ import pytest
 from tests.authdemo import COLLECTIONS
 from tests.conftest import Server, make_server, wait_subscribers
 from tests.processes import serving
-from tests.test_auth import SECRET, token
+from tests.test_auth import SECRET, call, token
 from tests.test_realtime_sse import read_events, sse_stream
 from tests.wsclient import WS
 from tidings import Rules
@@ -153,12 +153,7 @@ async def test_permissions_changed_ends_the_subscriptions_whose_scope_changed(au
     assert await other.no_message(within=0.3)
 
     # New requests run under the new rules.
-    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as http:
-        response = await http.post(
-            "/graphql",
-            json={"query": "{ docs { title } }"},
-            headers={"authorization": f"Bearer {token('ann', 'acme')}"},
-        )
+    response = await call(auth_server, token("ann", "acme"), "{ docs { title } }")
     assert response.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     await ws.close()
     await other.close()
@@ -176,12 +171,9 @@ async def test_a_reload_that_changes_nothing_for_a_caller_keeps_its_subscription
     )
     assert auth_server.call(reload) == 0
     assert await ws.no_message(within=0.3)
-    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as http:
-        created = await http.post(
-            "/graphql",
-            json={"query": 'mutation { createNote(input: {title: "still here"}) { id } }'},
-            headers={"authorization": f"Bearer {token('ann', 'acme')}"},
-        )
+    created = await call(
+        auth_server, token("ann", "acme"), 'mutation { createNote(input: {title: "still here"}) { id } }'
+    )
     assert "errors" not in created.json()
     assert (await ws.recv())["payload"]["data"]["noteEvents"]["record"]["title"] == "still here"
     await ws.close()

@@ -227,16 +227,19 @@
     }
     $('chat-join').hidden = true;
     $('chat-main').hidden = false;
-    const rooms = await state.conn.request('{ rooms(orderBy: [{name: ASC}], limit: 100) { name } }', {});
-    addRoom('lobby');
-    rooms.data.rooms.forEach((r) => addRoom(r.name));
-    state.stops = [];
-    state.conn.subscribe('subscription { roomEvents(operations: [CREATED]) { record { name } } }', {}, {
-      next: (r) => r.data && addRoom(r.data.roomEvents.record.name),
-      error: () => {},
-      complete: () => {},
-    });
-    await enterRoom('lobby');
+    try {
+      const rooms = await state.conn.request('{ rooms(orderBy: [{name: ASC}], limit: 100) { name } }', {});
+      addRoom('lobby');
+      rooms.data.rooms.forEach((r) => addRoom(r.name));
+      state.conn.subscribe('subscription { roomEvents(operations: [CREATED]) { record { name } } }', {}, {
+        next: (r) => r.data && addRoom(r.data.roomEvents.record.name),
+        error: () => {},
+        complete: () => {},
+      });
+      await enterRoom('lobby');
+    } catch (err) {
+      status(err.message, true);
+    }
   }
 
   async function send(event) {

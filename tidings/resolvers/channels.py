@@ -13,7 +13,7 @@ from strawberry.types import Info
 
 from tidings.errors import BadUserInput, NotFound
 from tidings.realtime.presence import PresenceKind
-from tidings.resolvers.context import Context
+from tidings.resolvers.context import Context, transport_only
 
 __all__ = ["CHANNEL_MUTATIONS", "CHANNEL_SUBSCRIPTIONS"]
 
@@ -88,12 +88,12 @@ async def update_presence(info: Info, channel: str, meta: JSON | None = None) ->
 async def channel_events(
     info: Info, channels: list[str], types: list[str] | None = None, after: str | None = None
 ) -> AsyncGenerator[ChannelEvent, None]:
-    raise NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
+    raise transport_only()
     yield  # pragma: no cover
 
 
 async def presence(info: Info, channel: str, meta: JSON | None = None) -> AsyncGenerator[PresenceEvent, None]:
-    raise NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
+    raise transport_only()
     yield  # pragma: no cover
 
 

@@ -8,6 +8,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.errors import NotFound
 from tidings.events import ChangeEvent
 from tidings.hooks import HookRunner
 
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
     from tidings.auth.rules import Authorizer
     from tidings.limits import Limits
     from tidings.store import Reader, Store
+
+
+def transport_only() -> NotFound:
+    """Raised by a subscription field's resolver: the transports' engine serves subscriptions, not execution."""
+    return NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
 
 
 class Publisher(Protocol):

@@ -13,7 +13,7 @@ from tidings.auth.rules import Action
 from tidings.errors import BadUserInput, Forbidden, NotFound
 from tidings.filters import And, Filter, parse_filter
 from tidings.hooks import WriteInfo
-from tidings.resolvers.context import Context
+from tidings.resolvers.context import Context, transport_only
 from tidings.resolvers.convert import input_to_columns, input_to_dict
 from tidings.schema.collection import Collection, camel_case
 from tidings.schema.types import CollectionTypes
@@ -278,7 +278,7 @@ def build_subscription_fields(t: CollectionTypes, operation_enum: Any) -> list[A
         after: str | None = None,
         changed_fields: list[FieldEnum] | None = None,  # type: ignore[valid-type]
     ) -> Any:
-        raise NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
+        raise transport_only()
         yield  # pragma: no cover
 
     _rename(events, f"{coll.table_name}_events")

@@ -9,8 +9,8 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from tidings.errors import NotFound
 from tidings.realtime.system import SystemEventKind
+from tidings.resolvers.context import transport_only
 
 __all__ = ["SYSTEM_SUBSCRIPTIONS"]
 
@@ -34,7 +34,7 @@ class SystemEvent:
 
 
 async def system_events(info: Info) -> AsyncGenerator[SystemEvent, None]:
-    raise NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
+    raise transport_only()
     yield  # pragma: no cover
 
 
