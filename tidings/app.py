@@ -53,7 +53,7 @@ from tidings.schema.collection import Collection
 from tidings.store import Store
 from tidings.transports.body import limit_body
 from tidings.transports.common import TransportContext, declares_json, header, unsupported_media_type
-from tidings.transports.negotiation import GRAPHQL_RESPONSE_JSON, route
+from tidings.transports.negotiation import GRAPHQL_RESPONSE_JSON, buffer_body, route
 from tidings.transports.origins import OriginCORS, OriginPolicy
 from tidings.transports.sse import SSEEndpoint
 from tidings.transports.websocket import serve_websocket
@@ -142,6 +142,26 @@ class HTTPView(GraphQL[Context, None]):
             await send(message)
 
         await super().__call__(scope, receive, send_as_graphql_response)
+
+
+def _json_request(body: bytes) -> Request | None:
+    """The operation a JSON body carries, if it has the usual shape (else None: the view answers)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    query, variables = data.get("query"), data.get("variables")
+    name, extensions = data.get("operationName"), data.get("extensions")
+    if (
+        not isinstance(query, str)
+        or not (variables is None or isinstance(variables, dict))
+        or not (name is None or isinstance(name, str))
+        or not (extensions is None or isinstance(extensions, dict))
+    ):
+        return None
+    return Request(query, variables, name, extensions)
 
 
 def is_request_error(result: ExecutionResult) -> bool:
@@ -491,7 +511,39 @@ class Tidings:
             return
         scope["tidings.principal"] = principal
         scope["tidings.media_type"] = chosen.media_type
+        if scope["method"] == "POST":
+            body, receive = await buffer_body(receive)
+            request = _json_request(body)
+            if request is not None and self.engine.executable(request) is not None:
+                await self._execute_http(request, scope, receive, send)
+                return
+        # Everything else (GET, batches, bodies Strawberry refuses, documents with errors,
+        # unknown operation names, subscriptions) keeps Strawberry's view and its answers.
         await self.http(scope, receive, send)
+
+    async def _execute_http(self, request: Request, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """A valid query or mutation POSTed as JSON: executed by the engine, as over WebSocket and SSE,
+        answered as Strawberry's view would (same body, status, headers), without the view's layers."""
+        http_request = StarletteRequest(scope, receive)
+        sub_response = await self.http.get_sub_response(http_request)
+        context = await self.http.get_context(http_request, sub_response)
+        result = await self.engine.execute(request, context)
+        payload = await self.http.process_result(http_request, result)
+        encoded = self.http.encode_json(payload)
+        body = encoded.encode() if isinstance(encoded, str) else encoded
+        status = sub_response.status_code or 200
+        if scope.get("tidings.media_type") == GRAPHQL_RESPONSE_JSON:
+            content_type = b"application/graphql-response+json; charset=utf-8"
+            if status == 200 and scope.get("tidings.request_error"):
+                status = 400
+        else:
+            content_type = b"application/json"
+        headers = [(b"content-length", str(len(body)).encode()), (b"content-type", content_type)]
+        headers.extend(sub_response.headers.raw)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if sub_response.background is not None:
+            await sub_response.background()
 
     def _is_mutation(self, scope: dict[str, Any]) -> bool:
         params = parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -31,6 +31,7 @@ from graphql import (
 )
 from graphql.execution import Executor
 from graphql.execution.values import get_argument_values
+from strawberry.types import ExecutionResult
 
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action
@@ -173,6 +174,31 @@ class Engine:
             return [_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")]
         return []
 
+    def executable(self, request: Request) -> OperationType | None:
+        """The type of a valid query or mutation ``execute`` can answer at once, else None.
+
+        None for what needs more than one result or a proper refusal: errors in the
+        document, an unknown operation name, a subscription, a ``query @live``.
+        """
+        parsed = self._parse(request.query)
+        if parsed.document is None or parsed.errors:
+            return None
+        op = _find_operation(parsed.document, request.operation_name)
+        if op is None or op.operation is OperationType.SUBSCRIPTION or is_live(op):
+            return None
+        return op.operation
+
+    async def execute(self, request: Request, context: Context) -> ExecutionResult:
+        """Execute a query or mutation: the one path for HTTP, WebSocket and SSE, so every
+        schema extension (rate limits, read snapshots, error codes, metrics) applies to each."""
+        return await self.schema.execute(
+            request.query,
+            variable_values=request.variables,
+            context_value=context,
+            operation_name=request.operation_name,
+            operation_extensions=request.extensions,
+        )
+
     async def run(
         self,
         request: Request,
@@ -204,12 +230,7 @@ class Engine:
             return self._announce(started, request)
         if operation.operation is not OperationType.SUBSCRIPTION:
             context = Context(self.services, principal=principal, connection=connection, client=sink)
-            result = await self.schema.execute(
-                request.query,
-                variable_values=request.variables,
-                context_value=context,
-                operation_name=request.operation_name,
-            )
+            result = await self.execute(request, context)
             payload: dict[str, Any] = {"data": result.data}
             if result.errors:
                 payload["errors"] = [e.formatted for e in result.errors]

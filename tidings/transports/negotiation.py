@@ -21,7 +21,7 @@ from tidings.protocols.accept import negotiate, parse_accept, quality
 from tidings.realtime.engine import Engine, Request
 from tidings.transports.common import declares_json, header
 
-__all__ = ["EVENT_STREAM", "GRAPHQL_RESPONSE_JSON", "JSON", "Route", "route"]
+__all__ = ["EVENT_STREAM", "GRAPHQL_RESPONSE_JSON", "JSON", "Route", "buffer_body", "route"]
 
 JSON: Final = "application/json"
 GRAPHQL_RESPONSE_JSON: Final = "application/graphql-response+json"
@@ -73,7 +73,7 @@ async def route(engine: Engine, scope: dict[str, Any], receive: Any) -> Route:
         params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         query, name = params.get("query", [""])[0], params.get("operationName", [None])[0]
     elif declares_json(scope):
-        body, receive = await _buffer(receive)
+        body, receive = await buffer_body(receive)
         query, name = _operation(body)
     else:
         return Route(sse=False, media_type=media_type, receive=receive)
@@ -97,7 +97,7 @@ def _operation(body: bytes) -> tuple[str, str | None]:
     return data["query"], name if isinstance(name, str) else None
 
 
-async def _buffer(receive: Any) -> tuple[bytes, Any]:
+async def buffer_body(receive: Any) -> tuple[bytes, Any]:
     """Read the whole body (``receive`` enforces the size limit) and a ``receive`` replaying it."""
     chunks: list[bytes] = []
     while True:
