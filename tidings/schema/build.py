@@ -6,13 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLObjectType
 from strawberry.directive import DirectiveLocation
 from strawberry.extensions import AddValidationRules, ParserCache, SchemaExtension, ValidationCache
 from strawberry.extensions.directives import DirectivesExtension, DirectivesExtensionSync
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
 from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.base import StrawberryObjectDefinition
 
 from tidings.limits import RateLimit
 from tidings.resolvers.crud import build_mutation_fields, build_query_fields, build_subscription_fields
@@ -111,4 +112,35 @@ def build_schema(
         directives=[live],
     )
     schema.suggestions = suggestions
+    _direct_attributes(schema)
     return schema, types
+
+
+def _direct_attributes(schema: strawberry.Schema) -> None:
+    """Plain attribute fields (no resolver, no field extension) read their value directly.
+
+    Strawberry resolves them through two wrappers per field and value (its basic-field
+    path, then the field's ``get_result``); a 50-row list of five fields makes 250 such
+    calls. The value is the same: ``resolve_attribute`` of the field's Python name.
+    """
+    converter = schema.schema_converter
+    for concrete in list(converter.type_map.values()):
+        definition, implementation = concrete.definition, concrete.implementation
+        if not isinstance(definition, StrawberryObjectDefinition) or not isinstance(implementation, GraphQLObjectType):
+            continue
+        for field in definition.fields:
+            if not field.is_basic_field or field.default_resolver is not resolve_attribute:
+                continue
+            graphql_field = implementation.fields.get(converter.config.name_converter.get_graphql_name(field))
+            if graphql_field is not None and getattr(graphql_field.resolve, "_is_default", False):
+                graphql_field.resolve = _attribute(field.python_name)
+
+
+def _attribute(name: str) -> Callable[..., Any]:
+    def resolve(source: Any, _info: Any, **_: Any) -> Any:
+        if type(source) is dict:
+            return source.get(name)
+        return getattr(source, name)
+
+    resolve._is_default = True  # type: ignore[attr-defined]  # Strawberry's mark: hooks may skip it
+    return resolve
