@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.backends import fresh_database
+from tests.test_live import apply_patch
 from tidings.filters import MATCH_ALL, compile_predicate, parse_filter
 from tidings.realtime.live import LiveExecutor, LiveGroup, LiveMember, LiveSource
 from tidings.realtime.patch import diff
@@ -86,27 +87,6 @@ class _Sink:
 
     def finish(self, op_id: str, errors: list[dict[str, Any]] | None = None) -> None:
         raise AssertionError(f"finished: {errors}")
-
-
-def _apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-        last = parts[-1]
-        if isinstance(parent, list):
-            if op["op"] == "add":
-                parent.insert(int(last), op["value"])
-            elif op["op"] == "remove":
-                del parent[int(last)]
-            else:
-                parent[int(last)] = op["value"]
-        elif op["op"] == "remove":
-            del parent[last]
-        else:
-            parent[last] = op["value"]
-    return doc
 
 
 async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) -> None:
@@ -197,7 +177,7 @@ async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) ->
                 message = orjson.loads(payload)
                 assert message["revision"] == client["revision"] + 1
                 client["revision"] = message["revision"]
-                client["data"] = _apply_patch(client["data"], message["patch"])
+                client["data"] = apply_patch(client["data"], message["patch"])
                 assert int(message["extensions"]["seq"]) <= position
             del sink.payloads[1:]
             assert client["data"] == expected["data"], (window, ops)
@@ -230,7 +210,7 @@ def test_patch_turns_old_into_new() -> None:
         {"op": "remove", "path": "/tasks/2"},
         {"op": "replace", "path": "/tasks/2/p", "value": True},
     ]
-    assert _apply_patch(old, ops) == new
+    assert apply_patch(old, ops) == new
 
 
 async def test_list_order_is_code_point_order_whatever_the_database_collation(tmp_path: Path) -> None:
