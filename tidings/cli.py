@@ -27,16 +27,7 @@ def load_collections(spec: str | None) -> list[Collection]:
         from tidings.schema.toml import load_toml
 
         return load_toml(spec)
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise ConfigurationError(f"--collections expects module:attr or a .toml file, got {spec!r}")
-    sys.path.insert(0, str(Path.cwd()))
-    try:
-        obj: Any = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"Cannot load collections {spec!r}: {exc}") from exc
-    items = list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [obj]
-    return collections_from([item for item in items if not isinstance(item, Channel)])
+    return collections_from([item for item in _declared(spec) if not isinstance(item, Channel)])
 
 
 def load_channels(spec: str | None) -> list[Channel]:
@@ -49,10 +40,20 @@ def load_channels(spec: str | None) -> list[Channel]:
         from tidings.schema.toml import load_channels as load_toml_channels
 
         return load_toml_channels(spec)
+    return [item for item in _declared(spec) if isinstance(item, Channel)]
+
+
+def _declared(spec: str) -> list[Any]:
+    """What ``module:attr`` holds (a list, dict or single declaration), flattened to a list."""
     module_name, _, attr = spec.partition(":")
-    obj: Any = getattr(importlib.import_module(module_name), attr)
-    items = list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [obj]
-    return [item for item in items if isinstance(item, Channel)]
+    if not attr:
+        raise ConfigurationError(f"--collections expects module:attr or a .toml file, got {spec!r}")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"Cannot load collections {spec!r}: {exc}") from exc
+    return list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [obj]
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
