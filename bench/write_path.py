@@ -327,7 +327,7 @@ async def run_db(args: argparse.Namespace, dbname: str, workdir: Path) -> None:
             prof = subprocess.Popen(args.profile.format(pid=tid.server.pid).split(), stdin=subprocess.DEVNULL)
             time.sleep(0.5)
         try:
-            for rnd in range(args.repeat):
+            for rnd in range(args.repeat if "create" in args.ops else 0):
                 for c in args.concurrency:
                     for v in variants:
                         r = await measure(v, "create", c, args.seconds, args.warm, "", v.pg_db)
@@ -343,7 +343,7 @@ async def run_db(args: argparse.Namespace, dbname: str, workdir: Path) -> None:
                         conn.close()
                         ids[v.kind] = created["data"]["createTask"]["id"]
                 for rnd in range(args.repeat):
-                    for op in ("list", "get"):
+                    for op in [o for o in ("list", "get") if o in args.ops]:
                         for c in args.read_concurrency:
                             for v in readers:
                                 own = v.kind == "baseline"
@@ -407,6 +407,7 @@ async def main() -> None:
     parser.add_argument("--warm", type=float, default=0.5, help="unmeasured seconds before each step")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-reads", action="store_true")
+    parser.add_argument("--ops", default="create,list,get", help="which of create, list and get to measure")
     parser.add_argument("--profile", default=None, help="command run against tidings' pid during the run")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
@@ -418,6 +419,7 @@ async def main() -> None:
     apply_quick(parser, args, {"seconds": 1.0, "repeat": 1, "warm": 0.2})
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.read_concurrency = [int(x) for x in args.read_concurrency.split(",")]
+    args.ops = args.ops.split(",")
     if "tidings" in args.only.split(","):
         args.only = ",".join(["tidings", *[k for k in args.only.split(",") if k != "tidings"]])
     if args.baseline:

@@ -76,13 +76,17 @@ def make_server(
     broker: Any = None,
     uvicorn_overrides: Any = None,
     hooks: Any = None,
+    middleware: Any = (),
     **settings: Any,
 ) -> Server:
+    """A real uvicorn server of ``create_app``; ``middleware`` classes are added with ``add_middleware``."""
     db = settings.pop("db", None) or f"sqlite:///{tmp_path / 'test.db'}"
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
     config = Settings(**base)
     app = create_app(collections, config, broker=broker, hooks=hooks)
+    for cls in middleware:
+        app.add_middleware(cls)
     # What `tidings serve` runs, bar where it listens and how much it logs.
     uv = uvicorn_options(config, **(uvicorn_overrides or {}))
     for own in ("host", "port", "log_level"):

@@ -158,3 +158,42 @@ async def test_subscription_over_plain_http_is_a_request_error_not_a_logged_faul
     assert [r.getMessage() for r in caplog.records if r.levelno > logging.INFO] == []
     # A query mentioning the word is still a query.
     assert (await gql_post(http, '{ tasks(where: {title: {eq: "subscription"}}) { id } }'))["data"] == {"tasks": []}
+
+
+class _Stamp:
+    """An app's own middleware: marks every HTTP response it sees."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def stamped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-stamp", b"1")]}
+            await send(message)
+
+        await self.app(scope, receive, stamped if scope["type"] == "http" else send)
+
+
+async def test_middleware_added_to_the_app_sees_graphql_requests(tmp_path: Any) -> None:
+    """/graphql skips Starlette's router on the way in; an app's add_middleware still applies to it."""
+    from tests.conftest import make_server
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain, stamped = make_server(tmp_path / "a"), make_server(tmp_path / "b", middleware=[_Stamp])
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for server, stamp in ((plain, None), (stamped, "1")):
+                response = await http.post(f"{server.url}/graphql", json={"query": "{ tasks { id } }"})
+                assert response.status_code == 200 and response.json()["data"] == {"tasks": []}
+                assert response.headers.get("x-stamp") == stamp
+                # CORS still answers on the short path (demo mode: localhost origins).
+                origin = {"origin": "http://localhost:5173"}
+                response = await http.post(f"{server.url}/graphql", json={"query": "{ tasks { id } }"}, headers=origin)
+                assert response.headers.get("access-control-allow-origin") == "http://localhost:5173"
+                response = await http.patch(f"{server.url}/graphql")
+                assert response.status_code == 405
+    finally:
+        plain.stop()
+        stamped.stop()

@@ -22,7 +22,7 @@ CREATE = "mutation($p: Int!) { createTask(input: {title: 'x', priority: $p}) { i
 
 
 def checked_out(server: Server) -> int:
-    pool: Any = server.tidings.store.engine.pool
+    pool: Any = server.tidings.store.read_pool
     return int(pool.checkedout())
 
 
@@ -55,12 +55,12 @@ async def test_aliased_root_fields_read_one_snapshot_on_one_connection(tmp_path:
         server.stop()
 
 
-async def test_a_database_fault_after_the_resolvers_is_masked_and_releases_the_connection(tmp_path: Path) -> None:
+async def test_a_database_fault_reading_the_snapshot_is_masked_and_releases_the_connection(tmp_path: Path) -> None:
     server = make_server(tmp_path, gap_check_interval=60.0)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             assert "errors" not in await gql_post(http, CREATE, {"p": 1})
-            # The resolvers read fine; reading the snapshot's seq as it closes fails.
+            # Reading the snapshot's event-log position fails (on SQLite it is read as the snapshot opens).
             with sqlite3.connect(tmp_path / "test.db") as db:
                 db.execute("ALTER TABLE tidings_events RENAME TO moved_away")
             try:
@@ -68,9 +68,11 @@ async def test_a_database_fault_after_the_resolvers_is_masked_and_releases_the_c
             finally:
                 with sqlite3.connect(tmp_path / "test.db") as db:
                     db.execute("ALTER TABLE moved_away RENAME TO tidings_events")
-            assert result["errors"] == [
-                {"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+            assert result["data"] is None, result
+            assert [(e["message"], e["extensions"]) for e in result["errors"]] == [
+                ("Internal server error", {"code": "INTERNAL_SERVER_ERROR"})
             ], result
+            assert "tidings_events" not in str(result)
             await until(lambda: checked_out(server) == 0)
     finally:
         server.stop()
@@ -78,6 +80,39 @@ async def test_a_database_fault_after_the_resolvers_is_masked_and_releases_the_c
     # (the autouse no_server_errors fixture's collector is told so).
     collectors = [h for h in logging.getLogger("tidings").handlers if type(h).__name__ == "_ErrorLogs"]
     assert len(collectors) == 1
+    records: list[logging.LogRecord] = collectors[0].records  # type: ignore[attr-defined]
+    assert {r.getMessage() for r in records} == {"Unexpected error in a resolver"}
+    records.clear()
+
+
+async def test_a_fault_as_the_snapshot_closes_is_masked_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the position is read as the snapshot closes, after the resolvers: a fault
+    there is an answer without data, masked, logged, and the connection still goes back."""
+    from tidings.resolvers.context import Context
+
+    original = Context.close
+
+    async def failing_close(self: Context) -> None:
+        await original(self)
+        raise RuntimeError("could not read tidings_events")
+
+    server = make_server(tmp_path, gap_check_interval=60.0)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert "errors" not in await gql_post(http, CREATE, {"p": 1})
+            monkeypatch.setattr(Context, "close", failing_close)
+            result = await gql_post(http, "{ tasks { priority } }")
+            monkeypatch.setattr(Context, "close", original)
+            assert result["data"] is None, result
+            assert result["errors"] == [
+                {"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+            ], result
+            await until(lambda: checked_out(server) == 0)
+    finally:
+        server.stop()
+    collectors = [h for h in logging.getLogger("tidings").handlers if type(h).__name__ == "_ErrorLogs"]
     records: list[logging.LogRecord] = collectors[0].records  # type: ignore[attr-defined]
     assert {r.getMessage() for r in records} == {"Unexpected error in a resolver"}
     records.clear()

@@ -35,7 +35,7 @@ from tidings.config import Settings
 from tidings.errors import ConfigurationError, ErrorCode, PermissionsChanged, TidingsError
 from tidings.hooks import CommitNotifier, HookRunner, Hooks
 from tidings.limits import Limits
-from tidings.metrics import Metrics, MetricsAccess, exposition, mutation_counter, registry_for
+from tidings.metrics import Metrics, MetricsAccess, count_mutations, exposition, mutation_counter, registry_for
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
 from tidings.realtime.channels import Channels, FanOut
@@ -255,6 +255,10 @@ class Tidings:
             live_max_rows=settings.live_max_rows,
         )
         self.engine.channels = self.channels
+        mutation_fields = _mutation_collections(self.collections)
+        self.engine.count_mutations = lambda operation, errors: count_mutations(
+            self.metrics, mutation_fields, operation, errors
+        )
         self.engine.system.expiring_lead = settings.token_expiring_lead
         self.transport = TransportContext(settings, self.engine, self.authenticator, metrics=self.metrics)
         self.metrics.connections = self.transport.connections
@@ -607,21 +611,42 @@ def _mutation_collections(collections: Sequence[Collection]) -> dict[str, str]:
     return {f"{verb}{c.name}": c.name for c in collections for verb in verbs}
 
 
+GRAPHQL_METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS")
+
+
 class _App(Starlette):
-    """Starlette, with WebSocket connections to /graphql handed straight to tidings.
+    """Starlette, with requests to /graphql handed straight to tidings.
 
     A WebSocket lives for hours; going through the middleware stack would keep
     its frames (and their memory) alive for every connection, for nothing: CORS
     does not apply to WebSockets and the transport handles its own errors.
+
+    HTTP requests to /graphql go to ``graphql_http``: the CORS layer, then tidings,
+    without the router and Starlette's two exception layers (tidings answers its own
+    errors; an unexpected exception is a 500 that uvicorn logs, as it is through
+    them). Middleware added later with ``add_middleware`` turns the shortcut off.
     """
 
+    graphql_http: Any = None
+    own_middleware = 0  # how many of user_middleware create_app put there
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket":
+        kind = scope["type"]
+        if kind == "websocket" or kind == "http":
             path, root = scope["path"], scope.get("root_path", "")
             if (path[len(root) :] if root and path.startswith(root) else path) == "/graphql":
-                scope["app"] = self
-                await self.state.tidings.graphql(scope, receive, send)
-                return
+                if kind == "websocket":
+                    scope["app"] = self
+                    await self.state.tidings.graphql(scope, receive, send)
+                    return
+                if (
+                    self.graphql_http is not None
+                    and scope["method"] in GRAPHQL_METHODS
+                    and len(self.user_middleware) == self.own_middleware
+                ):
+                    scope["app"] = self
+                    await self.graphql_http(scope, receive, send)
+                    return
         await super().__call__(scope, receive, send)
 
 
@@ -688,11 +713,12 @@ def create_app(
             await tidings.stop()
 
     cors = tidings.cors_origins
-    middleware = (
-        []
-        if cors.is_empty
-        else [Middleware(OriginCORS, policy=cors, allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["*"])]
-    )
+    cors_options: dict[str, Any] = {
+        "policy": cors,
+        "allow_methods": ["GET", "POST", "PUT", "DELETE"],
+        "allow_headers": ["*"],
+    }
+    middleware = [] if cors.is_empty else [Middleware(OriginCORS, **cors_options)]
     endpoint = _GraphQLEndpoint(tidings)
     app = _App(
         routes=[
@@ -700,7 +726,7 @@ def create_app(
             Route("/metrics", metrics),
             Route("/readyz", readyz),
             # WebSockets to /graphql never reach the router: _App hands them to tidings.
-            Route("/graphql", endpoint, methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"]),
+            Route("/graphql", endpoint, methods=list(GRAPHQL_METHODS)),
             *([Route(f"{ASSETS_PATH}/{{name}}", tidings.playground.asset)] if tidings.playground else []),
             *([Route("/", to_playground)] if tidings.playground else []),
         ],
@@ -708,6 +734,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.tidings = tidings
+    app.graphql_http = endpoint if cors.is_empty else OriginCORS(endpoint, **cors_options)
+    app.own_middleware = len(middleware)
     return app
 
 

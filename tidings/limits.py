@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from graphql import ExecutionResult, GraphQLError
 from strawberry.extensions import SchemaExtension
-from strawberry.types.graphql import OperationType
 
 from tidings.auth.principal import Principal
 from tidings.errors import RateLimited
@@ -324,23 +323,33 @@ def _client_of(context: Any) -> Any:
     return getattr(address, "host", None)
 
 
+async def refuse_operation(context: Any, operation: str | None) -> GraphQLError | None:
+    """The query and mutation limits for one operation (``"query"``, ``"mutation"``): the error
+    to answer it with, or None to run it. Over HTTP a refusal is a 429 with a Retry-After in
+    whole seconds.
+    """
+    limits: Limits | None = getattr(getattr(context, "services", None), "limits", None)
+    if limits is None or operation == "subscription":
+        return None
+    kind = "mutation" if operation == "mutation" else "query"
+    limited = await limits.check_operation(kind, context.principal, _client_of(context))
+    if limited is None:
+        return None
+    response = getattr(context, "response", None)
+    if response is not None:
+        response.status_code = 429
+        response.headers["Retry-After"] = str(max(1, math.ceil(limited.details["retryAfter"])))
+    return GraphQLError(limited.message, original_error=limited, extensions=limited.extensions)
+
+
 class RateLimit(SchemaExtension):
     """Applies the query and mutation limits to every operation Strawberry executes
-    (HTTP, and WebSocket and SSE through the engine): one place, after validation."""
+    (the HTTP view's own requests; the engine applies them itself): one place, after validation."""
 
     async def on_execute(self) -> AsyncIterator[None]:
-        ctx = self.execution_context.context
-        limits: Limits | None = getattr(getattr(ctx, "services", None), "limits", None)
-        operation = self.execution_context.operation_type
-        if limits is not None and operation is not OperationType.SUBSCRIPTION:
-            kind = "mutation" if operation is OperationType.MUTATION else "query"
-            limited = await limits.check_operation(kind, ctx.principal, _client_of(ctx))
-            if limited is not None:
-                error = GraphQLError(limited.message, original_error=limited, extensions=limited.extensions)
-                self.execution_context.result = ExecutionResult(data=None, errors=[error])
-                response = getattr(ctx, "response", None)
-                if response is not None:
-                    # GraphQL over HTTP: 429 and a Retry-After in whole seconds.
-                    response.status_code = 429
-                    response.headers["Retry-After"] = str(max(1, math.ceil(limited.details["retryAfter"])))
+        ec = self.execution_context
+        operation = ec.operation_type
+        refused = await refuse_operation(ec.context, operation.value if operation is not None else None)
+        if refused is not None:
+            ec.result = ExecutionResult(data=None, errors=[refused])
         yield

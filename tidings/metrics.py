@@ -20,12 +20,12 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -361,22 +361,31 @@ class MutationCounter(SchemaExtension):
             ),
             None,
         )
-        if operation is None:
-            return
-        failed: dict[str, str] = {}
-        for error in result.errors or ():
-            if not error.path:
-                return  # the request never ran (validation): no mutation happened
-            code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR.value)
-            failed.setdefault(str(error.path[0]), str(code))
-        for selection in operation.selection_set.selections:
-            if not isinstance(selection, FieldNode):
-                continue
-            collection = self.collections.get(selection.name.value)
-            if collection is None:
-                continue
-            key = (selection.alias or selection.name).value
-            self.metrics.mutations[collection, failed.get(key, "ok")] += 1
+        if operation is not None:
+            count_mutations(self.metrics, self.collections, operation, result.errors)
+
+
+def count_mutations(
+    metrics: Metrics,
+    collections: Mapping[str, str],
+    operation: OperationDefinitionNode,
+    errors: Sequence[GraphQLError] | None,
+) -> None:
+    """Counts a mutation's root fields by collection and outcome: ``ok`` or its error's code."""
+    failed: dict[str, str] = {}
+    for error in errors or ():
+        if not error.path:
+            return  # the request never ran (validation): no mutation happened
+        code = (error.extensions or {}).get("code", ErrorCode.INTERNAL_SERVER_ERROR.value)
+        failed.setdefault(str(error.path[0]), str(code))
+    for selection in operation.selection_set.selections:
+        if not isinstance(selection, FieldNode):
+            continue
+        collection = collections.get(selection.name.value)
+        if collection is None:
+            continue
+        key = (selection.alias or selection.name).value
+        metrics.mutations[collection, failed.get(key, "ok")] += 1
 
 
 def mutation_counter(metrics: Metrics, collections: Mapping[str, str]) -> type[MutationCounter]:

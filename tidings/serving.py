@@ -139,6 +139,8 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        # Above info the access log prints nothing, but uvicorn would still format each line's address and path.
+        "access_log": settings.log_level.lower() in ("trace", "debug", "info"),
         "http": http_protocol(settings.header_timeout, settings.body_timeout),
         "ws": WebSocketProtocol,
         "ws_max_size": settings.max_message_size,

@@ -18,6 +18,7 @@ from strawberry.types.base import StrawberryObjectDefinition
 from tidings.limits import RateLimit
 from tidings.resolvers.crud import build_mutation_fields, build_query_fields, build_subscription_fields
 from tidings.schema.collection import Collection
+from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
 from tidings.schema.types import CollectionTypes, TypeFactory
@@ -110,6 +111,7 @@ def build_schema(
         config=StrawberryConfig(default_resolver=resolve_attribute),
         extensions=extensions,
         directives=[live],
+        execution_context_class=Executor,
     )
     schema.suggestions = suggestions
     _direct_attributes(schema)
@@ -143,4 +145,5 @@ def _attribute(name: str) -> Callable[..., Any]:
         return getattr(source, name)
 
     resolve._is_default = True  # type: ignore[attr-defined]  # Strawberry's mark: hooks may skip it
+    resolve.attribute = name  # type: ignore[attr-defined]  # tidings.schema.executor reads it directly
     return resolve

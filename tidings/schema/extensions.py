@@ -54,6 +54,26 @@ def log_unexpected(errors: list[GraphQLError]) -> None:
             logger.error("Unexpected error in a resolver", exc_info=original)
 
 
+def finish_errors(errors: list[GraphQLError], context: Any, *, suggestions: bool = True) -> list[GraphQLError]:
+    """An operation's errors as answered: classified (see ``classify``), and over HTTP a
+    401 when one of them is UNAUTHENTICATED (GraphQL over HTTP: a missing or bad token)."""
+    errors = classify_all(errors, suggestions=suggestions)
+    response = getattr(context, "response", None)
+    if response is not None and any(
+        (e.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value for e in errors
+    ):
+        response.status_code = 401
+    return errors
+
+
+def snapshot_extensions(context: Any) -> dict[str, Any]:
+    """``extensions.seq`` and ``extensions.cursor``: the event-log position a closed read snapshot reflected."""
+    seq = getattr(context, "seq", None)
+    if seq is None:
+        return {}
+    return {"seq": str(seq), "cursor": f"{context.services.store.epoch}:{seq}"}
+
+
 class ErrorCodes(SchemaExtension):
     """Stable ``extensions.code`` on every error; unexpected errors masked."""
 
@@ -62,13 +82,7 @@ class ErrorCodes(SchemaExtension):
         result = self.execution_context.result
         if result is not None and result.errors:
             suggestions = getattr(self.execution_context.schema, "suggestions", True)
-            result.errors = classify_all(list(result.errors), suggestions=suggestions)
-            response = getattr(self.execution_context.context, "response", None)
-            if response is not None and any(
-                (e.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value for e in result.errors
-            ):
-                # GraphQL-over-HTTP: a missing or bad token is a 401 with the error as body.
-                response.status_code = 401
+            result.errors = finish_errors(list(result.errors), self.execution_context.context, suggestions=suggestions)
 
 
 class ReadSnapshot(SchemaExtension):
@@ -90,8 +104,4 @@ class ReadSnapshot(SchemaExtension):
                 await ctx.close()
 
     def get_results(self) -> dict[str, Any]:
-        ctx = self.execution_context.context
-        seq = getattr(ctx, "seq", None)
-        if seq is None:
-            return {}
-        return {"seq": str(seq), "cursor": f"{ctx.services.store.epoch}:{seq}"}
+        return snapshot_extensions(self.execution_context.context)

@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -36,6 +36,7 @@ _ADVISORY_LOCK_KEY = 0x7469_6469  # "tidi"
 _ADVISORY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY))  # built once, not per write
 _T = TypeVar("_T")
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
+READ_CONNECTIONS = 10  # a SQLite file's read snapshots open at once (the async engine's pool held 5 + 10)
 
 
 def utcnow() -> dt.datetime:
@@ -76,27 +77,51 @@ async def _nothing() -> AsyncIterator[None]:
 
 class Reader:
     """One read-only snapshot: every query of one GraphQL request reads through it,
-    so the response reflects exactly one event-log position (``seq``)."""
+    so the response reflects exactly one event-log position (``seq``).
 
-    def __init__(self, store: Store, conn: AsyncConnection) -> None:
+    On a SQLite file it holds a plain pysqlite connection of ``_SqliteReads`` and runs
+    each statement, with its fetch, in one hop to a reading thread (``run``); elsewhere
+    an async connection.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        conn: AsyncConnection | None = None,
+        *,
+        run: Callable[[Callable[[sa.Connection], Any]], Awaitable[Any]] | None = None,
+        seq: int | None = None,
+    ) -> None:
         self._store = store
         self._conn = conn
+        self._run = run
         self._lock = asyncio.Lock()  # root fields resolve concurrently; one connection
-        self._seq: int | None = None
+        self._seq = seq
+
+    async def _result(self, query: sa.Executable, how: Callable[[sa.Result[Any]], _T]) -> _T:
+        async with self._lock:
+            if self._run is not None:
+                result: _T = await self._run(lambda conn: how(conn.execute(query)))
+                return result
+            assert self._conn is not None
+            return how(await self._conn.execute(query))
 
     async def seq(self) -> int:
         if self._seq is None:
             async with self._lock:
                 if self._seq is None:
-                    self._seq = await self._store._last_seq(self._conn)
+                    if self._run is not None:
+                        self._seq = int(await self._run(self._store._last_seq_sync))
+                    else:
+                        assert self._conn is not None
+                        self._seq = await self._store._last_seq(self._conn)
         return self._seq
 
     async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
         table = self._store.tables.by_collection[coll.name]
         query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self._store.dialect))
         query = self._store.hide_deleted(coll, query)
-        async with self._lock:
-            row = (await self._conn.execute(query)).mappings().first()
+        row = await self._result(query, lambda result: result.mappings().first())
         return self._store.decode_row(coll, row) if row is not None else None
 
     async def list(
@@ -120,8 +145,7 @@ class Reader:
         query = query.order_by(id_col.asc()).offset(offset)
         if limit is not None:
             query = query.limit(limit)
-        async with self._lock:
-            rows = (await self._conn.execute(query)).mappings().all()
+        rows = await self._result(query, lambda result: result.mappings().all())
         return [self._store.decode_row(coll, row) for row in rows]
 
     async def count(self, coll: Collection, where: Filter) -> int:
@@ -129,8 +153,66 @@ class Reader:
         table = self._store.tables.by_collection[coll.name]
         query = sa.select(sa.func.count()).select_from(table).where(compile_sql(where, table, self._store.dialect))
         query = self._store.hide_deleted(coll, query)
-        async with self._lock:
-            return int((await self._conn.execute(query)).scalar_one())
+        return int(await self._result(query, lambda result: result.scalar_one()))
+
+
+class _SqliteReads:
+    """Read snapshots of a SQLite file on plain pysqlite connections, run by a pool of threads.
+
+    aiosqlite hops to its thread and back for every step of a statement (cursor,
+    execute, fetch, close) and for BEGIN and the pool's reset: about a dozen hops for
+    ``task(id)``. Here a snapshot costs three: open (BEGIN and the log's head), the
+    statement with its fetch, close. ``size`` connections and as many threads; a
+    snapshot takes a slot first, so a thread never waits on the pool.
+    """
+
+    def __init__(self, url: sa.URL, size: int, *, echo: bool, json_options: dict[str, Any]) -> None:
+        self.size = size
+        self.engine = sa.create_engine(url, echo=echo, pool_size=size, max_overflow=0, **json_options)
+        sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        sa.event.listen(self.engine, "begin", _sqlite_begin)
+        self.threads = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="tidings-reader")
+        self.slots: asyncio.Semaphore | None = None  # made on the serving loop (start)
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self, store: Store) -> AsyncIterator[Reader]:
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.size)
+        async with self.slots:
+            loop = asyncio.get_running_loop()
+            opening = loop.run_in_executor(self.threads, self._open, store)
+            try:
+                conn, seq = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # The open goes on in its thread: its connection goes back once it is done.
+                opening.add_done_callback(self._close_late)
+                raise
+
+            async def run(work: Callable[[sa.Connection], _T]) -> _T:
+                return await loop.run_in_executor(self.threads, work, conn)
+
+            try:
+                yield Reader(store, run=run, seq=seq)
+            finally:
+                # Shielded: a cancelled request still returns its connection (rolled back, to the pool).
+                await asyncio.shield(loop.run_in_executor(self.threads, conn.close))
+
+    def _open(self, store: Store) -> tuple[sa.Connection, int]:
+        conn = self.engine.connect()
+        try:
+            conn.begin()  # BEGIN (see _sqlite_begin); the head read below fixes the snapshot
+            return conn, store._last_seq_sync(conn)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _close_late(self, opening: asyncio.Future[tuple[sa.Connection, int]]) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            self.threads.submit(opening.result()[0].close)
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=True)
+        self.engine.dispose()
 
 
 class Store:
@@ -147,6 +229,7 @@ class Store:
         self.epoch = ""  # read by start()
         self._sync_engine: sa.Engine | None = None
         self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reads: _SqliteReads | None = None  # a SQLite file's read snapshots
         self._pending: list[_Pending] = []  # writes waiting for the next group commit
         self._pending_lock = threading.Lock()
         self._draining = False  # a drain runs (or is submitted) on the writer thread
@@ -170,6 +253,9 @@ class Store:
                 # worker of --workers) committed meanwhile; busy_timeout only helps the former.
                 sa.event.listen(self._sync_engine, "begin", _sqlite_begin_immediate)
                 self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidings-writer")
+                self._reads = _SqliteReads(
+                    self.engine.url.set(drivername="sqlite"), READ_CONNECTIONS, echo=echo, json_options=json_options
+                )
             self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -204,11 +290,22 @@ class Store:
         if self._sync_engine is not None and self._write_thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_engine.dispose)
             self._write_thread.shutdown(wait=True)
+        if self._reads is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._reads.close)
 
     # -- reads ---------------------------------------------------------------
 
+    @property
+    def read_pool(self) -> sa.Pool:
+        """The pool read snapshots check connections out of."""
+        return self._reads.engine.pool if self._reads is not None else self.engine.sync_engine.pool
+
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[Reader]:
+        if self._reads is not None:
+            async with self._reads.snapshot(self) as snapshot:
+                yield snapshot
+            return
         async with self.engine.connect() as conn:
             if self.dialect == "postgresql":
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
@@ -224,10 +321,13 @@ class Store:
             return await self._last_seq(conn)
 
     async def _last_seq(self, conn: AsyncConnection) -> int:
-        value = (await conn.execute(sa.select(sa.func.max(self.tables.events.c.seq)))).scalar()
+        return await conn.run_sync(self._last_seq_sync)
+
+    def _last_seq_sync(self, conn: sa.Connection) -> int:
+        value = conn.execute(sa.select(sa.func.max(self.tables.events.c.seq))).scalar()
         if value is None:
             # An empty log may be one that retention emptied: the position is where it pruned to.
-            value = (await conn.execute(self._pruned_through_query())).scalar()
+            value = conn.execute(self._pruned_through_query()).scalar()
         return int(value or 0)
 
     def _pruned_through_query(self) -> sa.Select[Any]:
