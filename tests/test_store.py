@@ -124,3 +124,42 @@ async def test_prune_keeps_the_newest_and_records_the_horizon(store: Store) -> N
     assert await store.last_seq() == 10  # an emptied log still says where it stands
     _, event = await store.create(MESSAGE, {"room": "r", "author": "a", "body": "after"}, account=None, actor=None)
     assert event.seq == 11
+
+
+async def test_sqlite_inserts_on_the_cursor_store_what_sqlalchemy_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread binds INSERT values with the columns' own processors: the stored rows
+    (record and event log) are the ones SQLAlchemy's execution stores, column for column."""
+    import sqlite3
+
+    from tidings.store import store as store_module
+
+    when = dt.datetime(2026, 11, 23, 13, 45, 6, 789012, tzinfo=dt.UTC)
+    monkeypatch.setattr(store_module, "new_id", lambda: "0123456789abcdef0123456789abcdef")
+    monkeypatch.setattr(store_module, "utcnow", lambda: when)
+    values = {
+        "title": 'déjà \u2603 "quoted"',
+        "status": "pending",
+        "priority": 2**40,
+        "tags": ["a", "b"],
+        "due_at": dt.datetime(2027, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    }
+    rows: dict[str, list[tuple[object, ...]]] = {}
+    for name in ("cursor", "sqlalchemy"):
+        if name == "sqlalchemy":  # the reference: every INSERT through SQLAlchemy's execution
+            monkeypatch.setattr(
+                store_module._Insert, "execute", lambda self, conn, table, v: conn.execute(table.insert(), v)
+            )
+        store = Store(f"sqlite:///{tmp_path / f'{name}.db'}", list(_BY_NAME.values()))
+        await store.start()
+        try:
+            await store.create(_BY_NAME["Task"], values, account="acme", actor="alice")
+        finally:
+            await store.close()
+        with sqlite3.connect(tmp_path / f"{name}.db") as db:
+            rows[name] = (
+                db.execute("SELECT * FROM tasks").fetchall() + db.execute("SELECT * FROM tidings_events").fetchall()
+            )
+    assert len(rows["cursor"]) == 2
+    assert rows["cursor"] == rows["sqlalchemy"]

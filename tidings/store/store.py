@@ -156,6 +156,32 @@ class Reader:
         return int(await self._result(query, lambda result: result.scalar_one()))
 
 
+class _Insert:
+    """An INSERT compiled once and run on the DBAPI cursor, its values bound by the columns' own
+    SQLAlchemy bind processors (so stored exactly as ``conn.execute(table.insert(), values)``
+    stores them). SQLAlchemy's per-statement execution (cache key, parameter set-up, result
+    set-up, events) costs three times the INSERT itself on SQLite."""
+
+    def __init__(self, table: sa.Table, keys: Sequence[str], dialect: sa.Dialect) -> None:
+        compiled = table.insert().compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        names = compiled.positiontup or []
+        # What SQLAlchemy's execution binds with: the dialect's implementation of each type
+        # (for a TypeDecorator, its process_bind_param and then its impl's processor).
+        self.binds = [(name, table.c[name].type._cached_bind_processor(dialect)) for name in names]
+
+    def execute(self, conn: sa.Connection, table: sa.Table, values: Mapping[str, Any]) -> Any:
+        """The cursor (or result) whose ``lastrowid`` is the new row's."""
+        try:
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(self.sql, [values[n] if p is None else p(values[n]) for n, p in self.binds])
+        except Exception:
+            # A value that does not bind, or a constraint: the failed statement wrote nothing, and
+            # SQLAlchemy's own execution raises its error (wrapped, as callers expect) for it.
+            return conn.execute(table.insert(), values)
+        return cursor
+
+
 class _SqliteReads:
     """Read snapshots of a SQLite file on plain pysqlite connections, run by a pool of threads.
 
@@ -230,6 +256,8 @@ class Store:
         self._sync_engine: sa.Engine | None = None
         self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._reads: _SqliteReads | None = None  # a SQLite file's read snapshots
+        self._writer_conn: sa.Connection | None = None  # the writer thread's own, kept between batches
+        self._inserts: dict[tuple[str, tuple[str, ...]], _Insert] = {}  # SQLite: compiled once per table and keys
         self._pending: list[_Pending] = []  # writes waiting for the next group commit
         self._pending_lock = threading.Lock()
         self._draining = False  # a drain runs (or is submitted) on the writer thread
@@ -288,7 +316,7 @@ class Store:
             await self._pg_drainer  # the writes already queued commit (or fail) first
         await self.engine.dispose()
         if self._sync_engine is not None and self._write_thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sync_engine.dispose)
+            await asyncio.get_running_loop().run_in_executor(self._write_thread, self._close_writer)
             self._write_thread.shutdown(wait=True)
         if self._reads is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._reads.close)
@@ -436,11 +464,26 @@ class Store:
         assert self._sync_engine is not None
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self._sync_engine.begin() as conn:
+            # The writer thread keeps its connection between batches (a checkout and a reset
+            # per batch cost as much as the INSERT); one that broke is replaced.
+            conn = self._writer_conn
+            if conn is None or conn.closed or conn.invalidated:
+                if conn is not None:
+                    conn.close()
+                conn = self._writer_conn = self._sync_engine.connect()
+            with conn.begin():
                 _run_batch(conn, [work for work, _future, _loop in batch], outcomes)
         except Exception as exc:
             return _batch_failed(outcomes, len(batch), exc)
         return outcomes
+
+    def _close_writer(self) -> None:
+        """On the writer thread: its connection back, then the engine's."""
+        assert self._sync_engine is not None
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+        self._sync_engine.dispose()
 
     async def _pg_drain(self) -> None:
         """PostgreSQL's group commit, on the event loop: queued writes in one transaction per batch,
@@ -480,7 +523,7 @@ class Store:
         changed = tuple(f.name for f in coll.fields)
 
         def work(conn: sa.Connection) -> ChangeEvent:
-            conn.execute(table.insert(), record)  # a constant statement: compiled once
+            self._insert(conn, table, record)
             return self._append(conn, coll, Operation.CREATED, record, {}, changed, actor)
 
         return record, await self._transaction(work)
@@ -634,7 +677,10 @@ class Store:
             "actor": actor,
         }
         events = self.tables.events
-        seq = int(conn.execute(events.insert().returning(events.c.seq), row).scalar_one())
+        if self._sync_engine is not None:  # the SQLite writer thread: seq is the rowid
+            seq = int(self._insert(conn, events, row).lastrowid)
+        else:
+            seq = int(conn.execute(events.insert().returning(events.c.seq), row).scalar_one())
         return ChangeEvent(
             seq=seq,
             collection=coll.name,
@@ -647,6 +693,16 @@ class Store:
             timestamp=timestamp,
             actor=actor,
         )
+
+    def _insert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> Any:
+        """INSERT ``values``: on the SQLite writer thread straight on the DBAPI cursor (see ``_Insert``)."""
+        if self._sync_engine is None:
+            return conn.execute(table.insert(), values)  # a constant statement: compiled once
+        key = (table.name, tuple(values))
+        insert = self._inserts.get(key)
+        if insert is None:
+            insert = self._inserts[key] = _Insert(table, key[1], self._sync_engine.dialect)
+        return insert.execute(conn, table, values)
 
     # -- decoding ------------------------------------------------------------
 
