@@ -333,7 +333,7 @@ async def run_db(args: argparse.Namespace, dbname: str, workdir: Path) -> None:
                         r = await measure(v, "create", c, args.seconds, args.warm, "", v.pg_db)
                         results.setdefault((v.kind, "create", c), []).append(r)
                         print(f"  [{dbname} round {rnd + 1}] {v.kind:10} create c={c:<3} {fmt([r], pg)}", flush=True)
-            if tid is not None and not args.no_reads:
+            if tid is not None and {"list", "get"} & set(args.ops):
                 readers = [v for v in variants if v.kind in ("tidings", "baseline", "raw")]
                 ids: dict[str, str] = {}  # a task of each tidings server's own database; raw reads tidings'
                 for v in readers:
@@ -406,7 +406,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per step")
     parser.add_argument("--warm", type=float, default=0.5, help="unmeasured seconds before each step")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-reads", action="store_true")
+    parser.add_argument("--no-reads", action="store_true", help="the same as --ops create")
     parser.add_argument("--ops", default="create,list,get", help="which of create, list and get to measure")
     parser.add_argument("--profile", default=None, help="command run against tidings' pid during the run")
     parser.add_argument("--quick", action="store_true")
@@ -419,7 +419,7 @@ async def main() -> None:
     apply_quick(parser, args, {"seconds": 1.0, "repeat": 1, "warm": 0.2})
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.read_concurrency = [int(x) for x in args.read_concurrency.split(",")]
-    args.ops = args.ops.split(",")
+    args.ops = ["create"] if args.no_reads else args.ops.split(",")
     if "tidings" in args.only.split(","):
         args.only = ",".join(["tidings", *[k for k in args.only.split(",") if k != "tidings"]])
     if args.baseline:

@@ -238,13 +238,13 @@ class Engine:
             if isawaitable(result):
                 result = await result
         except Exception as exc:  # outside any resolver (they are graphql-core's to catch): masked
-            result = GraphQLExecutionResult(None, [GraphQLError(str(exc), original_error=exc)])
+            result = _failed(exc)
         finally:
             # Also when a resolver raised or the request was cancelled: the connection goes back.
             try:
                 await context.close()
             except Exception as exc:  # reading the snapshot's position failed: no answer to trust
-                result = GraphQLExecutionResult(None, [GraphQLError(str(exc), original_error=exc)])
+                result = _failed(exc)
         errors = result.errors
         if errors:
             log_unexpected(errors)  # the originals, before masking
@@ -473,6 +473,11 @@ class Engine:
                 "re-query, then subscribe again with the cursor of that response"
             )
         return seq
+
+
+def _failed(exc: Exception) -> GraphQLExecutionResult:
+    """No data, and ``exc`` as the error (logged, then masked, as a resolver's would be)."""
+    return GraphQLExecutionResult(None, [GraphQLError(str(exc), original_error=exc)])
 
 
 def _changed_fields(values: Any) -> frozenset[str] | None:

@@ -194,9 +194,7 @@ class _SqliteReads:
 
     def __init__(self, url: sa.URL, size: int, *, echo: bool, json_options: dict[str, Any]) -> None:
         self.size = size
-        self.engine = sa.create_engine(url, echo=echo, pool_size=size, max_overflow=0, **json_options)
-        sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        sa.event.listen(self.engine, "begin", _sqlite_begin)
+        self.engine = _pysqlite_engine(url, _sqlite_begin, echo=echo, pool_size=size, max_overflow=0, **json_options)
         self.threads = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="tidings-reader")
         self.slots: asyncio.Semaphore | None = None  # made on the serving loop (start)
 
@@ -272,14 +270,12 @@ class Store:
             database = self.engine.url.database
             if database and database != ":memory:":
                 # Writes go through a plain pysqlite engine on one thread of their own.
-                self._sync_engine = sa.create_engine(
-                    self.engine.url.set(drivername="sqlite"), echo=echo, **json_options
-                )
-                sa.event.listen(self._sync_engine, "connect", _sqlite_pragmas)
                 # IMMEDIATE: the write lock from the start. A deferred transaction that reads,
                 # then writes, fails at once ("database is locked") when another process (a
                 # worker of --workers) committed meanwhile; busy_timeout only helps the former.
-                sa.event.listen(self._sync_engine, "begin", _sqlite_begin_immediate)
+                self._sync_engine = _pysqlite_engine(
+                    self.engine.url.set(drivername="sqlite"), _sqlite_begin_immediate, echo=echo, **json_options
+                )
                 self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tidings-writer")
                 self._reads = _SqliteReads(
                     self.engine.url.set(drivername="sqlite"), READ_CONNECTIONS, echo=echo, json_options=json_options
@@ -786,6 +782,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
     return value
+
+
+def _pysqlite_engine(url: sa.URL, begin: Callable[[sa.Connection], None], **options: Any) -> sa.Engine:
+    """A plain pysqlite engine with tidings' pragmas, whose transactions start with ``begin``."""
+    engine = sa.create_engine(url, **options)
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "begin", begin)
+    return engine
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
