@@ -51,9 +51,17 @@ async def run_burst(store: Store, ops: list[tuple[str, int]]) -> None:
         nonlocal commits
         commits += 1
 
-    # Writes commit on the writer thread's engine (a SQLite file) or the async engine's (PostgreSQL).
+    # On a SQLite file writes commit on the writer thread's engine; on PostgreSQL the store ends its
+    # transactions itself (BEGIN with the advisory lock in one message): each is one _pg_commit.
     engine = store._sync_engine if store._sync_engine is not None else store.engine.sync_engine
     sa.event.listen(engine, "commit", count)
+    pg_commit = store._pg_commit
+
+    async def counted(*args: Any) -> None:
+        count(None)
+        await pg_commit(*args)
+
+    store._pg_commit = counted  # type: ignore[method-assign]
 
     async def one(i: int, kind: str, n: int) -> ChangeEvent | None:
         write: Callable[[], Awaitable[tuple[Record, ChangeEvent | None]]]

@@ -6,8 +6,10 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.backends import fresh_database
 from tidings.errors import Conflict, NotFound
@@ -126,12 +128,16 @@ async def test_prune_keeps_the_newest_and_records_the_horizon(store: Store) -> N
     assert event.seq == 11
 
 
-async def test_sqlite_inserts_on_the_cursor_store_what_sqlalchemy_stores(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_inserts_on_the_driver_store_what_sqlalchemy_stores(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer thread binds INSERT values with the columns' own processors: the stored rows
-    (record and event log) are the ones SQLAlchemy's execution stores, column for column."""
+    """Writes bind INSERT values with the columns' own processors and run them on the driver
+    (pysqlite's cursor, asyncpg's connection): the stored rows (record and event log) are the
+    ones SQLAlchemy's execution stores, column for column, in the database's own text."""
     import sqlite3
+
+    import asyncpg
 
     from tidings.store import store as store_module
 
@@ -142,24 +148,82 @@ async def test_sqlite_inserts_on_the_cursor_store_what_sqlalchemy_stores(
         "title": 'déjà \u2603 "quoted"',
         "status": "pending",
         "priority": 2**40,
-        "tags": ["a", "b"],
+        "tags": ["a", {"b": [1.5, None, True]}],
         "due_at": dt.datetime(2027, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))),
     }
     rows: dict[str, list[tuple[object, ...]]] = {}
-    for name in ("cursor", "sqlalchemy"):
+    for name in ("driver", "sqlalchemy"):
         if name == "sqlalchemy":  # the reference: every INSERT through SQLAlchemy's execution
-            monkeypatch.setattr(
-                store_module._Insert, "execute", lambda self, conn, table, v: conn.execute(table.insert(), v)
-            )
-        store = Store(f"sqlite:///{tmp_path / f'{name}.db'}", list(_BY_NAME.values()))
+
+            def reference(self: store_module._Insert, conn: sa.Connection, v: Any) -> Any:
+                result = conn.execute(self.statement, v)
+                return result.scalar_one() if self.returns else None if self.asyncpg else result.lastrowid
+
+            monkeypatch.setattr(store_module._Insert, "execute", reference)
+        (tmp_path / name).mkdir()
+        url = await fresh_database(kind, tmp_path / name)
+        store = Store(url, list(_BY_NAME.values()))
         await store.start()
         try:
             await store.create(_BY_NAME["Task"], values, account="acme", actor="alice")
         finally:
             await store.close()
-        with sqlite3.connect(tmp_path / f"{name}.db") as db:
-            rows[name] = (
-                db.execute("SELECT * FROM tasks").fetchall() + db.execute("SELECT * FROM tidings_events").fetchall()
-            )
-    assert len(rows["cursor"]) == 2
-    assert rows["cursor"] == rows["sqlalchemy"]
+        tables = ("tasks", "tidings_events")
+        if kind == "sqlite":
+            with sqlite3.connect(tmp_path / name / "store.db") as db:
+                rows[name] = [row for t in tables for row in db.execute(f"SELECT * FROM {t}").fetchall()]
+        else:
+            db = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
+            try:  # each row as PostgreSQL's own text of it
+                rows[name] = [tuple(r) for t in tables for r in await db.fetch(f"SELECT x::text FROM {t} x")]
+            finally:
+                await db.close()
+    assert len(rows["driver"]) == 2
+    assert rows["driver"] == rows["sqlalchemy"]
+
+
+async def test_postgresql_write_transactions_end_on_every_path(tmp_path: Path) -> None:
+    """The store ends its PostgreSQL write transactions itself: after a failed write, a failed
+    batch and a connection killed under the pool, no connection is left in a transaction, no
+    refused write is stored, and writes go on (a dead connection fails one write at most)."""
+    import asyncpg
+
+    url = await fresh_database("postgresql", tmp_path)
+    name = url.rsplit("/", 1)[1]
+    store = Store(url, [TASK, MESSAGE])
+    await store.start()
+    admin = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
+    in_transaction = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'"
+    try:
+        await store.create(TASK, {"title": "first"}, account=None, actor=None)
+        with pytest.raises(sa.exc.IntegrityError):  # alone in its transaction: rolled back
+            await store.create(TASK, {"title": None}, account=None, actor=None)
+        burst = await asyncio.gather(
+            store.create(TASK, {"title": None}, account=None, actor=None),
+            store.create(TASK, {"title": "second"}, account=None, actor=None),
+            return_exceptions=True,
+        )
+        assert isinstance(burst[0], sa.exc.IntegrityError) and not isinstance(burst[1], BaseException)
+        assert await admin.fetchval(in_transaction, name) == 0
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        assert killed >= 1
+        failures = 0
+        for i in range(3):
+            try:
+                await store.create(TASK, {"title": f"after {i}"}, account=None, actor=None)
+            except sa.exc.DBAPIError:
+                failures += 1
+        assert failures <= 1
+        stored = {r["id"]: r["title"] for r in await admin.fetch("SELECT id, title FROM tasks")}
+        assert {"first", "second", "after 1", "after 2"} <= set(stored.values())
+        assert len(stored) == 5 - failures
+        events = await store.read_events(0)  # one event per stored record, none for a refused write
+        assert sorted(e.record_id for e in events) == sorted(stored)
+        assert await admin.fetchval(in_transaction, name) == 0
+    finally:
+        await admin.close()
+        await store.close()

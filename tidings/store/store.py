@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 from tidings.errors import Conflict, NotFound
 from tidings.events import ChangeEvent, Operation, to_jsonable
@@ -33,9 +34,10 @@ from tidings.store.tables import DELETED_AT, Tables
 from tidings.types import Record
 
 _ADVISORY_LOCK_KEY = 0x7469_6469  # "tidi"
-_ADVISORY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK_KEY))  # built once, not per write
+_PG_BEGIN = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_KEY})"
 _T = TypeVar("_T")
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
+SEQ_LABEL = "__tidings_seq"  # "__" names are GraphQL's own: no field has it
 READ_CONNECTIONS = 10  # a SQLite file's read snapshots open at once (the async engine's pool held 5 + 10)
 
 
@@ -98,13 +100,21 @@ class Reader:
         self._lock = asyncio.Lock()  # root fields resolve concurrently; one connection
         self._seq = seq
 
-    async def _result(self, query: sa.Executable, how: Callable[[sa.Result[Any]], _T]) -> _T:
+    async def _rows(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Sequence[sa.RowMapping]:
         async with self._lock:
             if self._run is not None:
-                result: _T = await self._run(lambda conn: how(conn.execute(query)))
-                return result
+                found: Sequence[sa.RowMapping] = await self._run(lambda c: c.execute(query, params).mappings().all())
+                return found
             assert self._conn is not None
-            return how(await self._conn.execute(query))
+            if self._seq is not None:
+                rows: Sequence[sa.RowMapping] = (await self._conn.execute(query, params)).mappings().all()
+                return rows
+            # PostgreSQL: the snapshot's position rides on its first statement, one round trip
+            # fewer than reading it alone (which ``seq`` still does when no row came back).
+            rows = (await self._conn.execute(query.add_columns(self._store.seq_column), params)).mappings().all()
+            if rows:
+                self._seq = int(rows[0][SEQ_LABEL])
+            return rows
 
     async def seq(self) -> int:
         if self._seq is None:
@@ -118,11 +128,8 @@ class Reader:
         return self._seq
 
     async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
-        table = self._store.tables.by_collection[coll.name]
-        query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self._store.dialect))
-        query = self._store.hide_deleted(coll, query)
-        row = await self._result(query, lambda result: result.mappings().first())
-        return self._store.decode_row(coll, row) if row is not None else None
+        rows = await self._rows(self._store.get_query(coll, guard), {"record_id": record_id})
+        return self._store.decode_row(coll, rows[0]) if rows else None
 
     async def list(
         self,
@@ -145,41 +152,64 @@ class Reader:
         query = query.order_by(id_col.asc()).offset(offset)
         if limit is not None:
             query = query.limit(limit)
-        rows = await self._result(query, lambda result: result.mappings().all())
-        return [self._store.decode_row(coll, row) for row in rows]
+        return [self._store.decode_row(coll, row) for row in await self._rows(query)]
 
     async def count(self, coll: Collection, where: Filter) -> int:
         """How many records match ``where`` (the ``<plural>Count`` query field)."""
         table = self._store.tables.by_collection[coll.name]
-        query = sa.select(sa.func.count()).select_from(table).where(compile_sql(where, table, self._store.dialect))
-        query = self._store.hide_deleted(coll, query)
-        return int(await self._result(query, lambda result: result.scalar_one()))
+        query = sa.select(sa.func.count().label("count")).select_from(table)
+        query = self._store.hide_deleted(coll, query.where(compile_sql(where, table, self._store.dialect)))
+        return int((await self._rows(query))[0]["count"])
 
 
 class _Insert:
-    """An INSERT compiled once and run on the DBAPI cursor, its values bound by the columns' own
-    SQLAlchemy bind processors (so stored exactly as ``conn.execute(table.insert(), values)``
-    stores them). SQLAlchemy's per-statement execution (cache key, parameter set-up, result
-    set-up, events) costs three times the INSERT itself on SQLite."""
+    """An INSERT compiled once and run on the driver's own connection, its values bound by the
+    columns' own SQLAlchemy bind processors (so stored exactly as ``conn.execute(table.insert(),
+    values)`` stores them). SQLAlchemy's per-statement execution (cache key, parameter set-up,
+    result set-up, events) costs more than the INSERT itself: three times on SQLite, and on
+    PostgreSQL half a write's Python time with the event row's INSERT beside it.
 
-    def __init__(self, table: sa.Table, keys: Sequence[str], dialect: sa.Dialect) -> None:
-        compiled = table.insert().compile(dialect=dialect, column_keys=list(keys))
+    ``execute`` returns the new row's key: its ``lastrowid`` on SQLite, ``returning``'s value (or
+    None) on PostgreSQL (asyncpg; run from the greenlet SQLAlchemy's async engine runs sync code in).
+    """
+
+    def __init__(self, table: sa.Table, keys: Sequence[str], dialect: sa.Dialect, returning: str | None) -> None:
+        self.asyncpg = dialect.driver == "asyncpg"
+        self.returns = self.asyncpg and returning is not None  # SQLite has the rowid
+        self.statement = table.insert()
+        if self.returns:
+            self.statement = self.statement.returning(table.c[str(returning)])
+        compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))
         self.sql = compiled.string
         names = compiled.positiontup or []
         # What SQLAlchemy's execution binds with: the dialect's implementation of each type
         # (for a TypeDecorator, its process_bind_param and then its impl's processor).
         self.binds = [(name, table.c[name].type._cached_bind_processor(dialect)) for name in names]
 
-    def execute(self, conn: sa.Connection, table: sa.Table, values: Mapping[str, Any]) -> Any:
-        """The cursor (or result) whose ``lastrowid`` is the new row's."""
+    def execute(self, conn: sa.Connection, values: Mapping[str, Any]) -> Any:
+        driver: Any = conn.connection.driver_connection
+        if self.asyncpg:
+            args = self._args(values)
+            try:
+                if self.returns:
+                    return await_(driver.fetchval(self.sql, *args))
+                await_(driver.execute(self.sql, *args))
+            except Exception as exc:
+                # The statement failed in the caller's transaction (or savepoint), which it
+                # aborts: raised as SQLAlchemy's execution raises it (sa.exc.IntegrityError, ...).
+                raise _dbapi_error(conn, self.sql, args, exc) from exc
+            return None
         try:
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute(self.sql, [values[n] if p is None else p(values[n]) for n, p in self.binds])
+            cursor = driver.cursor()
+            cursor.execute(self.sql, self._args(values))
         except Exception:
             # A value that does not bind, or a constraint: the failed statement wrote nothing, and
             # SQLAlchemy's own execution raises its error (wrapped, as callers expect) for it.
-            return conn.execute(table.insert(), values)
-        return cursor
+            return conn.execute(self.statement, values).lastrowid
+        return cursor.lastrowid
+
+    def _args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[n] if p is None else p(values[n]) for n, p in self.binds]
 
 
 class _SqliteReads:
@@ -255,13 +285,20 @@ class Store:
         self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._reads: _SqliteReads | None = None  # a SQLite file's read snapshots
         self._writer_conn: sa.Connection | None = None  # the writer thread's own, kept between batches
-        self._inserts: dict[tuple[str, tuple[str, ...]], _Insert] = {}  # SQLite: compiled once per table and keys
+        self._inserts: dict[tuple[str, tuple[str, ...]], _Insert] = {}  # compiled once per table and keys
         self._pending: list[_Pending] = []  # writes waiting for the next group commit
         self._pending_lock = threading.Lock()
         self._draining = False  # a drain runs (or is submitted) on the writer thread
         # PostgreSQL: writes waiting for the next group commit, and the task committing them.
         self._pg_pending: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
         self._pg_drainer: asyncio.Task[None] | None = None
+        self._get_queries: dict[str, sa.Select[Any]] = {}  # by collection, without a guard
+        # The event log's head as a column of a query's own (see ``Reader._rows``).
+        self.seq_column = sa.func.coalesce(
+            sa.select(sa.func.max(self.tables.events.c.seq)).scalar_subquery(),
+            self._pruned_through_query().scalar_subquery(),
+            0,
+        ).label(SEQ_LABEL)
         if self.dialect == "sqlite":
             # pysqlite begins transactions lazily (only before DML), which would let
             # two SELECTs of one reader see two snapshots; take over BEGIN ourselves.
@@ -335,6 +372,19 @@ class Store:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 yield Reader(self, conn)
+
+    def get_query(self, coll: Collection, guard: Filter) -> sa.Select[Any]:
+        """The SELECT of one record by ``:record_id`` within ``guard`` (without a guard, built once)."""
+        query = self._get_queries.get(coll.name) if guard == MATCH_ALL else None
+        if query is None:
+            table = self.tables.by_collection[coll.name]
+            query = sa.select(table).where(
+                table.c.id == sa.bindparam("record_id"), compile_sql(guard, table, self.dialect)
+            )
+            query = self.hide_deleted(coll, query)
+            if guard == MATCH_ALL:
+                self._get_queries[coll.name] = query
+        return query
 
     async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
         async with self.reader() as r:
@@ -490,9 +540,7 @@ class Store:
                 batch, self._pg_pending = self._pg_pending, []
                 outcomes: list[tuple[bool, Any]] = []
                 try:
-                    async with self.engine.begin() as conn:
-                        await conn.execute(_ADVISORY_LOCK)
-                        await conn.run_sync(_run_batch, [work for work, _future in batch], outcomes)
+                    await self._pg_commit([work for work, _future in batch], outcomes)
                 except Exception as exc:
                     outcomes = _batch_failed(outcomes, len(batch), exc)
                 _resolve([(future, *outcome) for (_work, future), outcome in zip(batch, outcomes, strict=True)])
@@ -504,6 +552,40 @@ class Store:
             raise
         finally:
             self._pg_drainer = None
+
+    async def _pg_commit(self, works: list[Callable[[sa.Connection], Any]], outcomes: list[tuple[bool, Any]]) -> None:
+        """One group-commit transaction on PostgreSQL, in three round trips as a plain INSERT's:
+        BEGIN with the advisory lock (one simple-protocol message), the statements, COMMIT.
+
+        SQLAlchemy's connection runs in AUTOCOMMIT, so it issues no BEGIN of its own (its
+        savepoints are plain statements inside ours), and the transaction is ours to end. A
+        connection whose transaction did not end cleanly (a failed ROLLBACK or COMMIT, a
+        cancellation) is invalidated, never handed back to the pool with a transaction open.
+        """
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+
+            async def run(sql: str) -> None:
+                try:
+                    await driver.execute(sql)
+                except Exception as exc:  # as SQLAlchemy raises it (a lost connection: sa.exc.InterfaceError)
+                    raise _dbapi_error(conn.sync_connection, sql, [], exc) from exc
+
+            ended = False
+            try:
+                await run(_PG_BEGIN)
+                try:
+                    await conn.run_sync(_run_batch, works, outcomes)
+                except BaseException:
+                    await run("ROLLBACK")
+                    ended = True
+                    raise
+                await run("COMMIT")
+                ended = True
+            finally:
+                if not ended:
+                    await asyncio.shield(conn.invalidate())
 
     async def create(
         self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
@@ -672,11 +754,7 @@ class Store:
             "timestamp": timestamp,
             "actor": actor,
         }
-        events = self.tables.events
-        if self._sync_engine is not None:  # the SQLite writer thread: seq is the rowid
-            seq = int(self._insert(conn, events, row).lastrowid)
-        else:
-            seq = int(conn.execute(events.insert().returning(events.c.seq), row).scalar_one())
+        seq = int(self._insert(conn, self.tables.events, row, returning="seq"))  # on SQLite the rowid
         return ChangeEvent(
             seq=seq,
             collection=coll.name,
@@ -690,15 +768,20 @@ class Store:
             actor=actor,
         )
 
-    def _insert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> Any:
-        """INSERT ``values``: on the SQLite writer thread straight on the DBAPI cursor (see ``_Insert``)."""
-        if self._sync_engine is None:
-            return conn.execute(table.insert(), values)  # a constant statement: compiled once
+    def _insert(
+        self, conn: sa.Connection, table: sa.Table, values: dict[str, Any], returning: str | None = None
+    ) -> Any:
+        """INSERT ``values``; the new row's ``returning`` column (on SQLite its rowid, whatever ``returning``).
+
+        On the SQLite writer thread and on PostgreSQL straight on the driver (see ``_Insert``)."""
+        if self._sync_engine is None and self.dialect != "postgresql":  # SQLite in memory: aiosqlite
+            return conn.execute(table.insert(), values).lastrowid  # a constant statement: compiled once
         key = (table.name, tuple(values))
         insert = self._inserts.get(key)
         if insert is None:
-            insert = self._inserts[key] = _Insert(table, key[1], self._sync_engine.dialect)
-        return insert.execute(conn, table, values)
+            dialect = self._sync_engine.dialect if self._sync_engine is not None else self.engine.dialect
+            insert = self._inserts[key] = _Insert(table, key[1], dialect, returning)
+        return insert.execute(conn, values)
 
     # -- decoding ------------------------------------------------------------
 
@@ -708,6 +791,7 @@ class Store:
         record = {str(k): v for k, v in row.items()}
         if coll.soft_delete:
             record.pop(DELETED_AT, None)  # internal: a record never shows it
+        record.pop(SEQ_LABEL, None)  # PostgreSQL snapshots' first statement carries the log's head
         return record
 
     def decode_event(self, row: Mapping[Any, Any]) -> ChangeEvent:
@@ -762,6 +846,19 @@ def _batch_failed(outcomes: list[tuple[bool, Any]], size: int, exc: Exception) -
     """A lone write raised, or BEGIN, a savepoint or COMMIT failed: nothing of the batch is written.
     Writes that failed on their own keep their error; the others get ``exc``."""
     return [outcomes[i] if i < len(outcomes) and not outcomes[i][0] else (False, exc) for i in range(size)]
+
+
+def _dbapi_error(conn: sa.Connection | None, statement: str, args: list[Any], exc: Exception) -> Exception:
+    """An asyncpg error as SQLAlchemy's execution wraps it: the dialect's DBAPI translation
+    (its adapter's ``_handle_exception``) inside ``sa.exc.DBAPIError.instance``."""
+    if conn is None:
+        return exc
+    adapter: Any = conn.connection.dbapi_connection
+    try:
+        adapter._handle_exception(exc)
+    except Exception as translated:
+        return sa.exc.DBAPIError.instance(statement, args, translated, conn.dialect.loaded_dbapi.Error)
+    return exc
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
