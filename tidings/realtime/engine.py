@@ -51,7 +51,6 @@ from tidings.realtime.live import LiveHub, LiveMember, is_live
 from tidings.realtime.live_plan import LiveQueries
 from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
-from tidings.resolvers.convert import input_to_dict
 from tidings.schema.collection import Collection
 from tidings.schema.executor import Executor as FieldExecutor
 from tidings.schema.extensions import classify_all, finish_errors, log_unexpected, snapshot_extensions
@@ -339,7 +338,7 @@ class Engine:
         args = get_argument_values(subscription_type.fields[node.name.value], node, built.variable_values)
         authorizer = self.services.authorizer
         guard = authorizer.guard(collection.name, principal, Action.READ)
-        where = parse_filter(input_to_dict(args.get("where")), collection.filter_fields)
+        where = parse_filter(args.get("where"), collection.filter_fields)
         ops = args.get("operations")
         after = await self._check_cursor(args.get("after") if after_override is None else after_override)
         record_id = args.get("id")

@@ -16,7 +16,7 @@ from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, pa
 from tidings.realtime.group import Sink
 from tidings.realtime.live import LiveExecutor, LiveHub, LiveMember, LiveSource
 from tidings.realtime.window import Count, Single, Window
-from tidings.resolvers.convert import input_to_dict
+from tidings.resolvers.convert import order_keys
 from tidings.resolvers.crud import count_field
 from tidings.schema.collection import Collection
 from tidings.store import Store
@@ -33,20 +33,6 @@ def reads_column(f: Filter, column: str) -> bool:
     if isinstance(f, And | Or):
         return any(reads_column(i, column) for i in f.items)
     return False
-
-
-def order_keys(order_by: list[Any] | None, coll: Collection) -> list[tuple[str, bool]]:
-    """``orderBy`` (coerced argument values, keyed by GraphQL name) as (column, descending)."""
-    keys: list[tuple[str, bool]] = []
-    for item in order_by or []:
-        given = [(name, d) for name, d in item.items() if d is not None]
-        if len(given) != 1:
-            raise BadUserInput(
-                f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
-            )
-        name, direction = given[0]
-        keys.append((coll.filter_fields[name].column, str(getattr(direction, "value", direction)) == "DESC"))
-    return keys
 
 
 def root_fields(operation: OperationDefinitionNode) -> list[FieldNode]:
@@ -129,7 +115,7 @@ class LiveQueries:
     def _source(self, key: str, coll: Collection, kind: str, args: dict[str, Any], guard: Filter) -> LiveSource:
         if kind == "single":
             return LiveSource(key, coll, Single(str(args["id"]), compile_predicate(guard)), guard)
-        where = parse_filter(input_to_dict(args.get("where")), coll.filter_fields)
+        where = parse_filter(args.get("where"), coll.filter_fields)
         view = And((guard, where))
         exact = not reads_column(view, "updated_at")
         if kind == "count":

@@ -1,38 +1,30 @@
-"""Strawberry input objects to plain dicts keyed by GraphQL name."""
+"""graphql-core's coerced arguments (input objects as dicts keyed by GraphQL name) to what the store takes."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Any
 
-from strawberry.types.base import has_object_definition
-from strawberry.types.unset import UNSET
-
-from tidings.schema.collection import camel_case
+from tidings.errors import BadUserInput
+from tidings.schema.collection import Collection
 
 
-def input_to_dict(value: Any) -> Any:
-    """Recursively turn Strawberry inputs into dicts, dropping UNSET fields."""
-    if isinstance(value, list):
-        return [input_to_dict(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    if has_object_definition(value):
-        out: dict[str, Any] = {}
-        for f in value.__strawberry_definition__.fields:
-            v = getattr(value, f.python_name)
-            if v is UNSET:
-                continue
-            out[f.graphql_name or camel_case(f.python_name)] = input_to_dict(v)
-        return out
-    return value
+def input_columns(coll: Collection, value: Mapping[str, Any]) -> dict[str, Any]:
+    """A create/update input as column -> value (the fields it gives; enum members by value)."""
+    columns = coll.columns_by_graphql_name
+    return {columns[k]: v.value if isinstance(v, enum.Enum) else v for k, v in value.items()}
 
 
-def input_to_columns(value: Any) -> dict[str, Any]:
-    """A create/update input as column -> value, UNSET fields left out."""
-    out: dict[str, Any] = {}
-    for f in value.__strawberry_definition__.fields:
-        v = getattr(value, f.python_name)
-        if v is not UNSET:
-            out[f.python_name] = v.value if isinstance(v, enum.Enum) else v
-    return out
+def order_keys(order_by: list[Mapping[str, Any]] | None, coll: Collection) -> list[tuple[str, bool]]:
+    """``orderBy`` as (column, descending)."""
+    keys: list[tuple[str, bool]] = []
+    for item in order_by or []:
+        given = [(name, d) for name, d in item.items() if d is not None]
+        if len(given) != 1:
+            raise BadUserInput(
+                f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
+            )
+        name, direction = given[0]
+        keys.append((coll.filter_fields[name].column, str(getattr(direction, "value", direction)) == "DESC"))
+    return keys

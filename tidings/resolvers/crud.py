@@ -2,6 +2,16 @@
 
 No ``from __future__ import annotations``: the resolvers' annotations are the
 generated types themselves, which Strawberry reads as objects.
+
+Each resolver is written to graphql-core's own calling convention: ``root``, then
+``info``, then the arguments as graphql-core coerced them (input objects as dicts keyed
+by GraphQL name, enums as members), each parameter named as its GraphQL argument.
+Strawberry reads their signatures to declare the fields; ``build_schema`` then makes
+each one its field's graphql-core resolver (``DIRECT``), skipping Strawberry's
+wrapper, which rebuilt every input object as a Strawberry instance per call (a
+tenth of a ``tasks(where, orderBy)`` request) only for tidings to turn it back into
+a dict. ``info`` is then graphql-core's ``GraphQLResolveInfo``; they read its
+``context`` only.
 """
 
 from typing import Any
@@ -14,23 +24,12 @@ from tidings.errors import BadUserInput, Forbidden, NotFound
 from tidings.filters import And, Filter, parse_filter
 from tidings.hooks import WriteInfo
 from tidings.resolvers.context import Context, transport_only
-from tidings.resolvers.convert import input_to_columns, input_to_dict
+from tidings.resolvers.convert import input_columns, order_keys
 from tidings.schema.collection import Collection, camel_case
 from tidings.schema.types import CollectionTypes
 
-
-def _order(order_by: list[Any] | None, coll: Collection) -> list[tuple[str, bool]]:
-    keys: list[tuple[str, bool]] = []
-    for item in order_by or []:
-        given = [(f.python_name, getattr(item, f.python_name)) for f in item.__strawberry_definition__.fields]
-        given = [(name, d) for name, d in given if d is not None]
-        if len(given) != 1:
-            raise BadUserInput(
-                f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
-            )
-        name, direction = given[0]
-        keys.append((name, direction.value == "DESC"))
-    return keys
+DIRECT = "tidings.direct"  # a field's metadata key: its resolver runs as graphql-core's, unwrapped
+_DIRECT = {DIRECT: True}
 
 
 def _rename(fn: Any, name: str) -> None:
@@ -87,16 +86,17 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
     coll = t.collection
     Record, Where, OrderBy = t.record, t.where, t.order_by  # noqa: N806
 
-    async def get_one(info: Info, id: strawberry.ID) -> Record | None:  # type: ignore[valid-type]  # noqa: A002
+    async def get_one(root: Any, info: Info, id: strawberry.ID) -> Record | None:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
         reader = await ctx.reader()
         return await reader.get(coll, str(id), guard)
 
     async def get_many(
+        root: Any,
         info: Info,
         where: Where | None = None,  # type: ignore[valid-type]
-        order_by: list[OrderBy] | None = None,  # type: ignore[valid-type]
+        orderBy: list[OrderBy] | None = None,  # type: ignore[valid-type]  # noqa: N803
         limit: int | None = None,
         offset: int | None = 0,
     ) -> list[Record]:  # type: ignore[valid-type]
@@ -107,16 +107,17 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
         if offset is not None and offset < 0:
             raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
-        flt = parse_filter(input_to_dict(where), coll.filter_fields)
+        flt = parse_filter(where, coll.filter_fields)
+        order = order_keys(orderBy, coll)
         reader = await ctx.reader()
         return await reader.list(
-            coll, _guarded(flt, guard), _order(order_by, coll), limit if limit is not None else max_limit, offset or 0
+            coll, _guarded(flt, guard), order, limit if limit is not None else max_limit, offset or 0
         )
 
-    async def count(info: Info, where: Where | None = None) -> int:  # type: ignore[valid-type]
+    async def count(root: Any, info: Info, where: Where | None = None) -> int:  # type: ignore[valid-type]
         ctx: Context = info.context
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
-        flt = parse_filter(input_to_dict(where), coll.filter_fields)
+        flt = parse_filter(where, coll.filter_fields)
         reader = await ctx.reader()
         return await reader.count(coll, _guarded(flt, guard))
 
@@ -124,12 +125,20 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
     _rename(get_many, f"get_{coll.table_name}")
     _rename(count, f"count_{coll.table_name}")
     return [
-        strawberry.field(get_one, name=coll.single_field, description=f"One {coll.name} by id, or null."),
-        strawberry.field(get_many, name=coll.plural, description=f"{coll.plural}, filtered, sorted and paginated."),
+        strawberry.field(
+            get_one, name=coll.single_field, description=f"One {coll.name} by id, or null.", metadata=_DIRECT
+        ),
+        strawberry.field(
+            get_many,
+            name=coll.plural,
+            description=f"{coll.plural}, filtered, sorted and paginated.",
+            metadata=_DIRECT,
+        ),
         strawberry.field(
             count,
             name=count_field(coll),
             description=f"How many {coll.plural} match where (that the caller may read); live with query @live.",
+            metadata=_DIRECT,
         ),
     ]
 
@@ -143,9 +152,9 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
     coll = t.collection
     Record, CreateInput, UpdateInput = t.record, t.create_input, t.update_input  # noqa: N806
 
-    async def create(info: Info, input: CreateInput) -> Record:  # type: ignore[valid-type]  # noqa: A002
+    async def create(root: Any, info: Info, input: CreateInput) -> Record:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
-        values = input_to_columns(input)
+        values = input_columns(coll, input)
         _check_input(coll, values, creating=True)
         authorizer = ctx.services.authorizer
         authorizer.prepare_create(coll, ctx.principal, values)
@@ -157,13 +166,14 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         return record
 
     async def update(
+        root: Any,
         info: Info,
         id: strawberry.ID,  # noqa: A002
         input: UpdateInput,  # type: ignore[valid-type]  # noqa: A002
-        expected_version: int | None = None,
+        expectedVersion: int | None = None,  # noqa: N803
     ) -> Record:  # type: ignore[valid-type]
         ctx: Context = info.context
-        values = input_to_columns(input)
+        values = input_columns(coll, input)
         _check_input(coll, values, creating=False)
         authorizer = ctx.services.authorizer
         guard = await _write_guard(ctx, coll, str(id), Action.UPDATE)
@@ -173,7 +183,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
                 coll,
                 str(id),
                 values,
-                expected_version=expected_version,
+                expected_version=expectedVersion,
                 guard=guard,
                 actor=ctx.principal.sub,
                 check=lambda new, previous: authorizer.check_write_result(coll, ctx.principal, new, previous),
@@ -185,7 +195,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
             await ctx.services.publisher.publish(event)
         return record
 
-    async def delete(info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
+    async def delete(root: Any, info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
         guard = await _write_guard(ctx, coll, str(id), Action.DELETE)
         await _before_write(ctx, coll, Action.DELETE, {}, str(id))
@@ -201,15 +211,17 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
     _rename(update, f"update_{coll.table_name}")
     _rename(delete, f"delete_{coll.table_name}")
     fields = [
-        strawberry.mutation(create, name=f"create{coll.name}", description=f"Create a {coll.name}."),
+        strawberry.mutation(create, name=f"create{coll.name}", description=f"Create a {coll.name}.", metadata=_DIRECT),
         strawberry.mutation(
             update,
             name=f"update{coll.name}",
             description=f"Change a {coll.name}; with expectedVersion, fails with CONFLICT if it moved on.",
+            metadata=_DIRECT,
         ),
         strawberry.mutation(
             delete,
             name=f"delete{coll.name}",
+            metadata=_DIRECT,
             description=f"Delete a {coll.name}; returns its last state."
             + (
                 f" It stays restorable (restore{coll.name}) until the retention window ends."
@@ -237,7 +249,7 @@ def _restore_mutation(t: CollectionTypes) -> Any:
     coll = t.collection
     Record = t.record  # noqa: N806
 
-    async def restore(info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
+    async def restore(root: Any, info: Info, id: strawberry.ID) -> Record:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
         try:
             guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.RESTORE)
@@ -257,6 +269,7 @@ def _restore_mutation(t: CollectionTypes) -> Any:
     return strawberry.mutation(
         restore,
         name=f"restore{coll.name}",
+        metadata=_DIRECT,
         description=f"Bring back a deleted {coll.name} as it was; NOT_FOUND unless it is deleted and not yet purged.",
     )
 

@@ -16,7 +16,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.base import StrawberryObjectDefinition
 
 from tidings.limits import RateLimit
-from tidings.resolvers.crud import build_mutation_fields, build_query_fields, build_subscription_fields
+from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
 from tidings.schema.collection import Collection
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
@@ -115,7 +115,21 @@ def build_schema(
     )
     schema.suggestions = suggestions
     _direct_attributes(schema)
+    _direct_resolvers(schema)
     return schema, types
+
+
+def _direct_resolvers(schema: strawberry.Schema) -> None:
+    """The fields marked ``crud.DIRECT`` get their resolver as graphql-core's own (see tidings.resolvers.crud)."""
+    converter = schema.schema_converter
+    for concrete in list(converter.type_map.values()):
+        definition, implementation = concrete.definition, concrete.implementation
+        if not isinstance(definition, StrawberryObjectDefinition) or not isinstance(implementation, GraphQLObjectType):
+            continue
+        for field in definition.fields:
+            if field.metadata.get(DIRECT) and field.base_resolver is not None:
+                graphql_field = implementation.fields[converter.config.name_converter.get_graphql_name(field)]
+                graphql_field.resolve = field.base_resolver.wrapped_func
 
 
 def _direct_attributes(schema: strawberry.Schema) -> None:

@@ -85,18 +85,32 @@ class Collection:
     """Delete hides a record (a ``deleted_at`` column) that ``restore<Name>`` brings back."""
     channels: tuple[str, ...] = ()
     """Channel templates (``"room:{room}"``): each committed change is also published there (``task.created``...)."""
+    # Lookups every request makes, made once (read-only: callers must not change them).
+    _field_map: dict[str, Field] = dataclasses.field(init=False, repr=False, compare=False)
+    _filter_fields: dict[str, FieldSpec] = dataclasses.field(init=False, repr=False, compare=False)
+    _columns: dict[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        specs = {name: FieldSpec(name=name, column=column, kind=kind) for name, column, kind in SYSTEM_FIELDS}
+        for f in self.fields:
+            specs[f.graphql_name] = FieldSpec(name=f.graphql_name, column=f.name, kind=f.kind)
+        object.__setattr__(self, "_field_map", {f.name: f for f in self.fields})
+        object.__setattr__(self, "_filter_fields", specs)
+        object.__setattr__(self, "_columns", {f.graphql_name: f.name for f in self.fields})
 
     @property
     def field_map(self) -> dict[str, Field]:
-        return {f.name: f for f in self.fields}
+        return self._field_map
 
     @property
     def filter_fields(self) -> dict[str, FieldSpec]:
         """GraphQL name -> FieldSpec, system fields included, for ``where`` inputs."""
-        specs = {name: FieldSpec(name=name, column=column, kind=kind) for name, column, kind in SYSTEM_FIELDS}
-        for f in self.fields:
-            specs[f.graphql_name] = FieldSpec(name=f.graphql_name, column=f.name, kind=f.kind)
-        return specs
+        return self._filter_fields
+
+    @property
+    def columns_by_graphql_name(self) -> dict[str, str]:
+        """A declared field's GraphQL name -> its column (its Python name)."""
+        return self._columns
 
     @property
     def events_field(self) -> str:
