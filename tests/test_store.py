@@ -184,8 +184,8 @@ async def test_inserts_on_the_driver_store_what_sqlalchemy_stores(
 
 async def test_postgresql_write_transactions_end_on_every_path(tmp_path: Path) -> None:
     """The store ends its PostgreSQL write transactions itself: after a failed write, a failed
-    batch and a connection killed under the pool, no connection is left in a transaction, no
-    refused write is stored, and writes go on (a dead connection fails one write at most)."""
+    batch and its kept connection killed, no connection is left in a transaction, no refused
+    write is stored, and writes go on (the dead connection's BEGIN fails: the write gets another)."""
     import asyncpg
 
     url = await fresh_database("postgresql", tmp_path)
@@ -211,16 +211,10 @@ async def test_postgresql_write_transactions_end_on_every_path(tmp_path: Path) -
             name,
         )
         assert killed >= 1
-        failures = 0
         for i in range(3):
-            try:
-                await store.create(TASK, {"title": f"after {i}"}, account=None, actor=None)
-            except sa.exc.DBAPIError:
-                failures += 1
-        assert failures <= 1
+            await store.create(TASK, {"title": f"after {i}"}, account=None, actor=None)
         stored = {r["id"]: r["title"] for r in await admin.fetch("SELECT id, title FROM tasks")}
-        assert {"first", "second", "after 1", "after 2"} <= set(stored.values())
-        assert len(stored) == 5 - failures
+        assert sorted(stored.values()) == ["after 0", "after 1", "after 2", "first", "second"]
         events = await store.read_events(0)  # one event per stored record, none for a refused write
         assert sorted(e.record_id for e in events) == sorted(stored)
         assert await admin.fetchval(in_transaction, name) == 0

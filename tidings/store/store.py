@@ -292,6 +292,7 @@ class Store:
         # PostgreSQL: writes waiting for the next group commit, and the task committing them.
         self._pg_pending: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
         self._pg_drainer: asyncio.Task[None] | None = None
+        self._pg_writer: tuple[AsyncConnection, Any] | None = None  # its connection, kept between batches
         self._get_queries: dict[str, sa.Select[Any]] = {}  # by collection, without a guard
         # The event log's head as a column of a query's own (see ``Reader._rows``).
         self.seq_column = sa.func.coalesce(
@@ -347,6 +348,9 @@ class Store:
     async def close(self) -> None:
         if self._pg_drainer is not None:
             await self._pg_drainer  # the writes already queued commit (or fail) first
+        if self._pg_writer is not None:
+            await self._pg_writer[0].close()
+            self._pg_writer = None
         await self.engine.dispose()
         if self._sync_engine is not None and self._write_thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._write_thread, self._close_writer)
@@ -557,35 +561,75 @@ class Store:
         """One group-commit transaction on PostgreSQL, in three round trips as a plain INSERT's:
         BEGIN with the advisory lock (one simple-protocol message), the statements, COMMIT.
 
-        SQLAlchemy's connection runs in AUTOCOMMIT, so it issues no BEGIN of its own (its
-        savepoints are plain statements inside ours), and the transaction is ours to end. A
-        connection whose transaction did not end cleanly (a failed ROLLBACK or COMMIT, a
-        cancellation) is invalidated, never handed back to the pool with a transaction open.
+        The writer keeps its connection between batches (a pool checkout and check-in cost
+        as much as a statement), in AUTOCOMMIT, so SQLAlchemy issues no BEGIN of its own
+        (its savepoints are plain statements inside ours) and the transaction is ours to
+        end. A connection whose transaction did not end cleanly (a failed ROLLBACK or
+        COMMIT, a cancellation) is invalidated and replaced, never used again with a
+        transaction open. A kept connection that fails its BEGIN (PostgreSQL restarted,
+        the connection timed out) is replaced and BEGIN tried once more: nothing of the
+        batch ran yet, so a restart costs no write.
         """
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-
-            async def run(sql: str) -> None:
-                try:
-                    await driver.execute(sql)
-                except Exception as exc:  # as SQLAlchemy raises it (a lost connection: sa.exc.InterfaceError)
-                    raise _dbapi_error(conn.sync_connection, sql, [], exc) from exc
-
-            ended = False
+        kept = self._pg_writer is not None
+        conn, driver = await self._pg_connection()
+        try:
+            await self._pg_run(conn, driver, _PG_BEGIN)
+        except Exception:
+            await self._pg_drop(conn)
+            if not kept:
+                raise
+            conn, driver = await self._pg_connection()
             try:
-                await run(_PG_BEGIN)
-                try:
-                    await conn.run_sync(_run_batch, works, outcomes)
-                except BaseException:
-                    await run("ROLLBACK")
-                    ended = True
-                    raise
-                await run("COMMIT")
+                await self._pg_run(conn, driver, _PG_BEGIN)
+            except BaseException:
+                await self._pg_drop(conn)
+                raise
+        except BaseException:
+            await self._pg_drop(conn)
+            raise
+        ended = False
+        try:
+            try:
+                await conn.run_sync(_run_autocommit_batch, works, outcomes)
+            except BaseException:
+                await self._pg_run(conn, driver, "ROLLBACK")
                 ended = True
-            finally:
-                if not ended:
-                    await asyncio.shield(conn.invalidate())
+                raise
+            await self._pg_run(conn, driver, "COMMIT")
+            ended = True
+        finally:
+            if not ended:
+                await self._pg_drop(conn)
+
+    async def _pg_connection(self) -> tuple[AsyncConnection, Any]:
+        """The PostgreSQL writer's connection (AUTOCOMMIT) and its asyncpg connection."""
+        if self._pg_writer is None:
+            conn = await self.engine.connect()
+            try:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                driver = (await conn.get_raw_connection()).driver_connection
+            except BaseException:
+                await asyncio.shield(conn.close())
+                raise
+            self._pg_writer = (conn, driver)
+        return self._pg_writer
+
+    async def _pg_drop(self, conn: AsyncConnection) -> None:
+        """Invalidate the writer's connection (closed, never back in the pool); the next batch gets another."""
+        if self._pg_writer is not None and self._pg_writer[0] is conn:
+            self._pg_writer = None
+        with contextlib.suppress(Exception):
+            await asyncio.shield(conn.invalidate())
+        with contextlib.suppress(Exception):
+            await asyncio.shield(conn.close())
+
+    @staticmethod
+    async def _pg_run(conn: AsyncConnection, driver: Any, sql: str) -> None:
+        """A statement without arguments (simple protocol), failing as SQLAlchemy's execution fails."""
+        try:
+            await driver.execute(sql)
+        except Exception as exc:  # a lost connection: sa.exc.InterfaceError
+            raise _dbapi_error(conn.sync_connection, sql, [], exc) from exc
 
     async def create(
         self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
@@ -826,20 +870,36 @@ def _run_batch(
     conn: sa.Connection, works: list[Callable[[sa.Connection], Any]], outcomes: list[tuple[bool, Any]]
 ) -> None:
     """Run ``works`` in ``conn``'s transaction, each in a SAVEPOINT of its own (a lone one without):
-    one that raises is rolled back alone and gets (False, exception), the others (True, result)."""
+    one that raises is rolled back alone and gets (False, exception), the others (True, result).
+
+    One savepoint name for every write (each is released before the next begins), not
+    SQLAlchemy's ``begin_nested``, whose names count up for as long as the connection
+    lives: the writers keep theirs, and each new name was a new statement to prepare.
+    """
     if len(works) == 1:
         outcomes.append((True, works[0](conn)))  # raising rolls the whole transaction back
         return
     for work in works:
-        savepoint = conn.begin_nested()
+        conn.exec_driver_sql("SAVEPOINT tidings_write")
         try:
             result = work(conn)
         except Exception as exc:
-            savepoint.rollback()  # should this fail, the whole batch fails
+            # Should these fail, the whole batch fails.
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT tidings_write")
+            conn.exec_driver_sql("RELEASE SAVEPOINT tidings_write")
             outcomes.append((False, exc))
         else:
-            savepoint.commit()
+            conn.exec_driver_sql("RELEASE SAVEPOINT tidings_write")
             outcomes.append((True, result))
+
+
+def _run_autocommit_batch(
+    conn: sa.Connection, works: list[Callable[[sa.Connection], Any]], outcomes: list[tuple[bool, Any]]
+) -> None:
+    """``_run_batch`` inside a transaction of SQLAlchemy's own bookkeeping only (the connection is
+    in AUTOCOMMIT: its begin and commit send nothing), so none stays open on a kept connection."""
+    with conn.begin():
+        _run_batch(conn, works, outcomes)
 
 
 def _batch_failed(outcomes: list[tuple[bool, Any]], size: int, exc: Exception) -> list[tuple[bool, Any]]:
