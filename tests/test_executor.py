@@ -20,7 +20,7 @@ from graphql import execute, parse
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from tidings.schema.build import TidingsSchema, _direct_attributes, resolve_attribute
+from tidings.schema.build import TidingsSchema, _direct_resolvers, resolve_attribute
 from tidings.schema.executor import Executor
 
 
@@ -104,7 +104,7 @@ def make_schema(rows: list[dict[str, Any]]) -> TidingsSchema:
         config=StrawberryConfig(default_resolver=resolve_attribute),
         execution_context_class=Executor,
     )
-    _direct_attributes(schema)
+    _direct_resolvers(schema)
     return schema
 
 

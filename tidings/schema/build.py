@@ -114,30 +114,19 @@ def build_schema(
         execution_context_class=Executor,
     )
     schema.suggestions = suggestions
-    _direct_attributes(schema)
     _direct_resolvers(schema)
     return schema, types
 
 
 def _direct_resolvers(schema: strawberry.Schema) -> None:
-    """The fields marked ``crud.DIRECT`` get their resolver as graphql-core's own (see tidings.resolvers.crud)."""
-    converter = schema.schema_converter
-    for concrete in list(converter.type_map.values()):
-        definition, implementation = concrete.definition, concrete.implementation
-        if not isinstance(definition, StrawberryObjectDefinition) or not isinstance(implementation, GraphQLObjectType):
-            continue
-        for field in definition.fields:
-            if field.metadata.get(DIRECT) and field.base_resolver is not None:
-                graphql_field = implementation.fields[converter.config.name_converter.get_graphql_name(field)]
-                graphql_field.resolve = field.base_resolver.wrapped_func
+    """Fields whose graphql-core resolver need not go through Strawberry's wrappers get it direct.
 
-
-def _direct_attributes(schema: strawberry.Schema) -> None:
-    """Plain attribute fields (no resolver, no field extension) read their value directly.
-
-    Strawberry resolves them through two wrappers per field and value (its basic-field
-    path, then the field's ``get_result``); a 50-row list of five fields makes 250 such
-    calls. The value is the same: ``resolve_attribute`` of the field's Python name.
+    - The fields marked ``crud.DIRECT`` (the collections' queries and mutations): their
+      resolver itself, taking graphql-core's coerced arguments (see tidings.resolvers.crud).
+    - Plain attribute fields (no resolver, no field extension) read their value directly.
+      Strawberry resolves them through two wrappers per field and value (its basic-field
+      path, then the field's ``get_result``); a 50-row list of five fields makes 250 such
+      calls. The value is the same: ``resolve_attribute`` of the field's Python name.
     """
     converter = schema.schema_converter
     for concrete in list(converter.type_map.values()):
@@ -145,10 +134,16 @@ def _direct_attributes(schema: strawberry.Schema) -> None:
         if not isinstance(definition, StrawberryObjectDefinition) or not isinstance(implementation, GraphQLObjectType):
             continue
         for field in definition.fields:
-            if not field.is_basic_field or field.default_resolver is not resolve_attribute:
-                continue
             graphql_field = implementation.fields.get(converter.config.name_converter.get_graphql_name(field))
-            if graphql_field is not None and getattr(graphql_field.resolve, "_is_default", False):
+            if graphql_field is None:
+                continue
+            if field.metadata.get(DIRECT) and field.base_resolver is not None:
+                graphql_field.resolve = field.base_resolver.wrapped_func
+            elif (
+                field.is_basic_field
+                and field.default_resolver is resolve_attribute
+                and getattr(graphql_field.resolve, "_is_default", False)
+            ):
                 graphql_field.resolve = _attribute(field.python_name)
 
 

@@ -293,6 +293,11 @@ class Store:
         self._pg_pending: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
         self._pg_drainer: asyncio.Task[None] | None = None
         self._pg_writer: tuple[AsyncConnection, Any] | None = None  # its connection, kept between batches
+        self._pg_write_engine: AsyncEngine | None = None  # whose one connection that is (not a reader's slot)
+        if self.dialect == "postgresql":
+            self._pg_write_engine = create_async_engine(
+                self.url, echo=echo, pool_size=1, max_overflow=0, **json_options
+            )
         self._get_queries: dict[str, sa.Select[Any]] = {}  # by collection, without a guard
         # The event log's head as a column of a query's own (see ``Reader._rows``).
         self.seq_column = sa.func.coalesce(
@@ -349,8 +354,9 @@ class Store:
         if self._pg_drainer is not None:
             await self._pg_drainer  # the writes already queued commit (or fail) first
         if self._pg_writer is not None:
-            await self._pg_writer[0].close()
-            self._pg_writer = None
+            await self._pg_drop(self._pg_writer[0])  # terminated: never waits on an unreachable server
+        if self._pg_write_engine is not None:
+            await self._pg_write_engine.dispose()
         await self.engine.dispose()
         if self._sync_engine is not None and self._write_thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._write_thread, self._close_writer)
@@ -604,7 +610,8 @@ class Store:
     async def _pg_connection(self) -> tuple[AsyncConnection, Any]:
         """The PostgreSQL writer's connection (AUTOCOMMIT) and its asyncpg connection."""
         if self._pg_writer is None:
-            conn = await self.engine.connect()
+            assert self._pg_write_engine is not None
+            conn = await self._pg_write_engine.connect()
             try:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 driver = (await conn.get_raw_connection()).driver_connection
