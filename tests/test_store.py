@@ -112,6 +112,18 @@ async def test_reader_snapshot_reports_the_seq_it_reflects(store: Store) -> None
         again = await reader.list(TASK, MATCH_ALL)
     assert len(before) == len(again) == 1
     assert seq == 1
+    # A first statement that finds nothing: the position is read on its own, still the snapshot's.
+    async with store.reader() as reader:
+        assert await reader.get(TASK, "missing") is None
+        await store.create(TASK, {"title": "three"}, account=None, actor=None)
+        assert await reader.count(TASK, MATCH_ALL) == 2
+        assert await reader.seq() == 2
+    # A count first: its one row carries the position.
+    async with store.reader() as reader:
+        assert await reader.count(TASK, MATCH_ALL) == 3
+        await store.create(TASK, {"title": "four"}, account=None, actor=None)
+        assert [r["title"] for r in await reader.list(TASK, MATCH_ALL, [("title", False)])] == ["one", "three", "two"]
+        assert await reader.seq() == 3
 
 
 async def test_prune_keeps_the_newest_and_records_the_horizon(store: Store) -> None:
