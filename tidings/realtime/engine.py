@@ -181,8 +181,8 @@ class Engine:
             return [_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")]
         return []
 
-    def executable(self, request: Request) -> OperationType | None:
-        """The type of a valid query or mutation ``execute`` can answer at once, else None.
+    def _runnable(self, request: Request) -> tuple[DocumentNode, OperationDefinitionNode] | None:
+        """The document and operation of a valid query or mutation ``execute`` runs itself, else None.
 
         None for what needs more than one result or a proper refusal: errors in the
         document, an unknown operation name, a subscription, a ``query @live``.
@@ -193,16 +193,18 @@ class Engine:
         op = _find_operation(parsed.document, request.operation_name)
         if op is None or op.operation is OperationType.SUBSCRIPTION or is_live(op):
             return None
-        return op.operation
+        return parsed.document, op
+
+    def executable(self, request: Request) -> OperationType | None:
+        """The type of a valid query or mutation ``execute`` can answer at once, else None."""
+        runnable = self._runnable(request)
+        return runnable[1].operation if runnable is not None else None
 
     async def execute(self, request: Request, context: Context) -> ExecutionResult:
         """Execute a query or mutation: the one path for HTTP, WebSocket and SSE, so the same
         limits, read snapshot, error codes and metrics apply to each."""
-        parsed = self._parse(request.query)
-        operation = None
-        if parsed.document is not None and not parsed.errors:
-            operation = _find_operation(parsed.document, request.operation_name)
-        if operation is None or operation.operation is OperationType.SUBSCRIPTION or is_live(operation):
+        runnable = self._runnable(request)
+        if runnable is None:
             # Strawberry answers what cannot run (its messages), through the same extensions.
             return await self.schema.execute(
                 request.query,
@@ -211,8 +213,7 @@ class Engine:
                 operation_name=request.operation_name,
                 operation_extensions=request.extensions,
             )
-        assert parsed.document is not None
-        return await self._execute(parsed.document, operation, request, context)
+        return await self._execute(*runnable, request, context)
 
     async def _execute(
         self, document: DocumentNode, operation: OperationDefinitionNode, request: Request, context: Context

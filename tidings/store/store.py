@@ -576,23 +576,16 @@ class Store:
         the connection timed out) is replaced and BEGIN tried once more: nothing of the
         batch ran yet, so a restart costs no write.
         """
-        kept = self._pg_writer is not None
-        conn, driver = await self._pg_connection()
-        try:
-            await self._pg_run(conn, driver, _PG_BEGIN)
-        except Exception:
-            await self._pg_drop(conn)
-            if not kept:
-                raise
+        while True:
+            kept = self._pg_writer is not None
             conn, driver = await self._pg_connection()
             try:
                 await self._pg_run(conn, driver, _PG_BEGIN)
-            except BaseException:
+                break
+            except BaseException as exc:
                 await self._pg_drop(conn)
-                raise
-        except BaseException:
-            await self._pg_drop(conn)
-            raise
+                if not (kept and isinstance(exc, Exception)):  # a fresh connection's failure stands
+                    raise
         ended = False
         try:
             try:
