@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -25,10 +27,27 @@ if TYPE_CHECKING:
     from tests.processes import RedisProcess
 
 
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_PORTS = itertools.count(10_000 + (_WORKER % 8) * 2_500 + os.getpid() % 500)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port no other test process will be given.
+
+    Not from the kernel's ephemeral range: under pytest-xdist two workers asking the kernel
+    at once could get the same port, and one test would talk to the other's server. Each
+    worker walks its own block of 2,500 ports below that range, skipping ports in use.
+    """
+    while True:
+        port = next(_PORTS)
+        if port >= 10_000 + (_WORKER % 8 + 1) * 2_500:
+            raise RuntimeError("free_port: this worker's block of ports is used up")
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Server:

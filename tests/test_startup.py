@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import Server, free_port
-from tests.processes import TIDINGS, serve_command, spawn_serve, stop_serve
+from tests.processes import TIDINGS, RedisProcess, serve_command, spawn_serve, stop_serve
 from tidings.app import create_app
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
@@ -146,8 +147,13 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str], str]]:
-    """A ``tidings serve`` that started: the process, its stdout lines, its URL."""
+async def running(
+    tmp_path: Path, *args: str, stderr: list[str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str], str]]:
+    """A ``tidings serve`` that started: the process, its stdout lines, its URL.
+
+    ``stderr`` collects what the server wrote there before uvicorn said it listens.
+    """
     port = free_port()
     proc = await spawn_serve(port, "--db", "sqlite:///app.db", *args, cwd=tmp_path, stdout=PIPE, stderr=PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -156,6 +162,8 @@ async def running(tmp_path: Path, *args: str) -> AsyncIterator[tuple[asyncio.sub
         async with asyncio.timeout(20):
             while not (line := (await proc.stderr.readline()).decode()).startswith("INFO:     Uvicorn running on"):
                 assert line, "tidings serve exited before it listened"
+                if stderr is not None:
+                    stderr.append(line.rstrip("\n"))
             # The banner was flushed before uvicorn started: it is all in the pipe by now.
             while len(stdout) < 7:
                 stdout.append((await proc.stdout.readline()).decode().rstrip("\n"))
@@ -183,6 +191,25 @@ async def test_the_banner_says_what_serves_before_listening(tmp_path: Path) -> N
             assert (await client.get("/healthz")).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_serving_with_the_redis_broker_writes_nothing_but_uvicorns_lines(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    # redis-py 8 warns (UserWarning, two lines) when the asyncio client gets the synchronous Retry.
+    stderr: list[str] = []
+    async with running(tmp_path, "--broker", redis_server.url, "--jwt-secret", SECRET, stderr=stderr) as (
+        _,
+        banner,
+        url,
+    ):
+        assert banner[2] == f"  broker:      {redis_server.url}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/readyz")).status_code == 200
+    assert stderr, "uvicorn's startup lines were not read"
+    # Only log records at INFO: uvicorn's and tidings' own (no warning, no traceback, nothing unlogged).
+    info = re.compile(r"INFO:     |\d{4}-\d\d-\d\d [\d:,]+ INFO tidings: ")
+    assert [line for line in stderr if not info.match(line)] == []
 
 
 def test_describe_names_the_public_key_and_masks_passwords(tmp_path: Path) -> None:

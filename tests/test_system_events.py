@@ -78,7 +78,8 @@ async def test_token_expiring_comes_a_lead_before_the_token_expires(auth_server:
 async def test_token_expiring_reaches_a_late_subscriber_and_is_rearmed_by_renew_token(
     auth_server: Server,
 ) -> None:
-    headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme', ttl=1)}"}
+    # ttl=2: exp is in whole seconds, so 1-2 s remain; ttl=1 could expire before the stream opened.
+    headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme', ttl=2)}"}
     async with (
         httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client,
         client.stream("GET", "/graphql", params={"query": SYSTEM}, headers=headers) as response,

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.filters.ast import And, Compare, FieldKind, Filter, Not, Op, Or
 
 
-def compile_sql(f: Filter, table: sa.Table, dialect: str) -> ColumnElement[bool]:
+def compile_sql(f: Filter, table: sa.Table, dialect: str) -> sa.ColumnElement[bool]:
     if isinstance(f, And):
         if not f.items:
             return sa.true()
@@ -24,9 +23,9 @@ def compile_sql(f: Filter, table: sa.Table, dialect: str) -> ColumnElement[bool]
     return _leaf(f, table.c[f.column], dialect)
 
 
-def _leaf(c: Compare, col: Any, dialect: str) -> ColumnElement[bool]:
+def _leaf(c: Compare, col: Any, dialect: str) -> sa.ColumnElement[bool]:
     if c.op is Op.IS_NULL:
-        null_test: ColumnElement[bool] = col.is_(None) if c.value else col.is_not(None)
+        null_test: sa.ColumnElement[bool] = col.is_(None) if c.value else col.is_not(None)
         return null_test
     if c.kind is FieldKind.STRING and c.op in (Op.LT, Op.LTE, Op.GT, Op.GTE) and dialect == "postgresql":
         col = col.collate("C")

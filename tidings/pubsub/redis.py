@@ -6,9 +6,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from tidings.pubsub.base import BrokerUnavailable
 
@@ -74,7 +74,7 @@ class RedisBroker:
             # No UNSUBSCRIBE: the connection may be dead or stalled, and dropping it
             # ends the subscription anyway. Closing only tears down local state.
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def close(self) -> None:
         if self._client is not None:

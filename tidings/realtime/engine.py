@@ -33,9 +33,8 @@ from graphql import (
     visit,
 )
 from graphql.execution import ExecutionResult as GraphQLExecutionResult
-from graphql.execution import Executor
-from graphql.execution.values import get_argument_values
-from strawberry.execution.is_awaitable import optimized_is_awaitable
+from graphql.execution import Executor, get_argument_values
+from strawberry.execution import optimized_is_awaitable
 from strawberry.types import ExecutionResult
 
 from tidings.auth.principal import Principal

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 from graphql import DocumentNode, FieldNode, GraphQLError, GraphQLSchema, OperationDefinitionNode
-from graphql.execution.values import get_argument_values
+from graphql.execution import get_argument_values
 
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action, Authorizer

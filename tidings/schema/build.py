@@ -10,6 +10,7 @@ from graphql import GraphQLError, GraphQLObjectType
 from strawberry.directive import DirectiveLocation
 from strawberry.extensions import AddValidationRules, ParserCache, SchemaExtension, ValidationCache
 from strawberry.extensions.directives import DirectivesExtension, DirectivesExtensionSync
+from strawberry.resolvers import is_default_resolver
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import create_type
 from strawberry.types import ExecutionContext, ExecutionResult
@@ -142,7 +143,7 @@ def _direct_resolvers(schema: strawberry.Schema) -> None:
             elif (
                 field.is_basic_field
                 and field.default_resolver is resolve_attribute
-                and getattr(graphql_field.resolve, "_is_default", False)
+                and is_default_resolver(graphql_field.resolve)
             ):
                 graphql_field.resolve = _attribute(field.python_name)
 
@@ -153,6 +154,7 @@ def _attribute(name: str) -> Callable[..., Any]:
             return source.get(name)
         return getattr(source, name)
 
-    resolve._is_default = True  # type: ignore[attr-defined]  # Strawberry's mark: hooks may skip it
+    # Strawberry's mark of a default resolver (its ``is_default_resolver`` reads it): tracing skips it.
+    resolve._is_default = True  # type: ignore[attr-defined]
     resolve.attribute = name  # type: ignore[attr-defined]  # tidings.schema.executor reads it directly
     return resolve

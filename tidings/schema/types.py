@@ -10,7 +10,6 @@ from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types.unset import UNSET
 
 from tidings.filters import FieldKind
 from tidings.schema.collection import Collection, Field
@@ -139,14 +138,14 @@ class TypeFactory:
                 create_ann[f.name] = t
             else:
                 create_ann[f.name] = t | None
-                create_defaults[f.name] = UNSET
+                create_defaults[f.name] = strawberry.UNSET
         # dataclass order: required fields first
         ordered = dict(sorted(create_ann.items(), key=lambda kv: kv[0] in create_defaults))
         create_input = strawberry.input(_new_type(f"Create{c.name}Input", ordered, create_defaults))
 
         update_ann = {f.name: self.scalar(f) | None for f in c.fields}
         update_input = strawberry.input(
-            _new_type(f"Update{c.name}Input", update_ann, dict.fromkeys(update_ann, UNSET)),
+            _new_type(f"Update{c.name}Input", update_ann, dict.fromkeys(update_ann, strawberry.UNSET)),
             description="Fields to change; omitted fields keep their value, null clears a nullable field.",
         )
         # Declared fields only: updatedAt and version change with every update, so naming them narrows nothing.

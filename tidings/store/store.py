@@ -183,8 +183,10 @@ class _Insert:
         self.sql = compiled.string
         names = compiled.positiontup or []
         # What SQLAlchemy's execution binds with: the dialect's implementation of each type
-        # (for a TypeDecorator, its process_bind_param and then its impl's processor).
-        self.binds = [(name, table.c[name].type._cached_bind_processor(dialect)) for name in names]
+        # (for a TypeDecorator, its process_bind_param and then its impl's processor). The
+        # public form of what its private ``_cached_bind_processor`` memoizes: the same
+        # processors, made once per compiled INSERT.
+        self.binds = [(name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names]
 
     def execute(self, conn: sa.Connection, values: Mapping[str, Any]) -> Any:
         driver: Any = conn.connection.driver_connection
