@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-_PORTS = itertools.count(10_000 + (_WORKER % 8) * 2_500 + os.getpid() % 500)
+_BLOCK = 10_000 + (_WORKER % 8) * 2_500  # this worker's ports: [_BLOCK, _BLOCK + 2,500)
+_PORTS = itertools.count(os.getpid() * 7919)  # a start per process, so two runs at once rarely meet
 
 
 def free_port() -> int:
@@ -38,16 +39,15 @@ def free_port() -> int:
     at once could get the same port, and one test would talk to the other's server. Each
     worker walks its own block of 2,500 ports below that range, skipping ports in use.
     """
-    while True:
-        port = next(_PORTS)
-        if port >= 10_000 + (_WORKER % 8 + 1) * 2_500:
-            raise RuntimeError("free_port: this worker's block of ports is used up")
+    for _ in range(2_500):
+        port = _BLOCK + next(_PORTS) % 2_500
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
+    raise RuntimeError(f"free_port: no free port in {_BLOCK}-{_BLOCK + 2_499}")
 
 
 class Server:

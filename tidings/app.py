@@ -50,6 +50,8 @@ from tidings.resolvers.session import RENEW_TOKEN
 from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
 from tidings.schema.collection import Collection
+from tidings.schema.documents import Documents
+from tidings.schema.validation import validation_rules
 from tidings.store import Store
 from tidings.transports.body import limit_body
 from tidings.transports.common import TransportContext, declares_json, header, unsupported_media_type
@@ -97,6 +99,8 @@ class HTTPView(GraphQL[Context, None]):
         # Strawberry would execute a subscription as a query here and fail in the resolver:
         # a client's mistake, answered 400 BAD_USER_INPUT rather than logged as a fault.
         query = request_data.query
+        if query is not None:
+            await self.engine.prepare(Request(query))  # a big document: parsed off the event loop
         if (
             query is not None
             and "subscription" in query
@@ -210,15 +214,17 @@ class Tidings:
         self.metrics_access = MetricsAccess(settings.metrics)
         self.metrics_registry, self.metrics_shared = registry_for(self.metrics)
         admin_queries, admin_mutations = admin_fields(lambda: self.admin)
+        self.documents = Documents(
+            validation_rules(max_depth=settings.max_depth, introspection=introspection), max_tokens=settings.max_tokens
+        )
         self.schema, self.types = build_schema(
             self.collections,
             extra_queries=admin_queries,
             extra_extensions=[mutation_counter(self.metrics, _mutation_collections(self.collections))],
             extra_mutations=[RENEW_TOKEN, *CHANNEL_MUTATIONS, *admin_mutations],
             extra_subscriptions=[*CHANNEL_SUBSCRIPTIONS, *SYSTEM_SUBSCRIPTIONS],
-            max_depth=settings.max_depth,
-            introspection=introspection,
             suggestions=suggestions,
+            documents=self.documents,
         )
         self.limits = Limits.from_settings(settings, broker_url=getattr(self.broker, "url", settings.broker))
         self.channels = Channels(
@@ -248,9 +254,8 @@ class Tidings:
             self.services,
             self.dispatcher,
             self.collections,
-            max_depth=settings.max_depth,
             limits=self.limits,
-            introspection=introspection,
+            documents=self.documents,
             suggestions=suggestions,
             live_max_rows=settings.live_max_rows,
         )
@@ -518,6 +523,8 @@ class Tidings:
         if scope["method"] == "POST":
             body, receive = await buffer_body(receive)
             request = _json_request(body)
+            if request is not None:
+                await self.engine.prepare(request)
             if request is not None and self.engine.executable(request) is not None:
                 await self._execute_http(request, scope, receive, send)
                 return

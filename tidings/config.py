@@ -86,6 +86,9 @@ class Settings:
     max_limit: int = _field(1000, "largest page a list query may ask for")
     live_max_rows: int = _field(1000, "most rows a live query's window may keep (its limit must be at most this)")
     max_depth: int = _field(10, "deepest query allowed (introspection included)")
+    max_tokens: int = _field(
+        5000, "most tokens a GraphQL document may have; parsing stops there (GRAPHQL_PARSE_FAILED)"
+    )
     introspection: str = _field(
         "auto", "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off"
     )

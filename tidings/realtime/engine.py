@@ -8,7 +8,6 @@ thousands of clients sending the same subscription cost one validation.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from inspect import isawaitable
 from typing import Any
@@ -27,9 +26,6 @@ from graphql import (
     VariableNode,
     Visitor,
     execute,
-    parse,
-    specified_rules,
-    validate,
     visit,
 )
 from graphql.execution import ExecutionResult as GraphQLExecutionResult
@@ -51,6 +47,7 @@ from tidings.realtime.live_plan import LiveQueries
 from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
 from tidings.schema.collection import Collection
+from tidings.schema.documents import Documents, Parsed
 from tidings.schema.executor import Executor as FieldExecutor
 from tidings.schema.extensions import classify_all, finish_errors, log_unexpected, snapshot_extensions
 from tidings.schema.validation import validation_rules
@@ -89,12 +86,6 @@ class Streaming:
 Outcome = Rejected | Finished | Streaming
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Parsed:
-    document: DocumentNode | None
-    errors: list[GraphQLError]
-
-
 def _error(message: str, code: str, **extra: Any) -> dict[str, Any]:
     return {"message": message, "extensions": {"code": code, **extra}}
 
@@ -113,7 +104,7 @@ class Engine:
         *,
         max_depth: int = 10,
         max_aliases: int = 100,
-        cache_size: int = 1000,
+        documents: Documents | None = None,
         limits: Limits | None = None,
         introspection: bool = True,
         suggestions: bool = True,
@@ -127,11 +118,9 @@ class Engine:
         self.by_field = {c.events_field: c for c in collections}
         self.channels: Channels | None = None  # set by the app: serves channelEvents and presence
         self.system = SystemEvents()  # systemEvents, per connection
-        self._rules = [
-            *specified_rules,
-            *validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection),
-        ]
-        self._cache: OrderedDict[str, _Parsed] = OrderedDict()
+        self.documents = documents or Documents(
+            validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
+        )
         self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
         dispatcher.observers.append(self.live_hub.observe)
         self.live = LiveQueries(
@@ -143,25 +132,15 @@ class Engine:
             max_rows=live_max_rows,
             max_limit=services.max_limit,
         )
-        self._cache_size = cache_size
         # Set by the app: counts a mutation's root fields by outcome (tidings_mutations_total).
         self.count_mutations: Callable[[OperationDefinitionNode, Sequence[GraphQLError] | None], None] | None = None
 
-    def _parse(self, query: str) -> _Parsed:
-        cached = self._cache.get(query)
-        if cached is not None:
-            self._cache.move_to_end(query)
-            return cached
-        try:
-            document = parse(query)
-        except GraphQLError as exc:
-            parsed = _Parsed(None, [exc])
-        else:
-            parsed = _Parsed(document, validate(self.schema._schema, document, self._rules))
-        self._cache[query] = parsed
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return parsed
+    def _parse(self, query: str) -> Parsed:
+        return self.documents.get(self.schema._schema, query)
+
+    async def prepare(self, request: Request) -> None:
+        """Parse and validate a big document off the event loop, before a transport looks at it."""
+        await self.documents.prepare(self.schema._schema, request.query)
 
     def operation_type(self, request: Request) -> OperationType | None:
         """The type of the operation a request would run (None if it cannot run)."""
@@ -173,6 +152,7 @@ class Engine:
 
     async def validate(self, request: Request) -> list[dict[str, Any]]:
         """The errors that keep a request from running (empty when it can run)."""
+        await self.prepare(request)
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
             return [dict(e.formatted) for e in classify_all(list(parsed.errors), suggestions=self.suggestions)]
@@ -264,6 +244,7 @@ class Engine:
         after: str | None = None,
     ) -> Outcome:
         """Run one operation. ``after`` (an SSE Last-Event-ID) overrides the ``after`` argument."""
+        await self.prepare(request)
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
             errors = classify_all(list(parsed.errors), suggestions=self.suggestions)

@@ -8,7 +8,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError, GraphQLObjectType
 from strawberry.directive import DirectiveLocation
-from strawberry.extensions import AddValidationRules, ParserCache, SchemaExtension, ValidationCache
+from strawberry.extensions import SchemaExtension
 from strawberry.extensions.directives import DirectivesExtension, DirectivesExtensionSync
 from strawberry.resolvers import is_default_resolver
 from strawberry.schema.config import StrawberryConfig
@@ -19,6 +19,7 @@ from strawberry.types.base import StrawberryObjectDefinition
 from tidings.limits import RateLimit
 from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
 from tidings.schema.collection import Collection
+from tidings.schema.documents import Documents, DocumentsExtension
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
@@ -82,6 +83,7 @@ def build_schema(
     introspection: bool = True,
     suggestions: bool = True,
     extra_extensions: Sequence[type] = (),
+    documents: Documents | None = None,
 ) -> tuple[strawberry.Schema, dict[str, CollectionTypes]]:
     """The schema; ``introspection`` off refuses ``__schema``/``__type``, ``suggestions`` off drops "Did you mean"."""
     factory = TypeFactory()
@@ -93,17 +95,18 @@ def build_schema(
         query_fields += build_query_fields(t)
         mutation_fields += build_mutation_fields(t)
         subscription_fields += build_subscription_fields(t, Operation)
-    # The limit rules are made once, so every request carries the same rule classes and
-    # the validation cache (keyed by document and rules) answers repeated operations.
-    limits = validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
+    # One parser, validator and cache for Strawberry's view and the engine (tidings.schema.documents).
+    if documents is None:
+        documents = Documents(
+            validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
+        )
+    shared = documents
     extensions: list[Callable[[], Any] | type] = [
         *extra_extensions,
         ErrorCodes,
         RateLimit,
         ReadSnapshot,
-        lambda: AddValidationRules(limits),
-        lambda: ParserCache(maxsize=1024),  # graphql-core parses anew otherwise, on every request
-        lambda: ValidationCache(maxsize=1024),
+        lambda: DocumentsExtension(shared),
     ]
     schema = TidingsSchema(
         query=create_type("Query", query_fields),

@@ -78,6 +78,8 @@ async def route(engine: Engine, scope: dict[str, Any], receive: Any) -> Route:
     else:
         return Route(sse=False, media_type=media_type, receive=receive)
     # Cheap test first: the engine's parse is cached, but most requests are not subscriptions.
+    if "subscription" in query:
+        await engine.prepare(Request(query))  # a big document: parsed off the event loop
     if "subscription" in query and engine.operation_type(Request(query, None, name, None)) is (
         OperationType.SUBSCRIPTION
     ):
