@@ -48,6 +48,11 @@ class Counts:
         self.missing = 0
         self.duplicated = 0
         self.failures = 0
+        self.reasons: dict[str, int] = {}
+
+    def fail(self, reason: str) -> None:
+        self.failures += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
 async def writer(url: str, rate: float, stop: asyncio.Event, counts: Counts) -> None:
@@ -55,12 +60,13 @@ async def writer(url: str, rate: float, stop: asyncio.Event, counts: Counts) -> 
         while not stop.is_set():
             try:
                 response = await client.post("/graphql", json={"query": CREATE, "variables": {"t": "soak"}})
-                if response.json().get("data"):
+                body = response.json()
+                if body.get("data"):
                     counts.writes += 1
                 else:
-                    counts.failures += 1
-            except httpx.HTTPError:
-                counts.failures += 1
+                    counts.fail("write: " + str(body["errors"][0].get("extensions", {}).get("code")))
+            except httpx.HTTPError as exc:
+                counts.fail(f"write: {type(exc).__name__}")
             await asyncio.sleep(1 / rate)
 
 
@@ -111,8 +117,11 @@ async def resumer(ws_url: str, stop: asyncio.Event, counts: Counts) -> None:
                 while time.monotonic() < until and not stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         message = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, until - time.monotonic())))
+                        if message.get("type") == "ping":
+                            await ws.send(json.dumps({"type": "pong"}))
+                            continue
                         if message.get("type") != "next":
-                            counts.failures += 1
+                            counts.fail(f"resume: {message.get('type')} {message.get('payload')}"[:120])
                             break
                         event = message["payload"]["data"]["taskEvents"]
                         seq = int(event["seq"])
@@ -122,8 +131,8 @@ async def resumer(ws_url: str, stop: asyncio.Event, counts: Counts) -> None:
                             counts.missing += seq - last_seq - 1
                         last_seq, cursor = max(seq, last_seq or 0), event["cursor"]
                         counts.resumed_events += 1
-        except (OSError, websockets.WebSocketException, TimeoutError):
-            counts.failures += 1
+        except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+            counts.fail(f"resume: {type(exc).__name__}")
             await asyncio.sleep(0.5)
 
 
@@ -197,6 +206,8 @@ async def main() -> None:
                 )
             stop.set()
             await asyncio.gather(*load, return_exceptions=True)
+            for reason, n in sorted(counts.reasons.items()):
+                print(f"failures: {n} x {reason}")
             for (m0, s0), (m1, s1) in itertools.pairwise(snapshots):
                 grown = snapshot_mb(s1) - snapshot_mb(s0)
                 print(f"traced growth {m0:.1f} -> {m1:.1f} min: {grown:+.2f} MB ({grown / (m1 - m0):+.3f} MB/min)")
