@@ -96,6 +96,7 @@ def make_server(
     uvicorn_overrides: Any = None,
     hooks: Any = None,
     middleware: Any = (),
+    tracer_provider: Any = None,
     **settings: Any,
 ) -> Server:
     """A real uvicorn server of ``create_app``; ``middleware`` classes are added with ``add_middleware``."""
@@ -103,7 +104,7 @@ def make_server(
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
     config = Settings(**base)
-    app = create_app(collections, config, broker=broker, hooks=hooks)
+    app = create_app(collections, config, broker=broker, hooks=hooks, tracer_provider=tracer_provider)
     for cls in middleware:
         app.add_middleware(cls)
     # What `tidings serve` runs, bar where it listens and how much it logs.

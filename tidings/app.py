@@ -53,6 +53,7 @@ from tidings.schema.collection import Collection
 from tidings.schema.documents import Documents
 from tidings.schema.validation import validation_rules
 from tidings.store import Store
+from tidings.tracing import Tracing
 from tidings.transports.body import limit_body
 from tidings.transports.common import TransportContext, declares_json, header, unsupported_media_type
 from tidings.transports.negotiation import GRAPHQL_RESPONSE_JSON, buffer_body, route
@@ -115,7 +116,16 @@ class HTTPView(GraphQL[Context, None]):
             return ExecutionResult(
                 data=None, errors=[GraphQLError(message, extensions={"code": ErrorCode.BAD_USER_INPUT.value})]
             )
-        return await super().execute_single(request, request_adapter, sub_response, context, root_value, request_data)
+        tracing = self.engine.services.tracing
+        if not tracing.enabled:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        kind = self.engine.operation_type(Request(query or "", None, request_data.operation_name, None))
+        with tracing.operation("http", kind.value if kind else "invalid", request_data.operation_name):
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
 
     async def process_result(self, request: Any, result: ExecutionResult) -> GraphQLHTTPResponse:
         response = await super().process_result(request, result)
@@ -187,13 +197,19 @@ class Tidings:
         broker: Broker | None = None,
         channels: Sequence[Channel] = (),
         hooks: Hooks | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.settings = settings
         self.collections = list(collections)
         self.store = Store(settings.db, self.collections)
         self.broker = broker or broker_from_url(settings.broker, db=settings.db)
+        self.tracing = Tracing(settings.tracing == "on", tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
-            self.store, self.broker, gap_check_interval=settings.gap_check_interval, channel=settings.channel
+            self.store,
+            self.broker,
+            gap_check_interval=settings.gap_check_interval,
+            channel=settings.channel,
+            tracing=self.tracing,
         )
         self.authenticator = Authenticator(
             secret=settings.jwt_secret,
@@ -242,6 +258,7 @@ class Tidings:
             max_limit=settings.max_limit,
             limits=self.limits,
             channels=self.channels,
+            tracing=self.tracing,
         )
         # Hooks: before-hooks run in the request; after-hooks through one bounded queue.
         self.hooks = HookRunner(hooks, max_pending=settings.hook_queue)
@@ -538,7 +555,13 @@ class Tidings:
         http_request = StarletteRequest(scope, receive)
         sub_response = await self.http.get_sub_response(http_request)
         context = await self.http.get_context(http_request, sub_response)
-        result = await self.engine.execute(request, context)
+        tracing = self.engine.services.tracing
+        if tracing.enabled:
+            kind = self.engine.operation_type(request)
+            with tracing.operation("http", kind.value if kind else "invalid", request.operation_name):
+                result = await self.engine.execute(request, context)
+        else:
+            result = await self.engine.execute(request, context)
         payload = await self.http.process_result(http_request, result)
         encoded = self.http.encode_json(payload)
         body = encoded.encode() if isinstance(encoded, str) else encoded
@@ -671,10 +694,12 @@ def create_app(
     *,
     broker: Broker | None = None,
     hooks: Hooks | None = None,
+    tracer_provider: Any = None,
 ) -> Starlette:
     """The ASGI app for ``collections`` (declared classes or Collections; default the demo).
 
     ``hooks``: a ``tidings.Hooks`` whose callables react to connections, operations, writes and publishes.
+    ``tracer_provider``: the OpenTelemetry provider of ``--tracing on`` (default: the global one).
     """
     from tidings.schema.collection import collections_from
 
@@ -684,7 +709,14 @@ def create_app(
         collections = [*COLLECTIONS, *CHANNELS]
     settings = settings or Settings.from_env()
     declared, channels = channels_from(list(collections))
-    tidings = Tidings(collections_from(declared), settings, broker=broker, channels=channels, hooks=hooks)
+    tidings = Tidings(
+        collections_from(declared),
+        settings,
+        broker=broker,
+        channels=channels,
+        hooks=hooks,
+        tracer_provider=tracer_provider,
+    )
 
     async def healthz(_: StarletteRequest) -> Response:
         return JSONResponse({"status": "ok", "seq": str(tidings.dispatcher.position)})

@@ -86,6 +86,7 @@ class Settings:
     max_limit: int = _field(1000, "largest page a list query may ask for")
     live_max_rows: int = _field(1000, "most rows a live query's window may keep (its limit must be at most this)")
     max_depth: int = _field(10, "deepest query allowed (introspection included)")
+    tracing: str = _field("off", "OpenTelemetry spans (needs opentelemetry-api: pip install tidings[tracing]): on, off")
     max_tokens: int = _field(
         5000, "most tokens a GraphQL document may have; parsing stops there (GRAPHQL_PARSE_FAILED)"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.metadata
+import importlib.util
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,7 @@ def check_settings(settings: Settings) -> None:
             f"--log-level {settings.log_level!r}: unknown level; expected one of {', '.join(LOG_LEVELS)}"
         )
     _check_database_url(settings.db)
+    _check_tracing(settings.tracing)
     resolve_broker_url(settings.broker, settings.db)  # "postgres" without a PostgreSQL --db: its own line
     try:
         broker_from_url(settings.broker, db=settings.db)
@@ -95,6 +97,13 @@ def check_settings(settings: Settings) -> None:
             f"--broker {mask_url(settings.broker) or repr(settings.broker)}: unsupported URL scheme {scheme!r}; "
             "expected auto, memory://, redis://host:6379/0, postgres or postgresql://user:pass@host/db"
         ) from None
+
+
+def _check_tracing(value: str) -> None:
+    if value not in ("on", "off"):
+        raise ConfigurationError(f"--tracing {value!r}: expected on or off")
+    if value == "on" and importlib.util.find_spec("opentelemetry") is None:
+        raise ConfigurationError("--tracing on: opentelemetry-api is not installed (pip install 'tidings[tracing]')")
 
 
 def _check_database_url(db: str) -> None:

@@ -33,7 +33,9 @@ from tidings.realtime.group import Group, Selection, Sink, Subscriber
 from tidings.realtime.index import Bucket, IndexKey
 from tidings.realtime.replay import Replayer
 from tidings.schema.collection import Collection
+from tidings.schema.inputs import Match
 from tidings.store import Store
+from tidings.tracing import Tracing
 
 if TYPE_CHECKING:
     from tidings.metrics import LatencyHistogram
@@ -65,8 +67,10 @@ class Dispatcher:
         channel: str = doorbell.CHANNEL,
         publish_timeout: float = 0.25,
         reconnect_backoff: tuple[float, float] = (0.05, 1.0),
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing or Tracing()
         self.broker = broker
         self.channel = channel
         self.gap_check_interval = gap_check_interval
@@ -249,25 +253,39 @@ class Dispatcher:
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.candidates(event, candidates)
-        latency = self.latency
         for group in candidates:
-            try:
-                match = group.match(event)
-                if match is None:
-                    continue
-                payload = group.render(event, match)
-            except Exception:
-                logger.exception("Rendering seq %s for a subscription group failed", event.seq)
-                continue
-            members = list(group.members.values())
-            for member in members:
-                member.push(event.seq, payload)
-            if latency is not None:
-                # Once per group, after its frames went out: writes are eager, so this is when
-                # they reached the sockets (or the queues of connections whose sockets are full).
-                latency.observe(event.timestamp, len(members))
+            self._deliver(group, event)
         for observe in self.observers:
             observe(event)
+
+    def _deliver(self, group: Group, event: ChangeEvent) -> None:
+        try:
+            match = group.match(event)
+        except Exception:
+            logger.exception("Matching seq %s for a subscription group failed", event.seq)
+            return
+        if match is None:
+            return
+        if not self.tracing.enabled:
+            self._push(group, event, match)
+            return
+        cursor = f"{self.store.epoch}:{event.seq}"
+        with self.tracing.delivery(event.collection, event.seq, cursor, len(group.members)):
+            self._push(group, event, match)
+
+    def _push(self, group: Group, event: ChangeEvent, match: Match) -> None:
+        try:
+            payload = group.render(event, match)
+        except Exception:
+            logger.exception("Rendering seq %s for a subscription group failed", event.seq)
+            return
+        members = list(group.members.values())
+        for member in members:
+            member.push(event.seq, payload)
+        if self.latency is not None:
+            # Once per group, after its frames went out: writes are eager, so this is when
+            # they reached the sockets (or the queues of connections whose sockets are full).
+            self.latency.observe(event.timestamp, len(members))
 
     # -- subscriptions ---------------------------------------------------------
 

@@ -245,6 +245,24 @@ class Engine:
     ) -> Outcome:
         """Run one operation. ``after`` (an SSE Last-Event-ID) overrides the ``after`` argument."""
         await self.prepare(request)
+        tracing = self.services.tracing
+        if not tracing.enabled:
+            return await self._run(request, principal, sink, op_id, connection, allow, after)
+        kind = self.operation_type(request)
+        transport = getattr(getattr(sink, "stats", None), "transport", "sse")
+        with tracing.operation(transport, kind.value if kind else "invalid", request.operation_name):
+            return await self._run(request, principal, sink, op_id, connection, allow, after)
+
+    async def _run(
+        self,
+        request: Request,
+        principal: Principal,
+        sink: Sink,
+        op_id: str,
+        connection: Any,
+        allow: frozenset[OperationType] | None,
+        after: str | None,
+    ) -> Outcome:
         parsed = self._parse(request.query)
         if parsed.errors or parsed.document is None:
             errors = classify_all(list(parsed.errors), suggestions=self.suggestions)

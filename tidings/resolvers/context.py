@@ -11,6 +11,7 @@ from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import NotFound
 from tidings.events import ChangeEvent
 from tidings.hooks import HookRunner
+from tidings.tracing import Tracing
 
 if TYPE_CHECKING:
     from tidings.auth.rules import Authorizer
@@ -44,6 +45,7 @@ class Services:
     limits: Limits | None = None
     channels: Any = None  # tidings.realtime.channels.Channels, when the app has them
     hooks: HookRunner = dataclasses.field(default_factory=HookRunner)  # the app's tidings.Hooks
+    tracing: Tracing = dataclasses.field(default_factory=Tracing)  # OpenTelemetry spans, off by default
 
 
 @dataclasses.dataclass(slots=True)

@@ -21,6 +21,7 @@ from strawberry.types import Info
 
 from tidings.auth.rules import Action
 from tidings.errors import BadUserInput, Forbidden, NotFound
+from tidings.events import ChangeEvent
 from tidings.filters import And, Filter, parse_filter
 from tidings.hooks import WriteInfo
 from tidings.resolvers.context import Context, transport_only
@@ -69,6 +70,12 @@ async def _before_write(
     if ctx.services.hooks.hooks.write:
         info = WriteInfo(coll.name, action.value, dict(values), ctx.principal, record_id)
         await ctx.services.hooks.before_write(info)
+
+
+def _committed(ctx: Context, span: Any, event: ChangeEvent | None) -> None:
+    """The commit span learns the event's position (tidings.tracing); nothing when tracing is off."""
+    if event is not None and ctx.services.tracing.enabled:
+        span.committed(event.seq, f"{ctx.services.store.epoch}:{event.seq}")
 
 
 def _check_input(coll: Collection, values: dict[str, Any], *, creating: bool) -> None:
@@ -159,9 +166,11 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         authorizer = ctx.services.authorizer
         authorizer.prepare_create(coll, ctx.principal, values)
         await _before_write(ctx, coll, Action.CREATE, values)
-        record, event = await ctx.services.store.create(
-            coll, values, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
-        )
+        with ctx.services.tracing.commit(coll.name, "create") as span:
+            record, event = await ctx.services.store.create(
+                coll, values, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
+            )
+            _committed(ctx, span, event)
         await ctx.services.publisher.publish(event)
         return record
 
@@ -179,15 +188,17 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         guard = await _write_guard(ctx, coll, str(id), Action.UPDATE)
         await _before_write(ctx, coll, Action.UPDATE, values, str(id))
         try:
-            record, event = await ctx.services.store.update(
-                coll,
-                str(id),
-                values,
-                expected_version=expectedVersion,
-                guard=guard,
-                actor=ctx.principal.sub,
-                check=lambda new, previous: authorizer.check_write_result(coll, ctx.principal, new, previous),
-            )
+            with ctx.services.tracing.commit(coll.name, "update") as span:
+                record, event = await ctx.services.store.update(
+                    coll,
+                    str(id),
+                    values,
+                    expected_version=expectedVersion,
+                    guard=guard,
+                    actor=ctx.principal.sub,
+                    check=lambda new, previous: authorizer.check_write_result(coll, ctx.principal, new, previous),
+                )
+                _committed(ctx, span, event)
         except NotFound:
             await _forbidden_if_readable(ctx, coll, str(id), Action.UPDATE)
             raise
@@ -200,7 +211,9 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         guard = await _write_guard(ctx, coll, str(id), Action.DELETE)
         await _before_write(ctx, coll, Action.DELETE, {}, str(id))
         try:
-            record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
+            with ctx.services.tracing.commit(coll.name, "delete") as span:
+                record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
+                _committed(ctx, span, event)
         except NotFound:
             await _forbidden_if_readable(ctx, coll, str(id), Action.DELETE)
             raise
@@ -258,7 +271,9 @@ def _restore_mutation(t: CollectionTypes) -> Any:
             raise
         await _before_write(ctx, coll, Action.RESTORE, {}, str(id))
         try:
-            record, event = await ctx.services.store.restore(coll, str(id), guard=guard, actor=ctx.principal.sub)
+            with ctx.services.tracing.commit(coll.name, "restore") as span:
+                record, event = await ctx.services.store.restore(coll, str(id), guard=guard, actor=ctx.principal.sub)
+                _committed(ctx, span, event)
         except NotFound:
             await _not_found_unless_deleted(ctx, coll, str(id))
             raise Forbidden(f"{coll.name}: not allowed to restore this record") from None
