@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
+import enum
 import importlib.metadata
+import io
+import math
 import re
 import signal
 import socket
@@ -12,6 +17,7 @@ import subprocess
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -21,17 +27,34 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import Server, free_port
 from tests.processes import TIDINGS, RedisProcess, serve_command, spawn_serve, stop_serve
+from tidings import JSON, Rules, collection
 from tidings.app import create_app
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
 from tidings.errors import ConfigurationError
+from tidings.schema.collection import collections_from
 from tidings.schema.toml import load_toml
-from tidings.startup import describe, mask_url
+from tidings.startup import check_settings, describe, mask_url
+from tidings.transports.origins import OriginPolicy
 
 pytestmark = pytest.mark.timeout(60)
 
 SECRET = "startup-test-secret-of-at-least-32-bytes"
 BANNER_START = "tidings "  # the banner's first line: "tidings <version>"
+
+
+class Level(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@collection
+class Declared:
+    title: str
+    level: Level = "high"  # type: ignore[assignment]
+    weight: float = 1
+    due: dt.datetime | None = dt.datetime(2030, 1, 2)
+    tags: JSON | None = {"a": [1, 2.5, None]}
 
 
 def serve(tmp_path: Path, *args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -115,6 +138,175 @@ def test_a_misspelt_collection_key_is_refused(tmp_path: Path) -> None:
     toml.write_text('[collections.Task]\nplurl = "tasks"\n[collections.Task.fields]\ntitle = "String!"\n')
     with pytest.raises(ConfigurationError, match=r"collection Task: unknown key 'plurl'; did you mean 'plural'\?"):
         load_toml(toml)
+
+
+# -- declarations and numbers checked when loaded: exit 2 ------------------------
+
+
+def export_schema(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [TIDINGS, "export-schema", *args]
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def write_toml(tmp_path: Path, *lines: str) -> Path:
+    toml = tmp_path / "collections.toml"
+    toml.write_text("\n".join(["[collections.Task.fields]", 'title = "String!"', *lines, ""]))
+    return toml
+
+
+def test_a_default_not_of_its_fields_type_is_refused_not_stored(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path, 'priority = { type = "Int", default = "x" }')
+    result = serve(tmp_path, "--collections", str(toml))
+    line = assert_refused(result, 2, f"{toml}: Task.priority: default: expected an Int", "got 'x' (str)")
+    assert line.startswith("tidings: ")
+
+
+def test_an_enum_default_outside_its_values_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path, 'level = { type = "Enum", values = ["LOW", "HIGH"], default = "MID" }')
+    for result in (serve(tmp_path, "--collections", str(toml)), export_schema(tmp_path, "--collections", str(toml))):
+        assert_refused(result, 2, "Task.level: default: expected one of TaskLevel's values 'LOW', 'HIGH', got 'MID'")
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ('{ type = "Int", default = 2147483648 }', "got 2147483648 (int)"),  # GraphQL's Int is 32-bit
+        ('{ type = "Int", default = 1.5 }', "got 1.5 (float)"),
+        ('{ type = "Float", default = nan }', "expected a Float (a finite number), got nan"),
+        ('{ type = "Float", default = true }', "got True (bool)"),
+        ('{ type = "Boolean", default = "yes" }', "expected a Boolean"),
+        ('{ type = "String", default = 5 }', "expected a String"),
+        ('{ type = "DateTime", default = 2030-01-02 }', "got datetime.date(2030, 1, 2) (date)"),
+        ('{ type = "JSON", default = { at = 2030-01-02T00:00:00Z } }', "expected a JSON value"),
+    ],
+)
+def test_each_kind_refuses_a_default_it_cannot_carry(tmp_path: Path, spec: str, words: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(words)) as refused:
+        load_toml(write_toml(tmp_path, f"x = {spec}"))
+    assert "Task.x: default: expected " in refused.value.message
+
+
+def test_defaults_of_their_fields_type_are_kept_as_stored() -> None:
+    toml_free = collections_from([Declared])[0].field_map
+    assert toml_free["level"].default is Level.HIGH  # given by value
+    assert toml_free["weight"].default == 1.0 and isinstance(toml_free["weight"].default, float)
+    assert toml_free["due"].default == dt.datetime(2030, 1, 2, tzinfo=dt.UTC)  # naive: UTC, as stored
+    assert toml_free["tags"].default == {"a": [1, 2.5, None]}
+
+
+def test_a_python_declaration_is_checked_as_a_toml_one() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^Bad\.level: default: expected one of Level's values 'low', 'high', got 'mid'$"
+    ):
+
+        @collection
+        class Bad:
+            level: Level = "mid"  # type: ignore[assignment]
+
+    with pytest.raises(ConfigurationError, match=r"^Bad\.status: default: expected a String \(text\), got None"):
+
+        @collection
+        class Bad:  # type: ignore[no-redef]
+            status: str = None  # type: ignore[assignment]
+
+
+def test_export_schema_refuses_the_rule_serve_refuses(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path, "[collections.Task.rules]", 'read = "rol:admin"')
+    words = (
+        "Task: read rule: expected public, authenticated, owner:<field>, role:<a,b> or a where mapping, got 'rol:admin'"
+    )
+    served = assert_refused(serve(tmp_path, "--collections", str(toml)), 2, words)
+    exported = assert_refused(export_schema(tmp_path, "--collections", str(toml)), 2, words)
+    assert served == exported
+
+
+@pytest.mark.parametrize(
+    ("rules", "words"),
+    [
+        (
+            {"update": "owner:nobody"},
+            "Bad: update rule 'owner:nobody': expected owner:<one of title>, got unknown field",
+        ),
+        ({"delete": "role:,"}, "Bad: delete rule: expected public"),
+        ({"read": {"title": {"eqq": "x"}}}, "Bad: read rule: "),
+        (
+            {"create": 5},
+            "Bad: create rule: expected public, authenticated, owner:<field>, role:<a,b> or a where mapping, got 5",
+        ),
+    ],
+)
+def test_a_python_collections_rules_are_checked_where_declared(rules: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(words)):
+
+        @collection(rules=Rules(**rules))
+        class Bad:
+            title: str
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        (
+            "--allowed-origins",
+            "not-an-origin",
+            "expected scheme://host[:port], scheme://host:* or *, got 'not-an-origin'",
+        ),
+        ("--max-limit", "0", "expected at least 1, got 0"),
+        ("--retention-seconds", "-5", "expected at least 0, got -5"),
+    ],
+)
+def test_a_setting_out_of_range_is_refused(tmp_path: Path, flag: str, value: str, words: str) -> None:
+    assert_refused(serve(tmp_path, f"{flag}={value}"), 2, f"{flag}: {words}")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"port": 70000}, "--port: expected from 1 to 65535, got 70000"),
+        ({"keepalive": math.nan}, "--keepalive: expected a finite number, at least 0, got nan"),
+        ({"prune_interval": 0.0}, "--prune-interval: expected more than 0, got 0"),
+        ({"queue_bytes": 100}, "--queue-bytes: expected at least 1024, got 100"),
+        ({"rate_events_burst": 0}, "--rate-events-burst: expected at least 1, got 0"),
+    ],
+)
+def test_numbers_are_checked_against_their_range(setting: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^{re.escape(message)}$"):
+        check_settings(Settings(**setting))
+
+
+@pytest.mark.parametrize(
+    ("origins", "why"),
+    [
+        ("https://app.example/app", "an origin has no path, query or fragment"),
+        ("http://localhost:5173, localhost:3000", "no scheme://"),
+        ("https://*.example.com", "'*.example.com' is not a host name; '*' stands only for the port"),
+        ("https://app.example:99999", "Port out of range"),
+        ("https://user@app.example", "an origin has no user name"),
+    ],
+)
+def test_an_origin_list_names_the_entry_that_is_no_origin(origins: str, why: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^--cors-origins: expected scheme://host\[:port\], ") as refused:
+        OriginPolicy.parse(origins, auth_enabled=True, setting="--cors-origins")
+    assert why in refused.value.message
+    for fine in ("*", "https://app.example/", "http://127.0.0.1:*", "http://[::1]:3000", "capacitor://localhost"):
+        assert OriginPolicy.parse(fine, auth_enabled=True).entries == (fine.rstrip("/"),)
+
+
+def test_a_setting_from_the_environment_is_checked_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_MAX_LIMIT", "0")
+    assert_refused(serve(tmp_path), 2, "--max-limit: expected at least 1, got 0")
+
+
+def test_every_numeric_setting_has_a_minimum_its_help_states() -> None:
+    from tidings.cli import main
+
+    numeric = [f for f in dataclasses.fields(Settings) if str(f.type).startswith(("int", "float"))]
+    assert len(numeric) > 40
+    assert [f.name for f in numeric if f.metadata["bound"] is None] == []
+    assert [f.name for f in numeric if not f.metadata["bound"].admits(f.default)] == []  # the defaults pass
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert re.search(r"TIDINGS_MAX_LIMIT;\s+default\s+1000;\s+at\s+least\s+1\)", out.getvalue())
 
 
 # -- what a setting names is unavailable: exit 1 --------------------------------

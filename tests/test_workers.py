@@ -276,3 +276,57 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+async def mutate_over(ws: ClientConnection, n: int, label: str) -> None:
+    """``n`` creates over ``ws`` (graphql-transport-ws), each answered before the next; events on it are skipped."""
+    for i in range(n):
+        op = f"{label}{i}"
+        payload = {"query": CREATE, "variables": {"t": op}}
+        await ws.send(json.dumps({"id": op, "type": "subscribe", "payload": payload}))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if message.get("id") == op:
+                assert message["type"] in ("next", "complete"), message
+                assert "errors" not in message.get("payload", {}), message
+                if message["type"] == "complete":
+                    break
+
+
+def metric(text: str, sample: str) -> float | None:
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    return float(found[1]) if found else None
+
+
+async def test_metrics_of_every_worker_are_summed_in_a_directory_the_supervisor_makes_and_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # where the supervisor makes its directory
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    flags = ["--db", f"sqlite:///{tmp_path / 'w.db'}", "--broker", service_url("TIDINGS_TEST_REDIS_URL", "Redis")]
+    async with workers(tmp_path, *flags, "--channel", f"tidings:test:{uuid.uuid4().hex[:8]}") as server:
+        [directory] = temporary.glob("tidings-metrics-*")
+        placed = await one_on_each(server, server.pids())
+        for (pid, subscriber), n in zip(placed.items(), (3, 4), strict=True):
+            assert subscriber.ws is not None
+            await mutate_over(subscriber.ws, n, f"w{pid}-")
+        wanted = {
+            'tidings_mutations_total{collection="Task",outcome="ok"}': 7.0,  # 3 on one worker, 4 on the other
+            'tidings_connections{transport="ws"}': 2.0,  # one open on each
+        }
+        seen: dict[str, float | None] = {}
+        deadline = time.monotonic() + 15  # each worker writes its figures once a second
+        # A new connection per scrape: whichever worker answers sums both.
+        async with httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            while seen != wanted:
+                assert time.monotonic() < deadline, f"/metrics said {seen}, not {wanted}"
+                text = (await http.get("/metrics")).text
+                seen = {sample: metric(text, sample) for sample in wanted}
+                if seen != wanted:
+                    await asyncio.sleep(0.1)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.exit_status(15) == 0, server.text()
+    assert not directory.exists(), list(directory.iterdir())
+    assert f"figures meet in {directory} (removed at exit)" in server.text()

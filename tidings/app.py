@@ -286,7 +286,9 @@ class Tidings:
         self.metrics.connections = self.transport.connections
         self.admin = Admin(self.transport, self.broker, settings.channel)
         self.sse = SSEEndpoint(self.transport)
-        self.cors_origins = OriginPolicy.parse(settings.cors_origins, auth_enabled=self.authenticator.enabled)
+        self.cors_origins = OriginPolicy.parse(
+            settings.cors_origins, auth_enabled=self.authenticator.enabled, setting="--cors-origins"
+        )
         # Browsers get tidings' playground (local assets), never Strawberry's CDN page.
         self.http = HTTPView(self.schema, graphql_ide=None, allow_queries_via_get=True)
         self.playground = (

@@ -59,7 +59,9 @@ def _declared(spec: str) -> list[Any]:
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (env {env_name(f.name)}; default {f.default!r})"
+        bound = f.metadata["bound"]
+        limits = f"; {bound.describe()}" if bound is not None else ""
+        help_text = f"{f.metadata['help']} (env {env_name(f.name)}; default {f.default!r}{limits})"
         kind = str(f.type)
         if kind.startswith("bool"):
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)

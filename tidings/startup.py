@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tidings.config import Settings
+from tidings.config import Settings, check_bounds
 from tidings.errors import ConfigurationError
 from tidings.pubsub import broker_from_url, resolve_broker_url
 from tidings.redaction import redact
@@ -81,7 +81,8 @@ def _scrub(text: str, url: str) -> str:
 
 
 def check_settings(settings: Settings) -> None:
-    """Refuse what cannot work before anything is opened: log level, database and broker URLs."""
+    """Refuse what cannot work before anything is opened: numbers out of range, log level, database and broker URLs."""
+    check_bounds(settings)
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigurationError(
             f"--log-level {settings.log_level!r}: unknown level; expected one of {', '.join(LOG_LEVELS)}"

@@ -13,6 +13,12 @@ parent. A worker that dies (a crash, kill -9) is replaced; its clients reconnect
 to the others and resume with their last seq. A worker that fails to start stops
 them all (exit 3), as one process would. A worker whose supervisor dies (kill -9)
 drains and exits rather than serve on unsupervised.
+
+/metrics sums every worker's figures: the parent makes a temporary directory and names
+it in ``PROMETHEUS_MULTIPROC_DIR`` before it spawns a worker (so a worker's
+prometheus_client reads it at import, as its multiprocess mode requires), marks the
+files of a worker that died as dead, and removes the directory when it exits. A
+``PROMETHEUS_MULTIPROC_DIR`` already set is used as it is, and kept.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.context import SpawnProcess
@@ -31,6 +39,7 @@ from types import FrameType
 
 from tidings.config import Settings
 from tidings.errors import ConfigurationError
+from tidings.metrics import MULTIPROC_ENV
 from tidings.pubsub import resolve_broker_url
 
 logger = logging.getLogger("tidings.workers")
@@ -55,6 +64,38 @@ def check_workers(settings: Settings) -> None:
     db = settings.db
     if db.startswith("sqlite") and (":memory:" in db or db.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://")):
         raise ConfigurationError(f"--workers {n}: an in-memory SQLite database would be a different one per worker")
+    given = _given_metrics_directory()
+    if given is not None and not os.path.isdir(given):
+        raise ConfigurationError(
+            f"{MULTIPROC_ENV} {given}: expected a directory every worker can write (for /metrics), got none there"
+        )
+
+
+def _given_metrics_directory() -> str | None:
+    """The operator's ``PROMETHEUS_MULTIPROC_DIR`` (or prometheus_client's older lower-case name)."""
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+def _metrics_directory(settings: Settings) -> str | None:
+    """A fresh directory for the workers' /metrics files, named in the environment they inherit.
+
+    None when /metrics is off or the operator named one: theirs is used and kept.
+    """
+    if settings.metrics.strip().lower() == "off" or _given_metrics_directory() is not None:
+        return None
+    directory = tempfile.mkdtemp(prefix="tidings-metrics-")
+    os.environ[MULTIPROC_ENV] = directory  # before any spawn: a worker's prometheus_client reads it at import
+    logger.info("The workers' /metrics figures meet in %s (removed at exit)", directory)
+    return directory
+
+
+def _mark_dead(pid: int | None) -> None:
+    """prometheus_client's bookkeeping for a worker that is gone: its live gauges stop counting."""
+    directory = _given_metrics_directory()
+    if pid is not None and directory is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def supervise(settings: Settings) -> int:
@@ -74,6 +115,7 @@ def supervise(settings: Settings) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    metrics_directory = _metrics_directory(settings)
 
     def spawn(slot: int) -> tuple[SpawnProcess, float]:
         process = context.Process(
@@ -82,16 +124,17 @@ def supervise(settings: Settings) -> int:
         process.start()
         return process, time.monotonic()
 
-    workers = [spawn(slot) for slot in range(settings.workers)]
-    logger.info(
-        "Started %d workers (pids %s) on %s:%d",
-        len(workers),
-        ", ".join(str(p.pid) for p, _ in workers),
-        settings.host,
-        settings.port,
-    )
+    workers: list[tuple[SpawnProcess, float]] = []
     status = 0
     try:
+        workers.extend(spawn(slot) for slot in range(settings.workers))
+        logger.info(
+            "Started %d workers (pids %s) on %s:%d",
+            len(workers),
+            ", ".join(str(p.pid) for p, _ in workers),
+            settings.host,
+            settings.port,
+        )
         while not stop.wait(0.2):  # supervision tick: notice exits, restart
             for slot, (process, started) in enumerate(workers):
                 code = process.exitcode
@@ -106,6 +149,7 @@ def supervise(settings: Settings) -> int:
                     continue
                 how = f"signal {-code}" if code < 0 else f"status {code}"
                 logger.warning("Worker %d (pid %s) exited with %s; starting another", slot, process.pid, how)
+                _mark_dead(process.pid)
                 workers[slot] = spawn(slot)
     finally:
         for process, _ in workers:
@@ -122,6 +166,9 @@ def supervise(settings: Settings) -> int:
         listener.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if metrics_directory is not None:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(metrics_directory, ignore_errors=True)
     # -SIGTERM: a worker still starting (a replacement) when the signal came, before it
     # could handle it: it served nothing, so it has nothing to drain.
     if status == 0 and any(process.exitcode not in (0, -signal.SIGTERM) for process, _ in workers):

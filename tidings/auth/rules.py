@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidings.auth.principal import ANY_ACCOUNT, Principal
-from tidings.errors import ConfigurationError, Forbidden, Unauthenticated
+from tidings.errors import BadUserInput, ConfigurationError, Forbidden, Unauthenticated
 from tidings.filters import MATCH_ALL, And, Compare, FieldKind, Filter, Op, compile_predicate, parse_filter
 
-__all__ = ["Action", "Authorizer", "Rules"]
+__all__ = ["Action", "Authorizer", "Rules", "check_rules"]
 
 ACCOUNT_COLUMN = "account"
 
@@ -54,7 +54,7 @@ class Rules:
         unknown = set(data) - {a.value for a in Action}
         if unknown:
             raise ConfigurationError(
-                f"Unknown rule actions {sorted(unknown)}; expected read, create, update, delete, restore"
+                f"rules: expected the actions read, create, update, delete, restore, got {sorted(unknown)}"
             )
         return cls(**{k: v for k, v in data.items()})
 
@@ -72,25 +72,42 @@ class _Compiled:
     where: Mapping[str, Any] | None = None
 
 
-def _compile_rule(spec: RuleSpec, collection: Any) -> _Compiled:
+_RULE_FORMS = "public, authenticated, owner:<field>, role:<a,b> or a where mapping"
+
+
+def check_rules(collection: Any) -> None:
+    """Compile each of ``collection``'s rules once: a wrong one is refused where it is declared."""
+    rules = collection.rules
+    if rules is None:
+        return
+    if not isinstance(rules, Rules):
+        raise ConfigurationError(f"{collection.name}: rules: expected tidings.Rules(...), got {type(rules).__name__}")
+    for action in Action:
+        _compile_rule(rules.spec(action), collection, action)
+
+
+def _compile_rule(spec: RuleSpec, collection: Any, action: Action) -> _Compiled:
+    what = f"{collection.name}: {action.value} rule"
     if isinstance(spec, Mapping):
         where = spec.get("where", spec)
-        parse_filter(_substitute(where, Principal(sub="x", account="x", role="x")), collection.filter_fields)
+        try:
+            parse_filter(_substitute(where, Principal(sub="x", account="x", role="x")), collection.filter_fields)
+        except BadUserInput as exc:
+            raise ConfigurationError(f"{what}: {exc.message}") from None
         return _Compiled("where", where=where)
     if spec in ("public", "authenticated"):
         return _Compiled(spec)
-    kind, _, arg = spec.partition(":")
+    kind, _, arg = spec.partition(":") if isinstance(spec, str) else ("", "", "")
     if kind == "owner" and arg:
         fields = collection.filter_fields
         column = fields[arg].column if arg in fields else arg if arg in collection.field_map else None
         if column is None:
-            raise ConfigurationError(f"{collection.name}: owner rule names unknown field {arg!r}")
+            known = ", ".join(f.name for f in collection.fields)
+            raise ConfigurationError(f"{what} {spec!r}: expected owner:<one of {known}>, got unknown field {arg!r}")
         return _Compiled("owner", column=column)
-    if kind == "role" and arg:
-        return _Compiled("role", roles=frozenset(r.strip() for r in arg.split(",") if r.strip()))
-    raise ConfigurationError(
-        f"{collection.name}: rule {spec!r} is not public, authenticated, owner:<field>, role:<a,b> or a where mapping"
-    )
+    if kind == "role" and (roles := frozenset(r.strip() for r in arg.split(",") if r.strip())):
+        return _Compiled("role", roles=roles)
+    raise ConfigurationError(f"{what}: expected {_RULE_FORMS}, got {spec!r}")
 
 
 def _substitute(value: Any, principal: Principal) -> Any:
@@ -134,7 +151,7 @@ class Authorizer:
         for c in collections:
             rules = c.rules or Rules()
             for action in Action:
-                self._rules[(c.name, action)] = _compile_rule(rules.spec(action), c)
+                self._rules[(c.name, action)] = _compile_rule(rules.spec(action), c, action)
             owners = (self._rules[(c.name, a)].column for a in Action if self._rules[(c.name, a)].kind == "owner")
             self._owner_columns[c.name] = tuple(dict.fromkeys(col for col in owners if col is not None))
 

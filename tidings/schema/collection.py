@@ -16,11 +16,10 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
+from tidings.auth.rules import Rules, check_rules
 from tidings.errors import ConfigurationError
 from tidings.filters import FieldKind, FieldSpec
-
-if typing.TYPE_CHECKING:
-    from tidings.auth.rules import Rules
+from tidings.schema.defaults import check_default
 
 __all__ = ["JSON", "MISSING", "SYSTEM_FIELDS", "Collection", "Field", "camel_case", "collection"]
 
@@ -151,8 +150,6 @@ def _field_from_annotation(name: str, annotation: Any, default: Any) -> Field:
     if annotation is JSON:
         return Field(name, FieldKind.JSON, nullable, default)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        if default is not MISSING and default is not None and not isinstance(default, annotation):
-            default = annotation(default)
         return Field(name, FieldKind.ENUM, nullable, default, enum=annotation)
     kind = _SCALARS.get(annotation)
     if kind is None:
@@ -182,14 +179,19 @@ def build_collection(
     validate_name("Collection", name)
     if not fields:
         raise ConfigurationError(f"Collection {name!r} declares no fields")
+    checked = []
     for f in fields:
         validate_name("Field", f.name)
         if f.name in _RESERVED:
             raise ConfigurationError(f"Collection {name!r}: field name {f.name!r} is reserved")
+        if f.default is not MISSING:
+            default = check_default(f"{name}.{f.name}", f.kind, f.default, nullable=f.nullable, enum_type=f.enum)
+            f = dataclasses.replace(f, default=default)
+        checked.append(f)
     plural = plural or camel_case(_snake_case(name)) + "s"
-    return Collection(
+    built = Collection(
         name=name,
-        fields=tuple(fields),
+        fields=tuple(checked),
         plural=plural,
         table_name=_snake_case(plural),
         rules=rules,
@@ -197,6 +199,8 @@ def build_collection(
         soft_delete=soft_delete,
         channels=tuple(channels),
     )
+    check_rules(built)  # here, so every command that loads declarations refuses the same ones
+    return built
 
 
 T = TypeVar("T", bound=type)

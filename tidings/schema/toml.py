@@ -18,7 +18,6 @@ history = 100
 
 from __future__ import annotations
 
-import datetime as dt
 import difflib
 import enum
 import tomllib
@@ -74,10 +73,6 @@ def _field(collection: str, name: str, spec: Any) -> Field:
             raise ConfigurationError(f"{collection}.{name}: an Enum needs 'values', a non-empty list of strings")
         made: type[enum.Enum] = enum.Enum(f"{collection}{name[:1].upper()}{name[1:]}", {v: v for v in values})  # type: ignore[misc]
         enum_type = made
-        if default is not MISSING:
-            default = made(default)
-    if kind is FieldKind.DATETIME and isinstance(default, dt.datetime) and default.tzinfo is None:
-        default = default.replace(tzinfo=dt.UTC)
     return Field(name=name, kind=kind, nullable=not required, default=default, enum=enum_type)
 
 
@@ -108,17 +103,29 @@ def _collections(data: dict[str, Any]) -> list[Collection]:
         soft_delete = spec.get("soft_delete", False)
         if not isinstance(soft_delete, bool):
             raise ConfigurationError(f"collection {name}: soft_delete must be true or false, got {soft_delete!r}")
+        rules = spec.get("rules")
+        if rules is not None and not isinstance(rules, dict):
+            raise ConfigurationError(
+                f"collection {name}: rules: expected a [collections.{name}.rules] table, got {rules!r}"
+            )
         result.append(
             build_collection(
                 name,
                 [_field(name, fname, fspec) for fname, fspec in fields.items()],
                 plural=spec.get("plural"),
                 description=spec.get("description"),
-                rules=Rules.from_mapping(spec["rules"]) if isinstance(spec.get("rules"), dict) else None,
+                rules=None if rules is None else _rules(name, rules),
                 soft_delete=soft_delete,
             )
         )
     return result
+
+
+def _rules(collection: str, table: dict[str, Any]) -> Rules:
+    try:
+        return Rules.from_mapping(table)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"collection {collection}: {exc.message}") from None
 
 
 def load_channels(path: str | Path) -> list[Channel]:

@@ -31,7 +31,9 @@ class TransportContext:
     _ids: itertools.count[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
-        self.origins = OriginPolicy.parse(self.settings.allowed_origins, auth_enabled=self.authenticator.enabled)
+        self.origins = OriginPolicy.parse(
+            self.settings.allowed_origins, auth_enabled=self.authenticator.enabled, setting="--allowed-origins"
+        )
 
     def track(self, conn: Any) -> None:
         """An open connection (with ``stats`` and ``queue``): listed, counted, closable by an admin."""

@@ -9,6 +9,7 @@ origin only, plus in demo mode (no JWT secret or key) a frontend dev server on
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -18,12 +19,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp
 
+from tidings.errors import ConfigurationError
+
 __all__ = ["DEV_ORIGINS", "OriginCORS", "OriginPolicy", "is_same_origin"]
 
 DEV_ORIGINS: Final = ("http://localhost:*", "http://127.0.0.1:*")
 """What an empty setting allows in demo mode, besides the same origin."""
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]*")
+_HOST: Final = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # a name (punycode), an IPv4 or an IPv6 address
+_FORMS: Final = "scheme://host[:port], scheme://host:* or *"
 
 
 def _scheme_host_port(origin: str) -> tuple[str, str, int | None] | None:
@@ -49,14 +55,21 @@ class OriginPolicy:
     """``(scheme, host)`` of the ``scheme://host:*`` entries."""
 
     @classmethod
-    def parse(cls, value: str, *, auth_enabled: bool) -> OriginPolicy:
+    def parse(cls, value: str, *, auth_enabled: bool, setting: str = "origins") -> OriginPolicy:
+        """The policy of a comma list; ``ConfigurationError`` naming ``setting`` for an entry that is no origin."""
         entries = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
         if not entries and not auth_enabled:
             entries = DEV_ORIGINS
         exact: set[str] = set()
         any_port: set[tuple[str, str]] = set()
         for entry in entries:
-            if entry.endswith(":*") and (parsed := _scheme_host_port(entry[:-2])) is not None:
+            if entry == "*":
+                continue
+            wildcard = entry.endswith(":*")
+            problem = _origin_problem(entry[:-2] if wildcard else entry)
+            if problem is not None:
+                raise ConfigurationError(f"{setting}: expected {_FORMS}, got {entry!r} ({problem})")
+            if wildcard and (parsed := _scheme_host_port(entry[:-2])) is not None:
                 any_port.add(parsed[:2])
             else:
                 exact.add(entry.lower())
@@ -78,6 +91,26 @@ class OriginPolicy:
         if self.any:
             return "any origin"
         return ", ".join(("the same origin", *self.entries))
+
+
+def _origin_problem(origin: str) -> str | None:
+    """Why ``origin`` is not ``scheme://host[:port]`` (what a browser sends as ``Origin``); None when it is."""
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        return str(exc)
+    if not _SCHEME.fullmatch(parts.scheme.lower()) or not origin.lower().startswith(f"{parts.scheme.lower()}://"):
+        return "no scheme://"
+    if "@" in parts.netloc:
+        return "an origin has no user name"
+    if not parts.hostname:
+        return "no host"
+    if not _HOST.fullmatch(parts.hostname):
+        return f"{parts.hostname!r} is not a host name; '*' stands only for the port"
+    if parts.path or parts.query or parts.fragment or origin.endswith(("?", "#")):
+        return "an origin has no path, query or fragment"
+    return None
 
 
 def is_same_origin(origin: str, host: str | None) -> bool:
