@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Awaitable
 from pathlib import Path
 
 import httpx
@@ -90,10 +91,20 @@ async def sse_once(url: str, counts: Counts) -> None:
     counts.connections += 1
 
 
+async def counted(job: Awaitable[None], what: str, counts: Counts) -> None:
+    try:
+        await job
+    except (OSError, httpx.HTTPError, websockets.WebSocketException, TimeoutError) as exc:
+        counts.fail(f"{what}: {type(exc).__name__}")
+
+
 async def churn(url: str, ws_url: str, per_second: float, stop: asyncio.Event, counts: Counts) -> None:
     tasks: set[asyncio.Task[None]] = set()
     while not stop.is_set():
-        for job in (ws_once(ws_url, counts), sse_once(url, counts)):
+        for job in (
+            counted(ws_once(ws_url, counts), "churn ws", counts),
+            counted(sse_once(url, counts), "churn sse", counts),
+        ):
             task = asyncio.create_task(job)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
