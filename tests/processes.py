@@ -1,15 +1,17 @@
-"""Real processes for tests: a throwaway redis-server, and ``tidings serve`` spawned and stopped."""
+"""Real processes for tests: a throwaway redis-server and PostgreSQL, and ``tidings serve`` spawned and stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -78,6 +80,81 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         yield redis
     finally:
         redis.stop()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL's bin directory (Debian's layout, as scripts/services reads it)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    return found[-1] if found else None
+
+
+class PostgresProcess:
+    """A throwaway PostgreSQL cluster of one test's own, on a free loopback port, that the test may
+    stop, start and restart (``pg_ctl``): an outage of the database, not of a shared server.
+
+    As root (CI) the cluster belongs to the postgres user, as scripts/services makes it: its
+    directory is made outside pytest's temporary tree, which that user cannot enter.
+    """
+
+    def __init__(self, bin_dir: Path, tmp_path: Path) -> None:
+        self.bin = bin_dir
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.as_root = os.geteuid() == 0
+        self.dir = Path(tempfile.mkdtemp(prefix="tidings-pg-")) if self.as_root else tmp_path / "pg"
+        self.data = self.dir / "data"
+        if self.as_root:
+            shutil.chown(self.dir, "postgres", "postgres")
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self.as_root:
+            command = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(map(shlex.quote, command))]
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{args[0]} {args[1]} failed ({done.returncode}): {done.stderr.decode(errors='replace')}"
+            )
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _ctl(self, action: str, *args: str) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k '' -c fsync=off"
+        self._run("pg_ctl", action, "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", options, *args)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("stop", "-m", mode)
+
+    def restart(self, mode: str = "fast") -> None:
+        self._ctl("restart", "-m", mode)
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w")
+        if self.as_root:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_process(tmp_path: Path) -> Iterator[PostgresProcess]:
+    """A started :class:`PostgresProcess`, removed on exit; skips (fails under CI) without PostgreSQL."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None or not (bin_dir / "pg_ctl").exists():
+        unavailable("PostgreSQL not installed (no /usr/lib/postgresql/*/bin/pg_ctl)")
+    pg = PostgresProcess(bin_dir, tmp_path)
+    try:
+        pg.init()
+        pg.start()
+        yield pg
+    finally:
+        pg.close()
 
 
 # -- tidings serve -------------------------------------------------------------------

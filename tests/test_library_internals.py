@@ -508,7 +508,9 @@ def test_sqlalchemy_asyncpg_adapter_translates_driver_errors() -> None:
     dbapi = PGDialect_asyncpg.import_dbapi()
     adapter = AsyncAdapt_asyncpg_connection(dbapi, Driver())
     conn = types.SimpleNamespace(
-        connection=types.SimpleNamespace(dbapi_connection=adapter), dialect=types.SimpleNamespace(loaded_dbapi=dbapi)
+        connection=types.SimpleNamespace(dbapi_connection=adapter),
+        dialect=types.SimpleNamespace(loaded_dbapi=dbapi),
+        invalidated=False,
     )
     error = _dbapi_error(conn, "INSERT", [1], asyncpg.UniqueViolationError("duplicate key value"))  # type: ignore[arg-type]
     assert isinstance(error, sa.exc.IntegrityError), (

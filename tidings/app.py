@@ -32,7 +32,7 @@ from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.rules import Action, Authorizer, Rules
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
-from tidings.errors import ConfigurationError, ErrorCode, PermissionsChanged, TidingsError
+from tidings.errors import ConfigurationError, ErrorCode, PermissionsChanged, TidingsError, Unavailable
 from tidings.hooks import CommitNotifier, HookRunner, Hooks
 from tidings.limits import Limits
 from tidings.metrics import Metrics, MetricsAccess, count_mutations, exposition, mutation_counter, registry_for
@@ -201,7 +201,7 @@ class Tidings:
     ) -> None:
         self.settings = settings
         self.collections = list(collections)
-        self.store = Store(settings.db, self.collections)
+        self.store = Store(settings.db, self.collections, outage_wait=settings.db_outage_wait)
         self.broker = broker or broker_from_url(settings.broker, db=settings.db)
         self.tracing = Tracing(settings.tracing == "on", tracer_provider=tracer_provider)
         self.dispatcher = Dispatcher(
@@ -224,7 +224,7 @@ class Tidings:
         )
         self.authorizer = Authorizer.from_settings(self.collections, settings, auth_enabled=self.authenticator.enabled)
         introspection, suggestions = settings.switch("introspection"), settings.switch("suggestions")
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.store)
         self.metrics.dispatcher = self.dispatcher
         self.dispatcher.latency = self.metrics.latency
         self.metrics_access = MetricsAccess(settings.metrics)
@@ -438,15 +438,22 @@ class Tidings:
         return ended
 
     async def readiness(self) -> dict[str, str]:
-        """Each dependency's state, "ok" or why not: the database answers a short query, the
-        broker a ping, and the dispatcher reaches the log's head within ``ready_lag`` seconds."""
+        """Each dependency's state, "ok" or why not: the database answers a short query (and, after
+        a write failed UNAVAILABLE, commits a probe write), the broker a ping, and the dispatcher
+        reaches the log's head within ``ready_lag`` seconds."""
         timeout = self.settings.ready_timeout
         checks: dict[str, str] = {}
         head: int | None = None
         try:
             async with asyncio.timeout(timeout):
                 head = await self.store.last_seq()
+                if self.store.write_fault is not None:
+                    # Writes failed for the database's fault: ready again once one commits. The
+                    # probe is that write, made here, since an unready process may get no others.
+                    await self.store.probe_write()
             checks["database"] = "ok"
+        except Unavailable as exc:
+            checks["database"] = f"writes failing: {exc.message}"
         except Exception as exc:
             checks["database"] = _why(exc, timeout)
         try:
@@ -485,6 +492,8 @@ class Tidings:
             await asyncio.sleep(s.prune_interval)
             try:
                 await self.prune()
+            except Unavailable as exc:  # the database's state, said by /readyz and the metrics too
+                logger.warning("Retention pass failed: %s", exc.message)
             except Exception:
                 logger.exception("Retention pass failed")
 

@@ -56,6 +56,11 @@ class Settings:
         "server processes sharing the port, each with its own dispatcher (more than 1 needs a shared broker)",
         AT_LEAST_1,
     )
+    db_outage_wait: float = _field(
+        5.0,
+        "seconds a read or write waits for a database it lost (a restart, a failover) before it fails "
+        "UNAVAILABLE (HTTP 503); 0 = at once",
+    )
     collections: str | None = _field(None, "module:attr or file.toml of collections (default: the demo)")
     graphiql: bool = _field(True, "serve GraphiQL on GET /graphql from a browser")
     legacy_ws: bool = _field(True, "accept the legacy graphql-ws subprotocol (subscriptions-transport-ws)")

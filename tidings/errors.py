@@ -10,6 +10,7 @@ TidingsError
  ├── CursorExpired       CURSOR_EXPIRED
  ├── CursorInvalid       CURSOR_INVALID
  ├── PermissionsChanged  PERMISSIONS_CHANGED (a subscription ended by a rules reload)
+ ├── Unavailable         UNAVAILABLE (the database cannot serve it now: retry after ``retryAfter``)
  └── ConfigurationError  CONFIGURATION_ERROR (raised at start-up, never to clients)
 
 graphql-core copies a raised exception's ``extensions`` into the GraphQL error,
@@ -32,6 +33,7 @@ class ErrorCode(str, enum.Enum):
     CURSOR_EXPIRED = "CURSOR_EXPIRED"
     CURSOR_INVALID = "CURSOR_INVALID"
     PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
+    UNAVAILABLE = "UNAVAILABLE"
     CONFIGURATION_ERROR = "CONFIGURATION_ERROR"
     GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
@@ -91,6 +93,17 @@ class PermissionsChanged(TidingsError):
     """The caller's rules were reloaded and its subscription's scope changed: subscribe again."""
 
     code = ErrorCode.PERMISSIONS_CHANGED
+
+
+class Unavailable(TidingsError):
+    """The database cannot serve the request now (its disk is full, it is unreachable past
+    ``--db-outage-wait``): send it again after ``retryAfter`` seconds. Nothing was written,
+    unless ``outcome`` says ``unknown`` (a COMMIT whose answer was lost and could not be read)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after: float, **details: Any) -> None:
+        super().__init__(message, retryAfter=retry_after, **details)
 
 
 class ConfigurationError(TidingsError):

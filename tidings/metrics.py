@@ -37,6 +37,7 @@ from tidings.errors import ConfigurationError, ErrorCode
 
 if TYPE_CHECKING:
     from tidings.realtime.dispatcher import Dispatcher
+    from tidings.store import Store
 
 __all__ = ["LATENCY_BOUNDS", "LatencyHistogram", "Metrics", "MetricsAccess", "MutationCounter"]
 
@@ -91,6 +92,17 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("collection", "outcome"),
     ),
     "tidings_auth_failures": ("counter", "Refused credentials by transport and reason", ("transport", "reason")),
+    "tidings_store_failures": (
+        "counter",
+        "Database transactions that failed UNAVAILABLE: writes (group commits, /readyz probes) and reads, by reason "
+        "(disk_full, out_of_memory, io_error, unreachable)",
+        ("operation", "reason"),
+    ),
+    "tidings_store_writable": (
+        "gauge",
+        "1, or 0 while the last write transaction failed UNAVAILABLE, until one commits (summed over processes)",
+        (),
+    ),
 }
 _MAX_GAUGES = frozenset({"tidings_send_queue_depth_max"})
 
@@ -102,7 +114,8 @@ _SEP = "\x1f"
 class Metrics:
     """This process's figures: counters kept here, gauges read from the app's parts at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
         self.connections_opened: defaultdict[str, int] = defaultdict(int)
         self.slow_consumers: defaultdict[str, int] = defaultdict(int)
         self.auth_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -137,6 +150,9 @@ class Metrics:
         out["tidings_slow_consumers_dropped"] = dict(self.slow_consumers)
         out["tidings_auth_failures"] = {_SEP.join(k): v for k, v in self.auth_failures.items()}
         out["tidings_mutations"] = {_SEP.join(k): v for k, v in self.mutations.items()}
+        if self.store is not None:
+            out["tidings_store_failures"] = {_SEP.join(k): v for k, v in list(self.store.failures.items())}
+            out["tidings_store_writable"][""] = int(self.store.write_fault is None)
         d = self.dispatcher
         if d is not None:
             out["tidings_subscriptions"][""] = d.subscriber_count

@@ -35,6 +35,7 @@ from tidings.realtime.replay import Replayer
 from tidings.schema.collection import Collection
 from tidings.schema.inputs import Match
 from tidings.store import Store
+from tidings.store.faults import is_disconnect
 from tidings.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class Dispatcher:
         self.broker_subscriptions = 0  # confirmed subscriptions: the first, then one per reconnect
         self.latency: LatencyHistogram | None = None  # commit-to-write seconds, per delivery (tidings.metrics)
         self._broker_down = False
+        self._database_down = False  # the gap check's last read lost its connection (a restart)
         self._down_since = 0.0  # monotonic time the current outage began
         self._subscribed = False  # the consumer holds a subscription the broker confirmed
         self._probing = False  # while down, one publish at a time tries the broker
@@ -215,8 +217,16 @@ class Dispatcher:
                 head = await self.store.last_seq()
                 if head > self.position:
                     await self._advance(head, None)
-            except Exception:
-                logger.exception("Gap check could not read the event log")
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    logger.exception("Gap check could not read the event log")
+                elif not self._database_down:  # an outage, not a fault of ours: said once
+                    self._database_down = True
+                    logger.warning("Gap check: the database is unreachable (%s); trying again", type(exc).__name__)
+            else:
+                if self._database_down:
+                    self._database_down = False
+                    logger.info("Gap check: the database is reachable again")
 
     async def _advance(self, seq: int, event: ChangeEvent | None) -> None:
         """Dispatch everything up to ``seq``, in order, exactly once."""

@@ -227,7 +227,7 @@ class Engine:
         errors = result.errors
         if errors:
             log_unexpected(errors)  # the originals, before masking
-            errors = finish_errors(list(errors), context, suggestions=self.suggestions)
+            errors = finish_errors(list(errors), context, suggestions=self.suggestions, data=result.data)
         if operation.operation is OperationType.MUTATION and self.count_mutations is not None:
             self.count_mutations(operation, errors)
         return ExecutionResult(data=result.data, errors=errors or None, extensions=snapshot_extensions(context))

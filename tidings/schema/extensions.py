@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -54,15 +55,26 @@ def log_unexpected(errors: list[GraphQLError]) -> None:
             logger.error("Unexpected error in a resolver", exc_info=original)
 
 
-def finish_errors(errors: list[GraphQLError], context: Any, *, suggestions: bool = True) -> list[GraphQLError]:
+def finish_errors(
+    errors: list[GraphQLError], context: Any, *, suggestions: bool = True, data: Any = None
+) -> list[GraphQLError]:
     """An operation's errors as answered: classified (see ``classify``), and over HTTP a
-    401 when one of them is UNAUTHENTICATED (GraphQL over HTTP: a missing or bad token)."""
+    401 when one of them is UNAUTHENTICATED (GraphQL over HTTP: a missing or bad token), a
+    503 with Retry-After when all are UNAVAILABLE and no root field has ``data`` (nothing was
+    done: the whole request may be sent again)."""
     errors = classify_all(errors, suggestions=suggestions)
     response = getattr(context, "response", None)
-    if response is not None and any(
-        (e.extensions or {}).get("code") == ErrorCode.UNAUTHENTICATED.value for e in errors
-    ):
+    if response is None or not errors:
+        return errors
+    codes = [(e.extensions or {}).get("code") for e in errors]
+    if ErrorCode.UNAUTHENTICATED.value in codes:
         response.status_code = 401
+    elif all(code == ErrorCode.UNAVAILABLE.value for code in codes) and all(
+        value is None for value in (data or {}).values()
+    ):
+        wait = max(float((e.extensions or {}).get("retryAfter", 1)) for e in errors)
+        response.status_code = 503
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return errors
 
 
@@ -82,7 +94,9 @@ class ErrorCodes(SchemaExtension):
         result = self.execution_context.result
         if result is not None and result.errors:
             suggestions = getattr(self.execution_context.schema, "suggestions", True)
-            result.errors = finish_errors(list(result.errors), self.execution_context.context, suggestions=suggestions)
+            result.errors = finish_errors(
+                list(result.errors), self.execution_context.context, suggestions=suggestions, data=result.data
+            )
 
 
 class ReadSnapshot(SchemaExtension):

@@ -14,10 +14,14 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import enum
+import itertools
 import json
+import logging
 import os
 import secrets
 import threading
+import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -26,10 +30,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
-from tidings.errors import Conflict, NotFound
+from tidings.errors import Conflict, NotFound, Unavailable
 from tidings.events import ChangeEvent, Operation, to_jsonable
 from tidings.filters import MATCH_ALL, FieldKind, Filter, compile_sql
 from tidings.schema.collection import MISSING, Collection
+from tidings.store.faults import BACKOFF, Fault, commit_unknown, is_disconnect, storage_fault, unavailable
 from tidings.store.tables import DELETED_AT, Tables
 from tidings.types import Record
 
@@ -39,6 +44,8 @@ _T = TypeVar("_T")
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
 SEQ_LABEL = "__tidings_seq"  # "__" names are GraphQL's own: no field has it
 READ_CONNECTIONS = 10  # a SQLite file's read snapshots open at once (the async engine's pool held 5 + 10)
+_LAST_SEQ = "tidings_last_seq"  # a write connection's info: the seq its transaction appended last
+logger = logging.getLogger("tidings.store")
 
 
 def utcnow() -> dt.datetime:
@@ -83,19 +90,19 @@ class Reader:
 
     On a SQLite file it holds a plain pysqlite connection of ``_SqliteReads`` and runs
     each statement, with its fetch, in one hop to a reading thread (``run``); elsewhere
-    an async connection.
+    an ``_AsyncSnapshot``.
     """
 
     def __init__(
         self,
         store: Store,
-        conn: AsyncConnection | None = None,
+        snapshot: _AsyncSnapshot | None = None,
         *,
         run: Callable[[Callable[[sa.Connection], Any]], Awaitable[Any]] | None = None,
         seq: int | None = None,
     ) -> None:
         self._store = store
-        self._conn = conn
+        self._snapshot = snapshot
         self._run = run
         self._lock = asyncio.Lock()  # root fields resolve concurrently; one connection
         self._seq = seq
@@ -105,14 +112,18 @@ class Reader:
             if self._run is not None:
                 found: Sequence[sa.RowMapping] = await self._run(lambda c: c.execute(query, params).mappings().all())
                 return found
-            assert self._conn is not None
-            if self._seq is not None:
-                rows: Sequence[sa.RowMapping] = (await self._conn.execute(query, params)).mappings().all()
+            assert self._snapshot is not None
+            if self._seq is None:
+                # PostgreSQL: the snapshot's position rides on its first statement, one round trip
+                # fewer than reading it alone (which ``seq`` still does when no row came back).
+                query = query.add_columns(self._store.seq_column)
+
+            async def fetch(conn: AsyncConnection) -> Sequence[sa.RowMapping]:
+                rows: Sequence[sa.RowMapping] = (await conn.execute(query, params)).mappings().all()
                 return rows
-            # PostgreSQL: the snapshot's position rides on its first statement, one round trip
-            # fewer than reading it alone (which ``seq`` still does when no row came back).
-            rows = (await self._conn.execute(query.add_columns(self._store.seq_column), params)).mappings().all()
-            if rows:
+
+            rows = await self._snapshot.run(fetch)
+            if rows and self._seq is None:
                 self._seq = int(rows[0][SEQ_LABEL])
             return rows
 
@@ -123,8 +134,8 @@ class Reader:
                     if self._run is not None:
                         self._seq = int(await self._run(self._store._last_seq_sync))
                     else:
-                        assert self._conn is not None
-                        self._seq = await self._store._last_seq(self._conn)
+                        assert self._snapshot is not None
+                        self._seq = await self._snapshot.run(self._store._last_seq)
         return self._seq
 
     async def get(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:
@@ -271,11 +282,111 @@ class _SqliteReads:
         self.engine.dispose()
 
 
+class _AsyncSnapshot:
+    """A read transaction on an async connection (PostgreSQL: REPEATABLE READ; SQLite in memory),
+    connected and begun with its first statement.
+
+    Until a statement has been answered, a lost or refused connection (a restart, a failover) is
+    replaced, with backoff, for up to ``outage_wait`` seconds from the snapshot's opening: the
+    first answered statement fixes the snapshot, so the request still reads one position. Past
+    that bound, or once a statement was answered, losing the connection fails the read
+    UNAVAILABLE. On the happy path it costs what ``engine.connect()`` and ``begin()`` cost.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.opened = asyncio.get_running_loop().time()
+        self.conn: AsyncConnection | None = None
+        self.answered = False
+        self.failed: Unavailable | None = None  # once the database was lost for good, for every statement
+
+    async def run(self, statement: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        if self.failed is not None:
+            raise self.failed
+        try:
+            return await self._run(statement)
+        except Unavailable as exc:
+            self.failed = exc
+            raise
+
+    async def _run(self, statement: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        if self.answered:
+            assert self.conn is not None
+            try:
+                return await statement(self.conn)
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                await self._drop()
+                raise self.store._read_failed(exc, waited=0.0) from exc
+        loop = asyncio.get_running_loop()
+        for attempt in itertools.count():
+            try:
+                if self.conn is None:
+                    self.conn = await self._begin()
+                result = await statement(self.conn)
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                await self._drop()
+                remaining = self.opened + self.store.outage_wait - loop.time()
+                if attempt > 0 and remaining <= 0:  # a kept connection's loss is always tried once more
+                    raise self.store._read_failed(exc, waited=self.store.outage_wait) from exc
+                await asyncio.sleep(min(BACKOFF[min(attempt, len(BACKOFF) - 1)], max(remaining, 0.0)))
+                continue
+            self.answered = True
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _begin(self) -> AsyncConnection:
+        conn = await self.store.engine.connect()
+        try:
+            if self.store.dialect == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            await conn.begin()
+        except BaseException:
+            await asyncio.shield(conn.close())
+            raise
+        return conn
+
+    async def _drop(self) -> None:
+        """The lost connection invalidated (never back in the pool) and closed."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.invalidate())
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close())
+
+    async def close(self) -> None:
+        """Its connection back to the pool (its transaction rolled back: it wrote nothing). A
+        connection lost since the last answer is dropped: what was read stands."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            await asyncio.shield(conn.close())
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self.conn = conn
+            await self._drop()
+
+
 class Store:
     """The database: tables per collection plus the event log."""
 
-    def __init__(self, url: str, collections: list[Collection], *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, collections: list[Collection], *, echo: bool = False, outage_wait: float = 5.0
+    ) -> None:
         self.url = normalize_url(url)
+        # Seconds a read or write waits for a database it lost (a restart) before failing UNAVAILABLE.
+        self.outage_wait = outage_wait
+        # Why the last write transaction failed UNAVAILABLE (None: it committed): /readyz, the metrics.
+        self.write_fault: Fault | None = None
+        self._fault_since = 0.0
+        # (operation, reason) -> transactions that failed UNAVAILABLE: writes, and reads (snapshots).
+        self.failures: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.collections = {c.name: c for c in collections}
         self.tables = Tables(collections)
         json_options: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
@@ -292,7 +403,7 @@ class Store:
         self._pending_lock = threading.Lock()
         self._draining = False  # a drain runs (or is submitted) on the writer thread
         # PostgreSQL: writes waiting for the next group commit, and the task committing them.
-        self._pg_pending: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
+        self._pg_pending: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any], float]] = []  # since
         self._pg_drainer: asyncio.Task[None] | None = None
         self._pg_writer: tuple[AsyncConnection, Any] | None = None  # its connection, kept between batches
         self._pg_write_engine: AsyncEngine | None = None  # whose one connection that is (not a reader's slot)
@@ -376,14 +487,14 @@ class Store:
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[Reader]:
         if self._reads is not None:
-            async with self._reads.snapshot(self) as snapshot:
-                yield snapshot
+            async with self._reads.snapshot(self) as reader:
+                yield reader
             return
-        async with self.engine.connect() as conn:
-            if self.dialect == "postgresql":
-                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            async with conn.begin():
-                yield Reader(self, conn)
+        snapshot = _AsyncSnapshot(self)
+        try:
+            yield Reader(self, snapshot)
+        finally:
+            await snapshot.close()
 
     def get_query(self, coll: Collection, guard: Filter) -> sa.Select[Any]:
         """The SELECT of one record by ``:record_id`` within ``guard`` (without a guard, built once)."""
@@ -479,6 +590,11 @@ class Store:
     # per write, as aiosqlite would make per statement) and one back per batch.
     # On PostgreSQL a body runs through the async connection's greenlet bridge,
     # serialized by a transaction-scoped advisory lock.
+    #
+    # The database's own faults fail a whole batch UNAVAILABLE (``_write_error``): no
+    # space or an I/O error at once, a lost connection once ``outage_wait`` has passed
+    # (PostgreSQL waits it out, see ``_pg_write``). ``write_fault`` keeps the last one
+    # until a transaction commits again.
 
     async def _transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
         if self._sync_engine is not None:
@@ -493,13 +609,67 @@ class Store:
             # A cancelled caller's write may still commit, as any write whose COMMIT was sent.
             return await future
         if self.dialect == "postgresql":
-            pg_future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-            self._pg_pending.append((work, pg_future))
+            loop = asyncio.get_running_loop()
+            pg_future: asyncio.Future[_T] = loop.create_future()
+            self._pg_pending.append((work, pg_future, loop.time()))
             if self._pg_drainer is None:
                 self._pg_drainer = asyncio.create_task(self._pg_drain(), name="tidings-group-commit")
             return await pg_future
-        async with self._write_lock or _nothing(), self.engine.begin() as conn:  # SQLite in memory
-            return await conn.run_sync(work)
+        try:
+            async with self._write_lock or _nothing(), self.engine.begin() as conn:  # SQLite in memory
+                result = await conn.run_sync(work)
+        except Exception as exc:
+            error = self._write_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        self._write_committed()
+        return result
+
+    def _write_error(self, exc: Exception, waited: float = 0.0) -> Exception:
+        """What a failed write transaction answers: UNAVAILABLE for a fault of the database (its
+        disk full, an I/O error, its connection lost past ``waited`` seconds), else ``exc`` itself."""
+        fault = storage_fault(exc) or (Fault.UNREACHABLE if is_disconnect(exc) else None)
+        if fault is None:
+            return exc
+        self.failures["write", fault.value] += 1
+        if self.write_fault is None:
+            self._fault_since = time.monotonic()
+            logger.warning("Writes failing (%s): %s", fault.value, _describe(exc))
+        self.write_fault = fault
+        error = unavailable(fault, waited)
+        error.__cause__ = exc
+        return error
+
+    def _write_committed(self) -> None:
+        if self.write_fault is not None:  # read and written by the writer alone (its thread, or the drain)
+            logger.info(
+                "Writes succeed again, %.1f s after they began failing (%s)",
+                time.monotonic() - self._fault_since,
+                self.write_fault.value,
+            )
+            self.write_fault = None
+
+    def _read_failed(self, exc: Exception, waited: float) -> Unavailable:
+        self.failures["read", Fault.UNREACHABLE.value] += 1
+        logger.warning("A read failed: the database was unreachable for %g s (%s)", waited, _describe(exc))
+        return unavailable(Fault.UNREACHABLE, waited)
+
+    async def probe_write(self) -> None:
+        """A write transaction that leaves nothing behind, for /readyz while writes are failing: a
+        meta row larger than a page, inserted and deleted, so it needs room as a real write does.
+
+        It fails UNAVAILABLE as long as they would; once it commits, ``write_fault`` is cleared.
+        """
+        meta = self.tables.meta
+        # PostgreSQL: below a B-tree entry's limit (2,704 bytes); SQLite: overflow pages.
+        key = "tidings:write-probe:" + os.urandom(512 if self.dialect == "postgresql" else 4096).hex()
+
+        def work(conn: sa.Connection) -> None:
+            conn.execute(meta.insert().values(key=key, value=0))
+            conn.execute(meta.delete().where(meta.c.key == key))
+
+        await self._transaction(work)
 
     def _run_in_thread(self) -> None:
         """The writer thread's drain: commit queued writes in batches until the queue is empty."""
@@ -532,7 +702,8 @@ class Store:
             with conn.begin():
                 _run_batch(conn, [work for work, _future, _loop in batch], outcomes)
         except Exception as exc:
-            return _batch_failed(outcomes, len(batch), exc)
+            return _batch_failed(outcomes, len(batch), self._write_error(exc))
+        self._write_committed()
         return outcomes
 
     def _close_writer(self) -> None:
@@ -546,24 +717,67 @@ class Store:
     async def _pg_drain(self) -> None:
         """PostgreSQL's group commit, on the event loop: queued writes in one transaction per batch,
         under the advisory lock (which orders the batches of every process), until none are left."""
-        batch: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any]]] = []
+        batch: list[tuple[Callable[[sa.Connection], Any], asyncio.Future[Any], float]] = []
         try:
             while self._pg_pending:
                 batch, self._pg_pending = self._pg_pending, []
-                outcomes: list[tuple[bool, Any]] = []
-                try:
-                    await self._pg_commit([work for work, _future in batch], outcomes)
-                except Exception as exc:
-                    outcomes = _batch_failed(outcomes, len(batch), exc)
-                _resolve([(future, *outcome) for (_work, future), outcome in zip(batch, outcomes, strict=True)])
+                # The bound runs from the arrival of the batch's first write, the one waiting longest.
+                deadline = batch[0][2] + self.outage_wait
+                outcomes = await self._pg_write([work for work, _future, _since in batch], deadline)
+                _resolve([(future, *outcome) for (_w, future, _s), outcome in zip(batch, outcomes, strict=True)])
                 batch = []
         except BaseException:
-            for _work, future in batch + self._pg_pending:  # cancelled (shutdown): nobody is left waiting
+            for _work, future, _since in batch + self._pg_pending:  # cancelled (shutdown): nobody is left waiting
                 future.cancel()
             self._pg_pending = []
             raise
         finally:
             self._pg_drainer = None
+
+    async def _pg_write(self, works: list[Callable[[sa.Connection], Any]], deadline: float) -> list[tuple[bool, Any]]:
+        """One batch committed; per write (True, result) or (False, exception).
+
+        A lost or refused connection (a restart, a failover) is waited out until ``deadline``
+        (the loop's clock), with backoff, and the batch run again on a new one. That is safe
+        whenever COMMIT was not sent: PostgreSQL rolls back a transaction whose connection it
+        lost, so the batch wrote nothing. A COMMIT whose answer was lost is run again only once
+        the log shows it did not commit (``_pg_committed``). Past the deadline: UNAVAILABLE.
+        """
+        loop = asyncio.get_running_loop()
+        for attempt in itertools.count():
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                await self._pg_commit(works, outcomes)
+            except _CommitLost as lost:
+                committed = await self._pg_committed(lost.seq, deadline)
+                if committed:
+                    self._write_committed()
+                    return outcomes
+                if committed is None:
+                    logger.warning("A write's COMMIT was lost and whether it committed could not be read in time")
+                    self._write_error(lost.error, self.outage_wait)  # counted, and /readyz told
+                    unknown = commit_unknown(self.outage_wait)
+                    unknown.__cause__ = lost.error
+                    return _batch_failed([], len(works), unknown)
+                exc: Exception = lost.error  # it did not commit: run it again
+            except _NotBegun as failed:
+                # A kept connection that fails its BEGIN, whatever the error, is replaced and BEGIN
+                # tried again (a restart closed it, and asyncpg may not say so plainly).
+                if not (failed.kept or is_disconnect(failed.error)):
+                    return _batch_failed([], len(works), self._write_error(failed.error))
+                exc = failed.error
+            except Exception as failed:
+                if not is_disconnect(failed):
+                    return _batch_failed(outcomes, len(works), self._write_error(failed))
+                exc = failed
+            else:
+                self._write_committed()
+                return outcomes
+            remaining = deadline - loop.time()
+            if attempt > 0 and remaining <= 0:  # a kept connection's loss is always tried once more
+                return _batch_failed([], len(works), self._write_error(exc, self.outage_wait))
+            await asyncio.sleep(min(BACKOFF[min(attempt, len(BACKOFF) - 1)], max(remaining, 0.0)))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _pg_commit(self, works: list[Callable[[sa.Connection], Any]], outcomes: list[tuple[bool, Any]]) -> None:
         """One group-commit transaction on PostgreSQL, in three round trips as a plain INSERT's:
@@ -574,33 +788,67 @@ class Store:
         (its savepoints are plain statements inside ours) and the transaction is ours to
         end. A connection whose transaction did not end cleanly (a failed ROLLBACK or
         COMMIT, a cancellation) is invalidated and replaced, never used again with a
-        transaction open. A kept connection that fails its BEGIN (PostgreSQL restarted,
-        the connection timed out) is replaced and BEGIN tried once more: nothing of the
-        batch ran yet, so a restart costs no write.
+        transaction open. A BEGIN that fails raises ``_NotBegun`` (nothing ran), a COMMIT that
+        fails on a lost connection ``_CommitLost``, with the last seq the transaction appended.
         """
-        while True:
-            kept = self._pg_writer is not None
-            conn, driver = await self._pg_connection()
-            try:
-                await self._pg_run(conn, driver, _PG_BEGIN)
-                break
-            except BaseException as exc:
-                await self._pg_drop(conn)
-                if not (kept and isinstance(exc, Exception)):  # a fresh connection's failure stands
-                    raise
+        kept = self._pg_writer is not None
+        conn, driver = await self._pg_connection()
         ended = False
         try:
             try:
+                await self._pg_run(conn, driver, _PG_BEGIN)
+            except Exception as exc:
+                raise _NotBegun(exc, kept=kept) from exc
+            info = conn.info
+            info.pop(_LAST_SEQ, None)
+            try:
                 await conn.run_sync(_run_autocommit_batch, works, outcomes)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, Exception) and is_disconnect(exc):
+                    raise  # the server rolls it back; the connection is dropped (below)
                 await self._pg_run(conn, driver, "ROLLBACK")
                 ended = True
                 raise
-            await self._pg_run(conn, driver, "COMMIT")
+            seq = info.pop(_LAST_SEQ, None)
+            try:
+                await self._pg_run(conn, driver, "COMMIT")
+            except Exception as exc:
+                if is_disconnect(exc):
+                    raise _CommitLost(seq, exc) from exc
+                raise
             ended = True
         finally:
             if not ended:
                 await self._pg_drop(conn)
+
+    async def _pg_committed(self, seq: int | None, deadline: float) -> bool | None:
+        """Whether the transaction that appended ``seq`` (its last event) committed; None when that
+        could not be read before ``deadline``. Read under the writers' advisory lock, so the
+        transaction whose COMMIT was lost has ended, either way, before the log is looked at.
+        A transaction that appended no event (a retention pass, updates that changed nothing)
+        may run again as it is: False.
+        """
+        if seq is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = max(deadline, loop.time() + 1.0)  # a second at least: telling beats answering "unknown"
+        query = "SELECT count(*) FROM tidings_events WHERE seq = $1"
+        for attempt in itertools.count():
+            conn: AsyncConnection | None = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    conn, driver = await self._pg_connection()
+                    await self._pg_run(conn, driver, _PG_BEGIN)
+                    found = await driver.fetchval(query, seq)
+                    await self._pg_run(conn, driver, "ROLLBACK")
+                return bool(found)
+            except Exception as exc:
+                if conn is not None:
+                    await self._pg_drop(conn)
+                if isinstance(exc, TimeoutError) or not is_disconnect(exc) or loop.time() >= deadline:
+                    return None
+            await asyncio.sleep(min(BACKOFF[min(attempt, len(BACKOFF) - 1)], max(deadline - loop.time(), 0.0)))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _pg_connection(self) -> tuple[AsyncConnection, Any]:
         """The PostgreSQL writer's connection (AUTOCOMMIT) and its asyncpg connection."""
@@ -741,9 +989,9 @@ class Store:
         """A soft-deleted record within ``guard``, or None (also for collections without soft delete)."""
         if not coll.soft_delete:
             return None
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(self._deleted_query(coll, record_id, guard))).mappings().first()
-        return self.decode_row(coll, row) if row is not None else None
+        async with self.reader() as r:
+            rows = await r._rows(self._deleted_query(coll, record_id, guard))
+        return self.decode_row(coll, rows[0]) if rows else None
 
     async def restore(
         self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
@@ -801,6 +1049,7 @@ class Store:
             "actor": actor,
         }
         seq = int(self._insert(conn, self.tables.events, row, returning="seq"))  # on SQLite the rowid
+        conn.info[_LAST_SEQ] = seq  # PostgreSQL: what tells whether a COMMIT whose answer was lost committed
         return ChangeEvent(
             seq=seq,
             collection=coll.name,
@@ -872,7 +1121,8 @@ def _run_batch(
     conn: sa.Connection, works: list[Callable[[sa.Connection], Any]], outcomes: list[tuple[bool, Any]]
 ) -> None:
     """Run ``works`` in ``conn``'s transaction, each in a SAVEPOINT of its own (a lone one without):
-    one that raises is rolled back alone and gets (False, exception), the others (True, result).
+    one that raises is rolled back alone and gets (False, exception), the others (True, result);
+    one that fails for the database's fault (no space, a lost connection) fails them all.
 
     One savepoint name for every write (each is released before the next begins), not
     SQLAlchemy's ``begin_nested``, whose names count up for as long as the connection
@@ -881,14 +1131,19 @@ def _run_batch(
     if len(works) == 1:
         outcomes.append((True, works[0](conn)))  # raising rolls the whole transaction back
         return
+    info = conn.info
     for work in works:
         conn.exec_driver_sql("SAVEPOINT tidings_write")
+        appended = info.get(_LAST_SEQ)
         try:
             result = work(conn)
         except Exception as exc:
+            if storage_fault(exc) is not None or is_disconnect(exc):
+                raise  # the database's fault, not this write's: the whole batch fails
             # Should these fail, the whole batch fails.
             conn.exec_driver_sql("ROLLBACK TO SAVEPOINT tidings_write")
             conn.exec_driver_sql("RELEASE SAVEPOINT tidings_write")
+            info[_LAST_SEQ] = appended  # whatever it appended was rolled back with it
             outcomes.append((False, exc))
         else:
             conn.exec_driver_sql("RELEASE SAVEPOINT tidings_write")
@@ -910,10 +1165,37 @@ def _batch_failed(outcomes: list[tuple[bool, Any]], size: int, exc: Exception) -
     return [outcomes[i] if i < len(outcomes) and not outcomes[i][0] else (False, exc) for i in range(size)]
 
 
+class _NotBegun(Exception):
+    """PostgreSQL's writer could not begin a batch's transaction: nothing of it ran.
+    ``kept``: on the connection kept from an earlier batch (not a new one)."""
+
+    def __init__(self, error: Exception, *, kept: bool) -> None:
+        super().__init__(f"BEGIN failed: {error}")
+        self.error = error
+        self.kept = kept
+
+
+class _CommitLost(Exception):
+    """PostgreSQL's writer lost its connection with COMMIT sent: the batch may or may not have
+    committed. ``seq``: the last event it appended (None: it appended none)."""
+
+    def __init__(self, seq: int | None, error: Exception) -> None:
+        super().__init__(f"COMMIT lost (last seq {seq})")
+        self.seq = seq
+        self.error = error
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's error in one line, for a log line: its type and first line."""
+    error = getattr(exc, "orig", None) or exc
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def _dbapi_error(conn: sa.Connection | None, statement: str, args: list[Any], exc: Exception) -> Exception:
     """An asyncpg error as SQLAlchemy's execution wraps it: the dialect's DBAPI translation
     (its adapter's ``_handle_exception``) inside ``sa.exc.DBAPIError.instance``."""
-    if conn is None:
+    if conn is None or conn.invalidated:  # its DBAPI connection is gone (and would be made again)
         return exc
     adapter: Any = conn.connection.dbapi_connection
     try:
