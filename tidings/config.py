@@ -60,6 +60,7 @@ class Settings:
         5.0,
         "seconds a read or write waits for a database it lost (a restart, a failover) before it fails "
         "UNAVAILABLE (HTTP 503); 0 = at once",
+        AT_LEAST_0,
     )
     collections: str | None = _field(None, "module:attr or file.toml of collections (default: the demo)")
     graphiql: bool = _field(True, "serve GraphiQL on GET /graphql from a browser")
