@@ -153,6 +153,52 @@ async def test_posts_without_a_json_content_type_are_415_on_every_path(
         assert broken.status_code == 400 and broken.json()["errors"][0]["message"] == "Malformed JSON"
 
 
+NOT_A_REQUEST = [
+    b"\xff",  # not UTF-8
+    b'{"query": "{ tasks { id } }", "variables": {"t": "\xff"}}',  # not UTF-8 inside a string
+    b"null",
+    b"0",
+    b'"x"',
+    b"[]",
+    b"{}",
+    b'{"query": "{ tasks { id } }", "variables": 0}',
+]
+JSON_PATHS = ("application/json", "application/graphql-response+json")  # answered in the type asked for
+
+
+@pytest.mark.parametrize("body", NOT_A_REQUEST)
+async def test_a_body_that_is_no_graphql_request_is_400_bad_user_input_on_every_path(
+    server: Server, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        reserved = (await client.put("/graphql")).text
+        paths = {
+            **{accept: {"accept": accept} for accept in JSON_PATHS},
+            "sse distinct": {"accept": "text/event-stream"},
+            "sse single connection": {"x-graphql-event-stream-token": reserved},
+        }
+        for path, headers in paths.items():
+            r = await client.post("/graphql", content=body, headers={**headers, "content-type": "application/json"})
+            assert r.status_code == 400, (path, r.status_code, r.text)
+            assert r.headers["content-type"].startswith(path if path in JSON_PATHS else "application/json"), path
+            assert code(r) == "BAD_USER_INPUT", (path, r.text)
+        assert await task_count(client) == 0
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "params", ["query={tasks{id}}&variables=%FF", "query={tasks{id}}&variables=0", "query={tasks{id}}&extensions=[]"]
+)
+async def test_a_get_whose_json_parameters_are_no_graphql_request_is_400_bad_user_input_on_every_path(
+    http: httpx.AsyncClient, params: str
+) -> None:
+    for accept in [*JSON_PATHS, "text/event-stream"]:
+        r = await http.get(f"/graphql?{params}", headers={"accept": accept})
+        assert r.status_code == 400, (accept, r.status_code, r.text)
+        assert code(r) == "BAD_USER_INPUT", (accept, r.text)
+
+
 class LogTail:
     """The lines a process wrote so far; ``wait_for`` awaits one containing a string."""
 

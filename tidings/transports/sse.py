@@ -22,7 +22,7 @@ from graphql import OperationType
 
 from tidings.auth.principal import Principal
 from tidings.auth.tokens import bearer
-from tidings.errors import ErrorCode, TidingsError
+from tidings.errors import BadUserInput, ErrorCode, TidingsError
 from tidings.protocols import sse
 from tidings.protocols.reservations import (
     Reservations,
@@ -32,6 +32,7 @@ from tidings.protocols.reservations import (
     status_for,
 )
 from tidings.realtime.engine import Finished, Rejected, Request, Streaming
+from tidings.transports.body import MALFORMED_JSON, check_request
 from tidings.transports.common import TransportContext, client_ip, declares_json, header, unsupported_media_type
 from tidings.transports.queue import SendQueue
 from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer
@@ -285,19 +286,14 @@ def _request_from(params: dict[str, str], body: bytes | None) -> Request:
             for key in ("variables", "extensions"):
                 if data.get(key):
                     data[key] = orjson.loads(data[key])
-    except orjson.JSONDecodeError as exc:
+    except orjson.JSONDecodeError as exc:  # bytes that are not UTF-8 included
         # orjson's text names its parser's state, not what the client must fix.
-        raise HTTPError(400, _graphql_error("Malformed JSON", "BAD_USER_INPUT")) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
-        raise HTTPError(400, _graphql_error("A GraphQL request needs a 'query' string", "BAD_USER_INPUT"))
-    variables = data.get("variables")
-    extensions = data.get("extensions")
-    if variables is not None and not isinstance(variables, dict):
-        raise HTTPError(400, _graphql_error("'variables' must be an object", "BAD_USER_INPUT"))
-    if extensions is not None and not isinstance(extensions, dict):
-        raise HTTPError(400, _graphql_error("'extensions' must be an object", "BAD_USER_INPUT"))
-    name = data.get("operationName")
-    return Request(data["query"], variables, name if isinstance(name, str) else None, extensions)
+        raise HTTPError(400, _graphql_error(MALFORMED_JSON, "BAD_USER_INPUT")) from exc
+    try:
+        request = check_request(data)
+    except BadUserInput as exc:  # the same sentence as on the JSON path
+        raise HTTPError(400, _graphql_error(exc.message, exc.code.value)) from exc
+    return Request(request["query"], request.get("variables"), request.get("operationName"), request.get("extensions"))
 
 
 class SSEEndpoint:
