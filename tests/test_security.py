@@ -20,6 +20,7 @@ from tests.test_auth import SECRET, call, token
 from tests.wsclient import WS
 from tidings import Rules, collection
 from tidings.protocols.sse import SSEParser
+from tidings.server import SampledLog
 
 
 @collection(rules=Rules(create="authenticated", update="owner:owner"))
@@ -310,6 +311,43 @@ async def test_oversized_websocket_message_closes_1009_message_too_large(
     await ws.send({"type": "ping", "payload": {"pad": "x" * limit}})
     assert await ws.closed() == (1009, "Message too large")
     assert any("exceeds limit" in r.getMessage() for r in caplog.records if r.name == "tidings.server")
+
+
+async def test_text_messages_that_are_not_utf8_close_1007_with_one_info_line_a_minute(
+    server: Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tidings.server
+
+    monkeypatch.setattr(tidings.server, "INVALID_TEXT_LOG", SampledLog(logging.getLogger("tidings.server"), 60.0))
+    caplog.set_level(logging.INFO)
+    for n in range(5):
+        ws = await WS.open(server.ws_url)
+        if n % 2:
+            assert (await ws.init())["type"] == "connection_ack"
+        await ws.conn.send(b'{"type": "ping", "payload": "\xff"}', text=True)
+        assert (await ws.closed())[0] == 1007
+    lines = [r.getMessage() for r in caplog.records if "1007" in r.getMessage() and r.name == "tidings.server"]
+    assert len(lines) == 1 and "not UTF-8" in lines[0], lines
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_sampled_log_says_how_many_lines_it_left_out() -> None:
+    now = [0.0]
+    logged: list[str] = []
+
+    class Logger:
+        def info(self, message: str, *args: object) -> None:
+            logged.append(message % args)
+
+    sampled = SampledLog(Logger(), 60.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    for t in (0.0, 1.0, 59.9, 60.0, 61.0, 200.0):
+        now[0] = t
+        sampled.info("closed %s", t)
+    assert logged == [
+        "closed 0.0",
+        "closed 60.0 (and 2 more in the 60 s before this line, not logged)",
+        "closed 200.0 (and 1 more in the 60 s before this line, not logged)",
+    ]
 
 
 INTROSPECTION = ["{ __schema { queryType { name } } }", '{ __type(name: "Task") { name } }']
