@@ -22,7 +22,7 @@ from graphql import OperationType
 
 from tidings.auth.principal import Principal
 from tidings.auth.tokens import bearer
-from tidings.errors import BadUserInput, ErrorCode, TidingsError
+from tidings.errors import BadUserInput, ErrorCode, TidingsError, Unauthenticated
 from tidings.protocols import sse
 from tidings.protocols.reservations import (
     Reservations,
@@ -139,10 +139,32 @@ class EventStream:
 
     def watch_expiry(self, principal: Principal) -> None:
         self.principal = principal
-        remaining = self.ctx.authenticator.expires_in(principal)
+        authenticator = self.ctx.authenticator
+        remaining = authenticator.expires_in(principal)
         if remaining is not None:
-            self._expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), self.done.set)
-        self.ctx.engine.system.watch_token(self, remaining)  # TOKEN_EXPIRING, a lead before
+            self._expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), self.token_expired)
+        # TOKEN_EXPIRING, a lead before the token's exp
+        self.ctx.engine.system.watch_token(self, authenticator.expires_in(principal, leeway=False))
+
+    def token_expired(self) -> None:
+        """End the stream as a WebSocket closes 4403 "Token expired", saying so: each operation
+        gets a ``next`` carrying the error, then its ``complete``.
+
+        The ``complete`` is on purpose: a graphql-sse client would retry a stream that just
+        ended, with the same expired token, and learn nothing; the error tells the app to sign
+        in again and resubscribe (resuming with its last event's cursor).
+        """
+        expired = Unauthenticated("Token expired")
+        errors = [{"message": expired.message, "extensions": expired.extensions}]
+        op_ids = list(dict.fromkeys([*self.tasks, *self.streams]))
+        for op_id in op_ids:
+            task = self.tasks.pop(op_id, None)
+            if task is not None:
+                task.cancel()
+            self.finish(op_id, errors)
+        if not op_ids:  # single connection mode with no operation: no id to say it with
+            self._put(sse.encode_comment("closed: Token expired"))
+        self.done.set()
 
     # Sink
     def push(self, op_id: str, seq: int, payload: str) -> None:

@@ -191,7 +191,8 @@ class WebSocketConnection:
         if remaining is not None:
             loop = asyncio.get_running_loop()
             self._expiry = loop.call_later(max(remaining, 0.0), self._token_expired)
-        self.ctx.engine.system.watch_token(self, remaining)  # TOKEN_EXPIRING, a lead before
+        # TOKEN_EXPIRING, a lead before the token's exp
+        self.ctx.engine.system.watch_token(self, self.ctx.authenticator.expires_in(principal, leeway=False))
 
     async def renew(self, token: str) -> Principal:
         """``renewToken``: new credentials for the same user and account."""
