@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
 
 from tests.authdemo import COLLECTIONS
 from tests.conftest import Server, make_server, wait_subscribers
@@ -229,6 +231,69 @@ async def test_connection_init_accepts_the_shapes_clients_send(auth_server: Serv
     ws = await WS.open(auth_server.ws_url)
     assert (await ws.init(payload))["type"] == "connection_ack"
     await ws.close()
+
+
+SUBPROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+async def test_gql_client_authenticates_with_a_bearer_header_on_the_upgrade_request(
+    auth_server: Server, subprotocol: str
+) -> None:
+    # What `gql-cli ws://.../graphql -H "Authorization: Bearer $T"` does: the header, an empty init payload.
+    tok = token("ann", "acme")
+    transport = WebsocketsTransport(
+        url=auth_server.ws_url, headers={"Authorization": f"Bearer {tok}"}, subprotocols=[subprotocol]
+    )
+    async with Client(transport=transport) as session:
+
+        async def first() -> dict[str, Any]:
+            async for result in session.subscribe(gql("subscription { noteEvents { record { title } } }")):
+                return result  # type: ignore[no-any-return]
+            raise AssertionError("the subscription ended")
+
+        received = asyncio.create_task(first())
+        await wait_subscribers(auth_server, 1)
+        assert (await call(auth_server, tok, 'mutation { createNote(input: {title: "hi"}) { id } }')).status_code == 200
+        assert (await asyncio.wait_for(received, 5)) == {"noteEvents": {"record": {"title": "hi"}}}
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+async def test_a_forged_bearer_header_is_refused_as_a_forged_init_token_is(
+    auth_server: Server, subprotocol: str
+) -> None:
+    import websockets
+
+    forged = token("ann", "acme")[:-4] + "AAAA"
+    ws = await WS.open(auth_server.ws_url, subprotocol)
+    await ws.send({"type": "connection_init", "payload": {"token": forged}})
+    in_init = await ws.closed()
+    assert in_init == (4403, "Invalid token")
+    ws = await WS.open(auth_server.ws_url, subprotocol, additional_headers={"Authorization": f"Bearer {forged}"})
+    await ws.send({"type": "connection_init", "payload": {}})
+    assert await ws.closed() == in_init
+    # Another scheme is no bearer token: refused, as on HTTP.
+    ws = await WS.open(auth_server.ws_url, subprotocol, additional_headers={"Authorization": "Basic YW5uOnB3"})
+    await ws.send({"type": "connection_init", "payload": {}})
+    assert (await ws.closed())[0] == 4403
+    # A valid header is no pass for another site's page: the Origin check comes first.
+    valid = {"Authorization": f"Bearer {token('ann', 'acme')}"}
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await WS.open(auth_server.ws_url, subprotocol, origin="https://evil.example", additional_headers=valid)  # type: ignore[arg-type]
+    assert info.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("subprotocol", SUBPROTOCOLS)
+async def test_a_token_in_connection_init_wins_over_the_header(auth_server: Server, subprotocol: str) -> None:
+    valid, forged = token("ann", "acme"), token("ann", "acme")[:-4] + "AAAA"
+    # The payload's token is the one checked, the header not read: a valid one is accepted...
+    ws = await WS.open(auth_server.ws_url, subprotocol, additional_headers={"Authorization": f"Bearer {forged}"})
+    assert (await ws.init({"token": valid}))["type"] == "connection_ack"
+    await ws.close()
+    # ...and a forged one refused, whatever the header holds.
+    ws = await WS.open(auth_server.ws_url, subprotocol, additional_headers={"Authorization": f"Bearer {valid}"})
+    await ws.send({"type": "connection_init", "payload": {"token": forged}})
+    assert await ws.closed() == (4403, "Invalid token")
 
 
 async def test_token_expiry_closes_the_socket_and_renewal_keeps_it(auth_server: Server) -> None:

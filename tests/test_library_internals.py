@@ -188,6 +188,13 @@ HOOKS = [
         "tidings/server.py (WebSocketProtocol.keepalive_timeout)",
     ),
     Hook(
+        "uvicorn.protocols.websockets.websockets_sansio_impl",
+        "WebSocketsSansIOProtocol",
+        "send_receive_event_to_app",
+        ("self",),
+        "tidings/server.py (WebSocketProtocol.send_receive_event_to_app)",
+    ),
+    Hook(
         "uvicorn.protocols.http.h11_impl",
         "H11Protocol",
         "data_received",
@@ -552,8 +559,9 @@ def _protocol(cls: type, loop: asyncio.AbstractEventLoop, **config: Any) -> Any:
 
 
 def test_uvicorn_websocket_protocol_attributes(loop: asyncio.AbstractEventLoop) -> None:
-    """tidings/server.py's WebSocketProtocol replaces uvicorn's keepalive timeout with its own,
-    using the protocol's state, and swaps websockets' ServerProtocol class under it."""
+    """tidings/server.py's WebSocketProtocol replaces uvicorn's keepalive timeout and its answer
+    to a text message that is not UTF-8 with its own, using the protocol's state, and swaps
+    websockets' ServerProtocol class under it."""
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
     from tidings.server import WebSocketProtocol, _ServerConnection
@@ -571,6 +579,10 @@ def test_uvicorn_websocket_protocol_attributes(loop: asyncio.AbstractEventLoop) 
         "read_paused",
         "close_timer",
         "close_timeout",
+        "frames",
+        "curr_msg_data_type",
+        "client",
+        "handle_parser_exception",
     ):
         assert hasattr(protocol, name), f"uvicorn's WebSocketsSansIOProtocol no longer has .{name}; {user} uses it"
     assert isinstance(protocol.queue, asyncio.Queue), f"uvicorn's protocol .queue is no longer a Queue; {user}"
@@ -578,6 +590,10 @@ def test_uvicorn_websocket_protocol_attributes(loop: asyncio.AbstractEventLoop) 
     assert "self.keepalive_timeout" in inspect.getsource(WebSocketsSansIOProtocol.send_keepalive_ping), (
         f"uvicorn no longer schedules keepalive_timeout after a ping; {user} overrides it"
     )
+    for handler in (WebSocketsSansIOProtocol.handle_text, WebSocketsSansIOProtocol.handle_cont):
+        assert "self.send_receive_event_to_app()" in inspect.getsource(handler), (
+            f"uvicorn no longer hands a message to the app through send_receive_event_to_app; {user} overrides it"
+        )
 
 
 def test_websockets_fail_is_how_an_oversized_message_closes() -> None:

@@ -92,6 +92,7 @@ def test_close_codes_have_the_spec_numbers() -> None:
     assert {code.name: code.value for code in CloseCode} == {
         "NORMAL_CLOSURE": 1000,
         "GOING_AWAY": 1001,
+        "INVALID_FRAME_PAYLOAD_DATA": 1007,
         "POLICY_VIOLATION": 1008,
         "MESSAGE_TOO_BIG": 1009,
         "SERVICE_RESTART": 1012,

@@ -20,6 +20,7 @@ from tests.test_auth import SECRET, call, token
 from tests.wsclient import WS
 from tidings import Rules, collection
 from tidings.protocols.sse import SSEParser
+from tidings.server import SampledLog
 
 
 @collection(rules=Rules(create="authenticated", update="owner:owner"))
@@ -153,6 +154,58 @@ async def test_posts_without_a_json_content_type_are_415_on_every_path(
         assert broken.status_code == 400 and broken.json()["errors"][0]["message"] == "Malformed JSON"
 
 
+def server_faults(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    """The records of tidings' and uvicorn's loggers that are errors or carry a traceback."""
+    ours = [r for r in records if r.name.split(".")[0] in ("tidings", "uvicorn")]
+    return [r for r in ours if r.exc_info or r.levelno >= logging.ERROR]
+
+
+NOT_A_REQUEST = [
+    b"\xff",  # not UTF-8
+    b'{"query": "{ tasks { id } }", "variables": {"t": "\xff"}}',  # not UTF-8 inside a string
+    b"null",
+    b"0",
+    b'"x"',
+    b"[]",
+    b"{}",
+    b'{"query": "{ tasks { id } }", "variables": 0}',
+]
+JSON_PATHS = ("application/json", "application/graphql-response+json")  # answered in the type asked for
+
+
+@pytest.mark.parametrize("body", NOT_A_REQUEST)
+async def test_a_body_that_is_no_graphql_request_is_400_bad_user_input_on_every_path(
+    server: Server, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        reserved = (await client.put("/graphql")).text
+        paths = {
+            **{accept: {"accept": accept} for accept in JSON_PATHS},
+            "sse distinct": {"accept": "text/event-stream"},
+            "sse single connection": {"x-graphql-event-stream-token": reserved},
+        }
+        for path, headers in paths.items():
+            r = await client.post("/graphql", content=body, headers={**headers, "content-type": "application/json"})
+            assert r.status_code == 400, (path, r.status_code, r.text)
+            assert r.headers["content-type"].startswith(path if path in JSON_PATHS else "application/json"), path
+            assert code(r) == "BAD_USER_INPUT", (path, r.text)
+        assert await task_count(client) == 0
+    assert not server_faults(caplog.records)
+
+
+@pytest.mark.parametrize(
+    "params", ["query={tasks{id}}&variables=%FF", "query={tasks{id}}&variables=0", "query={tasks{id}}&extensions=[]"]
+)
+async def test_a_get_whose_json_parameters_are_no_graphql_request_is_400_bad_user_input_on_every_path(
+    http: httpx.AsyncClient, params: str
+) -> None:
+    for accept in [*JSON_PATHS, "text/event-stream"]:
+        r = await http.get(f"/graphql?{params}", headers={"accept": accept})
+        assert r.status_code == 400, (accept, r.status_code, r.text)
+        assert code(r) == "BAD_USER_INPUT", (accept, r.text)
+
+
 class LogTail:
     """The lines a process wrote so far; ``wait_for`` awaits one containing a string."""
 
@@ -264,6 +317,43 @@ async def test_oversized_websocket_message_closes_1009_message_too_large(
     await ws.send({"type": "ping", "payload": {"pad": "x" * limit}})
     assert await ws.closed() == (1009, "Message too large")
     assert any("exceeds limit" in r.getMessage() for r in caplog.records if r.name == "tidings.server")
+
+
+async def test_text_messages_that_are_not_utf8_close_1007_with_one_info_line_a_minute(
+    server: Server, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tidings.server
+
+    monkeypatch.setattr(tidings.server, "INVALID_TEXT_LOG", SampledLog(logging.getLogger("tidings.server"), 60.0))
+    caplog.set_level(logging.INFO)
+    for n in range(5):
+        ws = await WS.open(server.ws_url)
+        if n % 2:
+            assert (await ws.init())["type"] == "connection_ack"
+        await ws.conn.send(b'{"type": "ping", "payload": "\xff"}', text=True)
+        assert (await ws.closed())[0] == 1007
+    lines = [r.getMessage() for r in caplog.records if "1007" in r.getMessage() and r.name == "tidings.server"]
+    assert len(lines) == 1 and "not UTF-8" in lines[0], lines
+    assert not server_faults(caplog.records)
+
+
+def test_sampled_log_says_how_many_lines_it_left_out() -> None:
+    now = [0.0]
+    logged: list[str] = []
+
+    class Logger:
+        def info(self, message: str, *args: object) -> None:
+            logged.append(message % args)
+
+    sampled = SampledLog(Logger(), 60.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    for t in (0.0, 1.0, 59.9, 60.0, 61.0, 200.0):
+        now[0] = t
+        sampled.info("closed %s", t)
+    assert logged == [
+        "closed 0.0",
+        "closed 60.0 (and 2 more in the 60 s before this line, not logged)",
+        "closed 200.0 (and 1 more in the 60 s before this line, not logged)",
+    ]
 
 
 INTROSPECTION = ["{ __schema { queryType { name } } }", '{ __type(name: "Task") { name } }']

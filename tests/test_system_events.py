@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from tests.authdemo import COLLECTIONS
@@ -101,6 +104,68 @@ async def test_token_expiring_reaches_a_late_subscriber_and_is_rearmed_by_renew_
     assert system_event(warning)["kind"] == "TOKEN_EXPIRING"
     assert system_event(warning)["data"]["expiresInMs"] <= 1000
     assert (await ws.closed())[0] == 4403
+
+
+async def test_token_expiring_is_counted_from_exp_not_from_exp_plus_the_leeway(tmp_path: Path) -> None:
+    # A 3 s leeway: counted in, the warning (lead 1.5 s) came 1.5 s after exp.
+    server = make_server(tmp_path, COLLECTIONS, jwt_secret=SECRET, jwt_leeway=3, token_expiring_lead=1.5)
+    try:
+        tok = token("ann", "acme", ttl=3)
+        exp = jwt.decode(tok, options={"verify_signature": False})["exp"]
+        ws = await WS.open(server.ws_url)
+        assert (await ws.init({"Authorization": f"Bearer {tok}"}))["type"] == "connection_ack"
+        await ws.subscribe("sys", SYSTEM)
+        event = system_event(await ws.recv(timeout=5))
+        assert time.time() < exp, "TOKEN_EXPIRING came after the token's exp"
+        assert event["kind"] == "TOKEN_EXPIRING"
+        assert 0 < event["data"]["expiresInMs"] <= 1500
+        assert abs(dt.datetime.fromisoformat(event["data"]["expiresAt"]).timestamp() - exp) < 0.5
+        await ws.close()
+    finally:
+        server.stop()
+
+
+NOTES = "subscription { noteEvents { seq } }"
+EXPIRED = {"message": "Token expired", "extensions": {"code": "UNAUTHENTICATED"}}
+
+
+async def test_an_sse_stream_ended_by_token_expiry_says_why_in_distinct_mode(auth_server: Server) -> None:
+    headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('ann', 'acme', ttl=2)}"}
+    async with (
+        httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client,
+        client.stream("GET", "/graphql", params={"query": NOTES}, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        last, done = await read_events(response, 2)
+        assert (last.event, json.loads(last.data)) == ("next", {"errors": [EXPIRED]})
+        assert done.event == "complete"
+        state = response.extensions["tidings.sse"]
+        assert [e for chunk in [c async for c in state["chunks"]] for e in state["parser"].feed(chunk)] == []
+    await wait_subscribers(auth_server, 0, exact=True)
+
+
+async def test_an_sse_stream_ended_by_token_expiry_says_why_in_single_connection_mode(auth_server: Server) -> None:
+    auth = {"authorization": f"Bearer {token('ann', 'acme', ttl=3)}"}  # 2-3 s: four requests first
+    async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client:
+        reserved = (await client.put("/graphql", headers=auth)).text
+        on_stream = {**auth, "x-graphql-event-stream-token": reserved}
+        async with client.stream("GET", "/graphql", headers={**on_stream, "accept": "text/event-stream"}) as stream:
+            assert stream.status_code == 200
+            for op_id in ("a", "b"):
+                run = await client.post(
+                    "/graphql", json={"query": NOTES, "extensions": {"operationId": op_id}}, headers=on_stream
+                )
+                assert run.status_code == 202
+            await wait_subscribers(auth_server, 2)
+            events = await read_events(stream, 4)
+            ended = {}
+            for event in events:
+                body = json.loads(event.data)
+                if event.event == "next":
+                    assert body["payload"] == {"errors": [EXPIRED]}, body
+                ended.setdefault(body["id"], []).append(event.event)
+            assert ended == {"a": ["next", "complete"], "b": ["next", "complete"]}
+    await wait_subscribers(auth_server, 0, exact=True)
 
 
 async def test_permissions_changed_ends_the_subscriptions_whose_scope_changed(auth_server: Server) -> None:

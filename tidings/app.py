@@ -32,7 +32,7 @@ from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.rules import Action, Authorizer, Rules
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
-from tidings.errors import ConfigurationError, ErrorCode, PermissionsChanged, TidingsError, Unavailable
+from tidings.errors import BadUserInput, ConfigurationError, ErrorCode, PermissionsChanged, TidingsError, Unavailable
 from tidings.hooks import CommitNotifier, HookRunner, Hooks
 from tidings.limits import Limits
 from tidings.metrics import Metrics, MetricsAccess, count_mutations, exposition, mutation_counter, registry_for
@@ -54,7 +54,7 @@ from tidings.schema.documents import Documents
 from tidings.schema.validation import validation_rules
 from tidings.store import Store
 from tidings.tracing import Tracing
-from tidings.transports.body import limit_body
+from tidings.transports.body import check_request, decode_json, limit_body, respond_bad_request
 from tidings.transports.common import TransportContext, declares_json, header, unsupported_media_type
 from tidings.transports.negotiation import GRAPHQL_RESPONSE_JSON, buffer_body, route
 from tidings.transports.origins import OriginCORS, OriginPolicy
@@ -75,12 +75,12 @@ class HTTPView(GraphQL[Context, None]):
         return Context(self.services, principal=principal, request=request, response=response)
 
     def decode_json(self, data: str | bytes) -> object:
-        # orjson, and the standard library for what orjson refuses (ints beyond 64 bits, NaN):
-        # its JSONDecodeError is json's, so a body that neither reads is still a 400.
+        # Tidings._serve_http refused what does not read before the view met it; a path
+        # that skipped that still gets Strawberry's 400 (it catches JSONDecodeError), not a 500.
         try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return json.loads(data)
+            return decode_json(data)
+        except BadUserInput as exc:
+            raise json.JSONDecodeError(exc.message, "", 0) from exc
 
     def encode_json(self, data: object) -> str | bytes:
         try:
@@ -158,24 +158,16 @@ class HTTPView(GraphQL[Context, None]):
         await super().__call__(scope, receive, send_as_graphql_response)
 
 
-def _json_request(body: bytes) -> Request | None:
-    """The operation a JSON body carries, if it has the usual shape (else None: the view answers)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    query, variables = data.get("query"), data.get("variables")
-    name, extensions = data.get("operationName"), data.get("extensions")
-    if (
-        not isinstance(query, str)
-        or not (variables is None or isinstance(variables, dict))
-        or not (name is None or isinstance(name, str))
-        or not (extensions is None or isinstance(extensions, dict))
-    ):
-        return None
-    return Request(query, variables, name, extensions)
+def _query_parameters(scope: Mapping[str, Any]) -> dict[str, Any]:
+    """A GET's GraphQL request, its JSON parameters decoded, as the view reads it (the last of
+    a repeated parameter; a blank one kept: the view would refuse ``variables=`` too).
+    ``BadUserInput`` if it is no GraphQL request; no ``query`` is the view's to answer."""
+    params = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    data: dict[str, Any] = {key: values[-1] for key, values in params.items()}
+    for key in ("variables", "extensions"):
+        if key in data:
+            data[key] = decode_json(data[key])
+    return check_request(data, needs_query=False)
 
 
 def is_request_error(result: ExecutionResult) -> bool:
@@ -548,12 +540,24 @@ class Tidings:
             return
         scope["tidings.principal"] = principal
         scope["tidings.media_type"] = chosen.media_type
+        try:
+            if scope["method"] == "POST":
+                body, receive = await buffer_body(receive)
+                data = check_request(decode_json(body))
+            else:
+                _query_parameters(scope)
+        except BadUserInput as exc:
+            content_type = (
+                b"application/graphql-response+json; charset=utf-8"
+                if chosen.media_type == GRAPHQL_RESPONSE_JSON
+                else b"application/json"
+            )
+            await respond_bad_request(send, exc, content_type)
+            return
         if scope["method"] == "POST":
-            body, receive = await buffer_body(receive)
-            request = _json_request(body)
-            if request is not None:
-                await self.engine.prepare(request)
-            if request is not None and self.engine.executable(request) is not None:
+            request = Request(data["query"], data.get("variables"), data.get("operationName"), data.get("extensions"))
+            await self.engine.prepare(request)  # a big document: parsed off the event loop
+            if self.engine.executable(request) is not None:
                 await self._execute_http(request, scope, receive, send)
                 return
         # Everything else (GET, batches, bodies Strawberry refuses, documents with errors,

@@ -1,4 +1,5 @@
-"""How ``tidings serve`` runs uvicorn: a drain before uvicorn's shutdown, exit 0 on SIGTERM, 4008 on ping timeout.
+"""How ``tidings serve`` runs uvicorn: a drain before uvicorn's shutdown, exit 0 on SIGTERM, 4008 on ping timeout,
+1007 for a text message that is not UTF-8 logged at INFO at most once a minute.
 
 uvicorn waits for open HTTP responses before it runs the lifespan shutdown, and an SSE
 response never ends by itself: so the server ends tidings' streams first, itself.
@@ -13,7 +14,8 @@ import math
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -31,6 +33,37 @@ logger = logging.getLogger("tidings.server")
 MESSAGE_TOO_LARGE_REASON = "Message too large"
 
 KEEPALIVE_TIMEOUT_REASON = "Keepalive ping timeout; reconnect and resume with your last seq"
+
+
+class SampledLog:
+    """INFO lines for what any client can repeat at will: at most one per ``interval`` seconds.
+
+    The events between two lines are counted, and the next line says how many. No timer:
+    a line only ever follows an event, so a flood that stops leaves its count untold.
+    One per process; uvicorn runs every connection of a process on one event loop.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last = -math.inf
+        self._left_out = 0
+
+    def info(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._last < self.interval:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message += " (and %d more in the %g s before this line, not logged)"
+            args = (*args, self._left_out, self.interval)
+        self._last, self._left_out = now, 0
+        self.logger.info(message, *args)
+
+
+INVALID_TEXT_LOG = SampledLog(logger, 60.0)
+"""Closes 1007: uvicorn logged each one at ERROR with a traceback, a flood a client could feed."""
 
 
 class _ServerConnection(ServerProtocol):
@@ -59,6 +92,29 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn.__class__ = _ServerConnection  # uvicorn builds the ServerProtocol itself
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn's method, but for its answer to a text message that is not UTF-8: the same
+        # close (1007), logged as the client's mistake it is, sampled, not as a server ERROR
+        # with a traceback. One decode per message, as uvicorn's; the rest is uvicorn's code.
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past the app's close: reads stay active until the peer's close reply
+        if self.curr_msg_data_type == "text":
+            try:
+                self.queue.put_nowait({"type": "websocket.receive", "text": data.decode()})
+            except UnicodeDecodeError:
+                client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+                INVALID_TEXT_LOG.info("Closed a WebSocket 1007: a text message that is not UTF-8, from %s", client)
+                self.conn.send_close(CloseCode.INVALID_FRAME_PAYLOAD_DATA)
+                self.handle_parser_exception()
+                return
+        else:
+            self.queue.put_nowait({"type": "websocket.receive", "bytes": data})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def keepalive_timeout(self) -> None:
         self.pong_timer = None

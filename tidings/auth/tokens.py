@@ -125,11 +125,12 @@ class Authenticator:
     def optional(self, token: str | None) -> Principal:
         return ANONYMOUS if not token else self.verify(token)
 
-    def expires_in(self, principal: Principal) -> float | None:
-        """Seconds until the principal's token stops being valid (leeway included)."""
+    def expires_in(self, principal: Principal, *, leeway: bool = True) -> float | None:
+        """Seconds until the principal's token stops being accepted (its ``exp`` plus the
+        leeway: when a connection on it closes), or with ``leeway=False`` until its own ``exp``."""
         if principal.exp is None:
             return None
-        return principal.exp + self.leeway - time.time()
+        return principal.exp + (self.leeway if leeway else 0.0) - time.time()
 
     def mint(self, claims: Mapping[str, Any], *, ttl: float = 3600.0) -> str:
         """A development token (HS* only): ``tidings token``."""

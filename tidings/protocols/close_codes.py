@@ -20,6 +20,8 @@ class CloseCode(enum.IntEnum):
 
     NORMAL_CLOSURE = 1000
     GOING_AWAY = 1001
+    INVALID_FRAME_PAYLOAD_DATA = 1007
+    """A text message that is not UTF-8 (RFC 6455 8.1)."""
     POLICY_VIOLATION = 1008
     """An admin closed the connection (``closeConnection``), or its Origin is not allowed."""
     MESSAGE_TOO_BIG = 1009

@@ -90,7 +90,11 @@ class SystemEvents:
     # -- token expiry ------------------------------------------------------------------
 
     def watch_token(self, sink: Sink, expires_in: float | None) -> None:
-        """Warn ``sink`` ``expiring_lead`` seconds before its token expires (again after a renewal)."""
+        """Warn ``sink`` ``expiring_lead`` seconds before its token expires (again after a renewal).
+
+        ``expires_in``: seconds until the token's own ``exp``, not the close at ``exp`` plus the
+        leeway. The leeway forgives clock skew; counted in, the warning came after ``exp``.
+        """
         self.forget(sink)
         if expires_in is None:
             return

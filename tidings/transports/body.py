@@ -1,4 +1,6 @@
-"""The request body limit on every HTTP path: refused with 413 before it is read past the limit.
+"""The request body on every HTTP path: its limit (413), and what its JSON must be (400).
+
+The limit: refused with 413 before the body is read past it.
 
 A declared ``Content-Length`` over the limit is answered before any of the body is
 read; a chunked (or understated) body is counted as it streams in, and the request
@@ -11,11 +13,12 @@ writes its whole body before reading (most do) would get a reset instead of the 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 
-from tidings.errors import ErrorCode
+from tidings.errors import BadUserInput, ErrorCode
 from tidings.transports.common import header
 
 
@@ -78,3 +81,66 @@ async def limit_body(app: Any, scope: dict[str, Any], receive: Any, send: Any, l
         # client gets a cut response, which is all that can be done.
         if not started:
             await respond_too_large(send, limit)
+
+
+# -- the JSON of a GraphQL request ---------------------------------------------------
+#
+# Every path answers a body (or a GET's JSON parameter) that is not a GraphQL request
+# with 400 BAD_USER_INPUT and one sentence, the same on each: not a 500 from whichever
+# parser happened to meet it first (a client's bytes are never a server fault).
+
+MALFORMED_JSON = "Malformed JSON"
+
+
+def decode_json(data: str | bytes) -> Any:
+    """JSON text as Python: orjson, and the standard library for what orjson refuses (ints
+    beyond 64 bits, NaN). ``BadUserInput`` for text that neither reads, bytes not UTF-8 included."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data.decode() if isinstance(data, bytes) else data)
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        # Neither parser's text says what the client must fix.
+        raise BadUserInput(MALFORMED_JSON) from exc
+
+
+def check_request(data: object, *, needs_query: bool = True) -> dict[str, Any]:
+    """``data`` if it is a GraphQL request: a JSON object with a ``query`` string (unless
+    ``needs_query`` is false) and, where given, a string ``operationName`` and object
+    ``variables`` and ``extensions``; else ``BadUserInput`` naming what was wrong."""
+    if not isinstance(data, dict):
+        batch = " (batches are not supported)" if isinstance(data, list) else ""
+        raise BadUserInput(f"A GraphQL request is a JSON object, got {json_type(data)}{batch}")
+    query = data.get("query")
+    if not isinstance(query, str) and (needs_query or query is not None):
+        got = f", got {json_type(query)}" if "query" in data else ""
+        raise BadUserInput(f"A GraphQL request needs a 'query' string{got}")
+    for key, expected in (("operationName", str), ("variables", dict), ("extensions", dict)):
+        value = data.get(key)
+        if value is not None and not isinstance(value, expected):
+            name = "a string" if expected is str else "an object"
+            raise BadUserInput(f"'{key}' must be {name}, got {json_type(value)}")
+    return data
+
+
+def json_type(value: object) -> str:
+    """The JSON type of a decoded ``value``, as an error sentence names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty string" if not value else "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+async def respond_bad_request(send: Any, error: BadUserInput, content_type: bytes = b"application/json") -> None:
+    """Answer ``error`` with 400 and a GraphQL-shaped body carrying its ``extensions.code``."""
+    body = orjson.dumps({"errors": [{"message": error.message, "extensions": error.extensions}]})
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

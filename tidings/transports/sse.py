@@ -22,7 +22,7 @@ from graphql import OperationType
 
 from tidings.auth.principal import Principal
 from tidings.auth.tokens import bearer
-from tidings.errors import ErrorCode, TidingsError
+from tidings.errors import BadUserInput, ErrorCode, TidingsError, Unauthenticated
 from tidings.protocols import sse
 from tidings.protocols.reservations import (
     Reservations,
@@ -32,6 +32,7 @@ from tidings.protocols.reservations import (
     status_for,
 )
 from tidings.realtime.engine import Finished, Rejected, Request, Streaming
+from tidings.transports.body import MALFORMED_JSON, check_request
 from tidings.transports.common import TransportContext, client_ip, declares_json, header, unsupported_media_type
 from tidings.transports.queue import SendQueue
 from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer
@@ -138,10 +139,32 @@ class EventStream:
 
     def watch_expiry(self, principal: Principal) -> None:
         self.principal = principal
-        remaining = self.ctx.authenticator.expires_in(principal)
+        authenticator = self.ctx.authenticator
+        remaining = authenticator.expires_in(principal)
         if remaining is not None:
-            self._expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), self.done.set)
-        self.ctx.engine.system.watch_token(self, remaining)  # TOKEN_EXPIRING, a lead before
+            self._expiry = asyncio.get_running_loop().call_later(max(remaining, 0.0), self.token_expired)
+        # TOKEN_EXPIRING, a lead before the token's exp
+        self.ctx.engine.system.watch_token(self, authenticator.expires_in(principal, leeway=False))
+
+    def token_expired(self) -> None:
+        """End the stream as a WebSocket closes 4403 "Token expired", saying so: each operation
+        gets a ``next`` carrying the error, then its ``complete``.
+
+        The ``complete`` is on purpose: a graphql-sse client would retry a stream that just
+        ended, with the same expired token, and learn nothing; the error tells the app to sign
+        in again and resubscribe (resuming with its last event's cursor).
+        """
+        expired = Unauthenticated("Token expired")
+        errors = [{"message": expired.message, "extensions": expired.extensions}]
+        op_ids = list(dict.fromkeys([*self.tasks, *self.streams]))
+        for op_id in op_ids:
+            task = self.tasks.pop(op_id, None)
+            if task is not None:
+                task.cancel()
+            self.finish(op_id, errors)
+        if not op_ids:  # single connection mode with no operation: no id to say it with
+            self._put(sse.encode_comment("closed: Token expired"))
+        self.done.set()
 
     # Sink
     def push(self, op_id: str, seq: int, payload: str) -> None:
@@ -285,19 +308,14 @@ def _request_from(params: dict[str, str], body: bytes | None) -> Request:
             for key in ("variables", "extensions"):
                 if data.get(key):
                     data[key] = orjson.loads(data[key])
-    except orjson.JSONDecodeError as exc:
+    except orjson.JSONDecodeError as exc:  # bytes that are not UTF-8 included
         # orjson's text names its parser's state, not what the client must fix.
-        raise HTTPError(400, _graphql_error("Malformed JSON", "BAD_USER_INPUT")) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
-        raise HTTPError(400, _graphql_error("A GraphQL request needs a 'query' string", "BAD_USER_INPUT"))
-    variables = data.get("variables")
-    extensions = data.get("extensions")
-    if variables is not None and not isinstance(variables, dict):
-        raise HTTPError(400, _graphql_error("'variables' must be an object", "BAD_USER_INPUT"))
-    if extensions is not None and not isinstance(extensions, dict):
-        raise HTTPError(400, _graphql_error("'extensions' must be an object", "BAD_USER_INPUT"))
-    name = data.get("operationName")
-    return Request(data["query"], variables, name if isinstance(name, str) else None, extensions)
+        raise HTTPError(400, _graphql_error(MALFORMED_JSON, "BAD_USER_INPUT")) from exc
+    try:
+        request = check_request(data)
+    except BadUserInput as exc:  # the same sentence as on the JSON path
+        raise HTTPError(400, _graphql_error(exc.message, exc.code.value)) from exc
+    return Request(request["query"], request.get("variables"), request.get("operationName"), request.get("extensions"))
 
 
 class SSEEndpoint:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from tidings.auth.principal import ANONYMOUS, Principal
-from tidings.auth.tokens import token_from_init
+from tidings.auth.tokens import bearer, token_from_init
 from tidings.errors import TidingsError, Unauthenticated
 from tidings.protocols import legacy_ws, transport_ws
 from tidings.protocols.close_codes import CloseCode, close_reason
@@ -165,7 +165,7 @@ class WebSocketConnection:
 
     async def _authenticate(self, payload: dict[str, Any] | None) -> None:
         try:
-            principal = self.ctx.authenticator.optional(token_from_init(payload))
+            principal = self.ctx.authenticator.optional(self._token(payload))
             self.ctx.engine.services.authorizer.check_connect(principal)
         except TidingsError as exc:
             self.ctx.metrics.auth_failed("ws", exc)
@@ -182,6 +182,23 @@ class WebSocketConnection:
         await self._run(self.protocol.acknowledge())
         self.ctx.engine.services.hooks.connected(self)
 
+    def _token(self, payload: dict[str, Any] | None) -> str | None:
+        """The token of the ``connection_init`` payload, else the upgrade request's
+        ``Authorization: Bearer`` (gql-cli -H, server-side clients; a browser cannot set it).
+
+        Both given: the payload wins, and the header is not read at all. The payload is what
+        every client can set, a browser's included, and what a graphql-ws reconnect renews
+        (its ``connectionParams`` run again); the header is whatever the socket was opened
+        with. Refusing a mismatch instead would refuse a client whose payload holds a fresh
+        token and whose header still holds its first. A bearer header is never ambient (a
+        browser sends no such header on its own), so the Origin check, made before the
+        upgrade is accepted, guards this path as it does the payload's.
+        """
+        token = token_from_init(payload)
+        if token is None:
+            token = bearer(header(self.scope, b"authorization"))  # Unauthenticated if not Bearer
+        return token
+
     def _set_principal(self, principal: Principal) -> None:
         self.principal = principal
         if self._expiry is not None:
@@ -191,7 +208,8 @@ class WebSocketConnection:
         if remaining is not None:
             loop = asyncio.get_running_loop()
             self._expiry = loop.call_later(max(remaining, 0.0), self._token_expired)
-        self.ctx.engine.system.watch_token(self, remaining)  # TOKEN_EXPIRING, a lead before
+        # TOKEN_EXPIRING, a lead before the token's exp
+        self.ctx.engine.system.watch_token(self, self.ctx.authenticator.expires_in(principal, leeway=False))
 
     async def renew(self, token: str) -> Principal:
         """``renewToken``: new credentials for the same user and account."""
