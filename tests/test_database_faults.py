@@ -189,12 +189,12 @@ def writer_pragma(server: Server, sql: str) -> Any:
     store = server.tidings.store
 
     def run() -> Any:
-        conn = store._writer_conn
+        conn = store.writer.connection
         value = conn.exec_driver_sql(sql).scalar()
         conn.commit()  # SQLAlchemy began a transaction for it
         return value
 
-    return store._write_thread.submit(run).result(5)
+    return store.writer.submit(run).result(5)
 
 
 WHILE_FULL = "while-full-" + "x" * 2000
@@ -360,7 +360,8 @@ async def test_a_write_whose_commit_answer_is_lost_is_found_committed_and_not_ru
     server = make_server(tmp_path, db=db, broker=MemoryBroker())
     admin = await asyncpg.connect(asyncpg_url(db))
     store = server.tidings.store
-    committed = store._pg_run
+    writer = store.writer
+    committed = writer.run_sql
     lost: list[str] = []
 
     async def lose_the_first_commit_answer(conn: Any, driver: Any, sql: str) -> None:
@@ -372,7 +373,7 @@ async def test_a_write_whose_commit_answer_is_lost_is_found_committed_and_not_ru
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             assert (await request(http, "write", "before")).code is None
-            store._pg_run = lose_the_first_commit_answer
+            writer.run_sql = lose_the_first_commit_answer
             outcome = await request(http, "write", "once")
             assert outcome.code is None and lost == ["COMMIT"], outcome
             assert await events_and_bodies(http, admin) == (2, ["before", "once"])

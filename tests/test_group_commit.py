@@ -20,6 +20,7 @@ from tidings.filters import MATCH_ALL
 from tidings.schema.collection import collections_from
 from tidings.schema.demo import COLLECTIONS
 from tidings.store import Store
+from tidings.store.writers import PostgresWriter, SqliteWriter
 from tidings.types import Record
 
 COLLECTIONS_ = collections_from(COLLECTIONS)
@@ -52,16 +53,19 @@ async def run_burst(store: Store, ops: list[tuple[str, int]]) -> None:
         commits += 1
 
     # On a SQLite file writes commit on the writer thread's engine; on PostgreSQL the store ends its
-    # transactions itself (BEGIN with the advisory lock in one message): each is one _pg_commit.
-    engine = store._sync_engine if store._sync_engine is not None else store.engine.sync_engine
+    # transactions itself (BEGIN with the advisory lock in one message): each is one PostgresWriter.commit.
+    writer: Any = store.writer
+    engine = writer.engine if isinstance(writer, SqliteWriter) else store.engine.sync_engine
     sa.event.listen(engine, "commit", count)
-    pg_commit = store._pg_commit
+    pg_commit = getattr(writer, "commit", None)
 
     async def counted(*args: Any) -> None:
         count(None)
+        assert pg_commit is not None
         await pg_commit(*args)
 
-    store._pg_commit = counted  # type: ignore[method-assign]
+    if isinstance(writer, PostgresWriter):
+        writer.commit = counted
 
     async def one(i: int, kind: str, n: int) -> ChangeEvent | None:
         write: Callable[[], Awaitable[tuple[Record, ChangeEvent | None]]]

@@ -162,21 +162,21 @@ HOOKS = [
         ("self", "request", "response"),
         "tidings/app.py (HTTPView.get_context)",
     ),
-    # SQLAlchemy and its asyncpg adapter: tidings/store/store.py's INSERT on the driver's connection.
-    Hook("sqlalchemy.util", "", "await_", ("awaitable",), "tidings/store/store.py (_Insert.execute)"),
+    # SQLAlchemy and its asyncpg adapter: tidings/store/insert.py's INSERT on the driver's connection.
+    Hook("sqlalchemy.util", "", "await_", ("awaitable",), "tidings/store/insert.py (Insert.execute)"),
     Hook(
         "sqlalchemy.dialects.postgresql.asyncpg",
         "AsyncAdapt_asyncpg_connection",
         "_handle_exception",
         ("self", "error"),
-        "tidings/store/store.py (_dbapi_error)",
+        "tidings/store/batch.py (dbapi_error)",
     ),
     Hook(
         "sqlalchemy.exc",
         "DBAPIError",
         "instance",
         ("statement", "params", "orig", "dbapi_base_err"),
-        "tidings/store/store.py (_dbapi_error)",
+        "tidings/store/batch.py (dbapi_error)",
         exact=False,
     ),
     # uvicorn: the server and the protocols tidings subclasses.
@@ -319,8 +319,8 @@ MODULE_PATHS = [
     ("strawberry.extensions.directives", "DirectivesExtension", "tidings/schema/build.py"),
     ("strawberry.extensions.directives", "DirectivesExtensionSync", "tidings/schema/build.py"),
     ("strawberry.types.graphql", "OperationType", "tidings/metrics.py"),
-    ("sqlalchemy.util", "await_", "tidings/store/store.py"),
-    ("sqlalchemy.dialects.postgresql.asyncpg", "AsyncAdapt_asyncpg_connection", "tidings/store/store.py"),
+    ("sqlalchemy.util", "await_", "tidings/store/insert.py"),
+    ("sqlalchemy.dialects.postgresql.asyncpg", "AsyncAdapt_asyncpg_connection", "tidings/store/batch.py"),
     ("uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol", "tidings/server.py"),
     ("uvicorn.protocols.http.h11_impl", "H11Protocol", "tidings/serving.py"),
     ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol", "tidings/serving.py"),
@@ -499,14 +499,14 @@ def test_strawberry_execution_context_fields() -> None:
 
 
 def test_sqlalchemy_asyncpg_adapter_translates_driver_errors() -> None:
-    """tidings/store/store.py runs INSERTs on asyncpg's connection itself and raises its errors as
+    """tidings/store/insert.py and batch.py runs INSERTs on asyncpg's connection itself and raises its errors as
     SQLAlchemy would: the adapter's ``_handle_exception`` translates, ``DBAPIError.instance`` wraps.
     Without it a unique violation would no longer surface as ``sa.exc.IntegrityError``."""
     import asyncpg
     import sqlalchemy as sa
     from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection, PGDialect_asyncpg
 
-    from tidings.store.store import _dbapi_error
+    from tidings.store.batch import dbapi_error
 
     class Driver:  # an open asyncpg connection, as far as the adapter asks
         def is_closed(self) -> bool:
@@ -519,15 +519,15 @@ def test_sqlalchemy_asyncpg_adapter_translates_driver_errors() -> None:
         dialect=types.SimpleNamespace(loaded_dbapi=dbapi),
         invalidated=False,
     )
-    error = _dbapi_error(conn, "INSERT", [1], asyncpg.UniqueViolationError("duplicate key value"))  # type: ignore[arg-type]
+    error = dbapi_error(conn, "INSERT", [1], asyncpg.UniqueViolationError("duplicate key value"))  # type: ignore[arg-type]
     assert isinstance(error, sa.exc.IntegrityError), (
         f"asyncpg's UniqueViolationError became {error!r}, not sa.exc.IntegrityError: "
-        "AsyncAdapt_asyncpg_connection._handle_exception changed; tidings/store/store.py (_dbapi_error) relies on it"
+        "AsyncAdapt_asyncpg_connection._handle_exception changed; tidings/store/batch.py (dbapi_error) relies on it"
     )
 
 
 def test_sqlalchemy_await_needs_the_greenlet() -> None:
-    """tidings/store/store.py awaits asyncpg from the greenlet SQLAlchemy runs sync code in."""
+    """tidings/store/insert.py awaits asyncpg from the greenlet SQLAlchemy runs sync code in."""
     import sqlalchemy as sa
     from sqlalchemy.util import await_
 

@@ -152,6 +152,7 @@ async def test_inserts_on_the_driver_store_what_sqlalchemy_stores(
     import asyncpg
 
     from tidings.store import store as store_module
+    from tidings.store.insert import Insert
 
     when = dt.datetime(2026, 11, 23, 13, 45, 6, 789012, tzinfo=dt.UTC)
     monkeypatch.setattr(store_module, "new_id", lambda: "0123456789abcdef0123456789abcdef")
@@ -167,11 +168,11 @@ async def test_inserts_on_the_driver_store_what_sqlalchemy_stores(
     for name in ("driver", "sqlalchemy"):
         if name == "sqlalchemy":  # the reference: every INSERT through SQLAlchemy's execution
 
-            def reference(self: store_module._Insert, conn: sa.Connection, v: Any) -> Any:
+            def reference(self: Insert, conn: sa.Connection, v: Any) -> Any:
                 result = conn.execute(self.statement, v)
                 return result.scalar_one() if self.returns else None if self.asyncpg else result.lastrowid
 
-            monkeypatch.setattr(store_module._Insert, "execute", reference)
+            monkeypatch.setattr(Insert, "execute", reference)
         (tmp_path / name).mkdir()
         url = await fresh_database(kind, tmp_path / name)
         store = Store(url, list(_BY_NAME.values()))

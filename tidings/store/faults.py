@@ -7,6 +7,9 @@ The one place the drivers' failures (sqlite3, asyncpg, as SQLAlchemy wraps them)
 from __future__ import annotations
 
 import enum
+import logging
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 
 import asyncpg
@@ -16,6 +19,7 @@ from tidings.errors import Unavailable
 
 __all__ = ["BACKOFF", "Fault", "commit_unknown", "is_disconnect", "storage_fault", "unavailable"]
 
+logger = logging.getLogger("tidings.store")
 BACKOFF = (0.0, 0.05, 0.1, 0.2, 0.4, 0.5)
 """Seconds between tries on a lost connection: at once (a kept connection that a restart closed;
 the server is likely back), then more slowly; the last one repeats."""
@@ -116,3 +120,51 @@ def commit_unknown(wait: float) -> Unavailable:
         retry_after=_OUTAGE_RETRY,
         outcome="unknown",
     )
+
+
+class WriteHealth:
+    """Whether writes succeed: the last write transaction's fault (None once one commits again),
+    and the transactions that failed UNAVAILABLE by (operation, reason). /readyz and the metrics
+    read it; the writers (and read snapshots, for reads) report to it."""
+
+    def __init__(self) -> None:
+        self.fault: Fault | None = None
+        self._fault_since = 0.0
+        # (operation, reason) -> transactions that failed UNAVAILABLE: writes, and reads (snapshots).
+        self.failures: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def error(self, exc: Exception, waited: float = 0.0) -> Exception:
+        """What a failed write transaction answers: UNAVAILABLE for a fault of the database (its
+        disk full, an I/O error, its connection lost past ``waited`` seconds), else ``exc`` itself."""
+        fault = storage_fault(exc) or (Fault.UNREACHABLE if is_disconnect(exc) else None)
+        if fault is None:
+            return exc
+        self.failures["write", fault.value] += 1
+        if self.fault is None:
+            self._fault_since = time.monotonic()
+            logger.warning("Writes failing (%s): %s", fault.value, describe(exc))
+        self.fault = fault
+        error = unavailable(fault, waited)
+        error.__cause__ = exc
+        return error
+
+    def committed(self) -> None:
+        if self.fault is not None:  # read and written by the writer alone (its thread, or the drain)
+            logger.info(
+                "Writes succeed again, %.1f s after they began failing (%s)",
+                time.monotonic() - self._fault_since,
+                self.fault.value,
+            )
+            self.fault = None
+
+    def read_failed(self, exc: Exception, waited: float) -> Unavailable:
+        self.failures["read", Fault.UNREACHABLE.value] += 1
+        logger.warning("A read failed: the database was unreachable for %g s (%s)", waited, describe(exc))
+        return unavailable(Fault.UNREACHABLE, waited)
+
+
+def describe(exc: BaseException) -> str:
+    """The driver's error in one line, for a log line: its type and first line."""
+    error = getattr(exc, "orig", None) or exc
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
