@@ -184,9 +184,9 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
     import uvicorn
 
     from tidings.app import create_app
-    from tidings.cli import load_channels, load_collections
     from tidings.logs import configure_logging
     from tidings.redaction import install_redaction
+    from tidings.schema.loading import load_channels, load_collections
     from tidings.server import Server
     from tidings.serving import uvicorn_options
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from graphql.execution import Executor
 
@@ -38,8 +39,12 @@ from tidings.store import Store
 from tidings.store.faults import is_disconnect
 from tidings.tracing import Tracing
 
-if TYPE_CHECKING:
-    from tidings.metrics import LatencyHistogram
+
+class Latency(Protocol):
+    """Where delivery latencies go (tidings.metrics.LatencyHistogram)."""
+
+    def observe(self, committed: dt.datetime, deliveries: int) -> None: ...
+
 
 logger = logging.getLogger("tidings.realtime")
 
@@ -90,7 +95,7 @@ class Dispatcher:
         # Broker health: one WARNING when an outage starts, one INFO when it ends.
         self.broker_outages = 0
         self.broker_subscriptions = 0  # confirmed subscriptions: the first, then one per reconnect
-        self.latency: LatencyHistogram | None = None  # commit-to-write seconds, per delivery (tidings.metrics)
+        self.latency: Latency | None = None  # commit-to-write seconds, per delivery (tidings.metrics)
         self._broker_down = False
         self._database_down = False  # the gap check's last read lost its connection (a restart)
         self._down_since = 0.0  # monotonic time the current outage began
