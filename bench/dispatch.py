@@ -28,9 +28,9 @@ from tidings.app import Tidings
 from tidings.auth.principal import ANONYMOUS
 from tidings.config import Settings
 from tidings.events import ChangeEvent, Operation
+from tidings.model.collection import collections_from
+from tidings.model.demo import COLLECTIONS
 from tidings.realtime.engine import Request
-from tidings.schema.collection import collections_from
-from tidings.schema.demo import COLLECTIONS
 
 BY_ROOM = (
     "subscription($room: String!) { messageEvents(where: {room: {eq: $room}}) "

@@ -25,9 +25,9 @@ from tidings.auth.channel_rules import ChannelAction, ChannelRules
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import BadUserInput, Forbidden, Unauthenticated
 from tidings.limits import Limits, Rate
+from tidings.model.demo import COLLECTIONS
 from tidings.pubsub import broker_from_url
 from tidings.realtime.presence import Entry, PresenceKind, PresenceRegistry
-from tidings.schema.demo import COLLECTIONS
 
 EVENTS = "subscription($c: [String!]!, $t: [String!], $a: String) { channelEvents(channels: $c, types: $t, after: $a) { channel type data sender { sub } seq } }"  # noqa: E501
 PRESENCE = """subscription($ch: String!, $meta: JSON) { presence(channel: $ch, meta: $meta) {
@@ -418,7 +418,7 @@ async def test_a_collection_write_fans_out_to_its_declared_channels(tmp_path: Pa
 
 def test_readme_channel_declarations_run_as_written(tmp_path: Path) -> None:
     from tests.test_readme import readme_blocks
-    from tidings.schema.toml import load_channels
+    from tidings.model.toml import load_channels
 
     (python,) = readme_blocks("Channels and presence", "python")
     namespace: dict[str, Any] = {}

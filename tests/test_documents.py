@@ -13,9 +13,9 @@ from graphql import GraphQLSchema
 from tests.conftest import Server
 from tests.test_realtime_sse import read_events
 from tests.wsclient import WS
+from tidings.model.collection import collections_from
+from tidings.model.demo import COLLECTIONS
 from tidings.schema.build import build_schema
-from tidings.schema.collection import collections_from
-from tidings.schema.demo import COLLECTIONS
 from tidings.schema.documents import Documents
 from tidings.schema.extensions import classify_all
 

@@ -17,8 +17,8 @@ from tests.backends import fresh_database, service_url
 from tidings.errors import Conflict, Forbidden, NotFound
 from tidings.events import ChangeEvent, Operation
 from tidings.filters import MATCH_ALL
-from tidings.schema.collection import collections_from
-from tidings.schema.demo import COLLECTIONS
+from tidings.model.collection import collections_from
+from tidings.model.demo import COLLECTIONS
 from tidings.store import Store
 from tidings.store.writers import PostgresWriter, SqliteWriter
 from tidings.types import Record

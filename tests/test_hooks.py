@@ -26,7 +26,7 @@ from tidings import (
     PublishInfo,
     WriteInfo,
 )
-from tidings.schema.demo import COLLECTIONS
+from tidings.model.demo import COLLECTIONS
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -420,9 +420,9 @@ def test_graphql_execute_takes_an_executor_class_and_custom_args() -> None:
 
 @pytest.fixture(scope="module")
 def tidings_schema() -> Any:
+    from tidings.model.collection import collections_from
+    from tidings.model.demo import COLLECTIONS
     from tidings.schema.build import build_schema
-    from tidings.schema.collection import collections_from
-    from tidings.schema.demo import COLLECTIONS
 
     return build_schema(collections_from(COLLECTIONS))[0]
 

@@ -18,10 +18,10 @@ from graphql import parse, validate
 
 from tests.backends import unavailable
 from tests.conftest import Server, make_server, wait_subscribers
+from tidings.model.collection import JSON, collection, collections_from
 from tidings.playground import example_tabs
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
-from tidings.schema.collection import JSON, collection, collections_from
 
 SECRET = "playground-test-secret-of-at-least-32-bytes"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -76,7 +76,7 @@ def test_examples_are_valid_operations_for_every_field_kind() -> None:
 
 
 def _demo() -> list[Any]:
-    from tidings.schema.demo import COLLECTIONS
+    from tidings.model.demo import COLLECTIONS
 
     return list(COLLECTIONS)
 

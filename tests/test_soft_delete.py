@@ -22,9 +22,9 @@ from tidings import Rules, collection
 from tidings.errors import ConfigurationError, NotFound
 from tidings.events import Operation
 from tidings.filters import MATCH_ALL, parse_filter
+from tidings.model.collection import collections_from
+from tidings.model.toml import _collections
 from tidings.realtime import doorbell
-from tidings.schema.collection import collections_from
-from tidings.schema.toml import _collections
 from tidings.store import Store
 
 

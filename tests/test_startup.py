@@ -32,8 +32,8 @@ from tidings.app import create_app
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
 from tidings.errors import ConfigurationError
-from tidings.schema.collection import collections_from
-from tidings.schema.toml import load_toml
+from tidings.model.collection import collections_from
+from tidings.model.toml import load_toml
 from tidings.startup import check_settings, describe, mask_url
 from tidings.transports.origins import OriginPolicy
 

@@ -15,9 +15,9 @@ from tests.backends import fresh_database
 from tidings.errors import Conflict, NotFound
 from tidings.events import Operation
 from tidings.filters import MATCH_ALL, parse_filter
+from tidings.model.collection import collections_from
+from tidings.model.demo import COLLECTIONS
 from tidings.realtime import doorbell
-from tidings.schema.collection import collections_from
-from tidings.schema.demo import COLLECTIONS
 from tidings.store import Store
 
 _BY_NAME = {c.name: c for c in collections_from(COLLECTIONS)}

@@ -29,8 +29,8 @@ from tests.backends import fresh_database, service_url
 from tests.conftest import free_port, make_server
 from tests.processes import ServeProcess, popen_serve, serve_command
 from tidings.filters import MATCH_ALL
-from tidings.schema.collection import collections_from
-from tidings.schema.demo import COLLECTIONS
+from tidings.model.collection import collections_from
+from tidings.model.demo import COLLECTIONS
 from tidings.store import Store
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,8 +8,8 @@ from tidings.config import Settings
 from tidings.errors import BadUserInput, ErrorCode, Forbidden, TidingsError
 from tidings.events import ChangeEvent, Operation
 from tidings.hooks import ConnectionInfo, Hooks, OperationInfo, PublishInfo, WriteInfo
-from tidings.schema.collection import JSON, Collection, Field, collection
-from tidings.schema.toml import load_toml
+from tidings.model.collection import JSON, Collection, Field, collection
+from tidings.model.toml import load_toml
 
 __all__ = [
     "JSON",

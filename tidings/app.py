@@ -33,9 +33,11 @@ from tidings.auth.rules import Action, Authorizer, Rules
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
 from tidings.errors import BadUserInput, ConfigurationError, ErrorCode, PermissionsChanged, TidingsError, Unavailable
+from tidings.events import SystemEventKind
 from tidings.hooks import CommitNotifier, HookRunner, Hooks
 from tidings.limits import Limits
 from tidings.metrics import Metrics, MetricsAccess, count_mutations, exposition, mutation_counter, registry_for
+from tidings.model.collection import Collection
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
 from tidings.realtime.channels import Channels, FanOut
@@ -43,13 +45,11 @@ from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.engine import Engine, Request, Streaming
 from tidings.realtime.group import Subscriber
 from tidings.realtime.live import LiveMember
-from tidings.realtime.system import SystemEventKind
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.session import RENEW_TOKEN
 from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
-from tidings.schema.collection import Collection
 from tidings.schema.documents import Documents
 from tidings.schema.validation import validation_rules
 from tidings.store import Store
@@ -716,10 +716,10 @@ def create_app(
     ``hooks``: a ``tidings.Hooks`` whose callables react to connections, operations, writes and publishes.
     ``tracer_provider``: the OpenTelemetry provider of ``--tracing on`` (default: the global one).
     """
-    from tidings.schema.collection import collections_from
+    from tidings.model.collection import collections_from
 
     if collections is None:
-        from tidings.schema.demo import CHANNELS, COLLECTIONS
+        from tidings.model.demo import CHANNELS, COLLECTIONS
 
         collections = [*COLLECTIONS, *CHANNELS]
     settings = settings or Settings.from_env()
@@ -794,10 +794,10 @@ def create_app(
 
 
 def export_schema(collections: Sequence[Any] | None = None) -> str:
-    from tidings.schema.collection import collections_from
+    from tidings.model.collection import collections_from
 
     if collections is None:
-        from tidings.schema.demo import COLLECTIONS
+        from tidings.model.demo import COLLECTIONS
 
         collections = COLLECTIONS
     admin_queries, admin_mutations = admin_fields(None)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from tidings.config import Settings, env_name
 from tidings.errors import ConfigurationError
-from tidings.schema.loading import load_channels, load_collections
+from tidings.model.loading import load_channels, load_collections
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:

@@ -71,3 +71,11 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+class SystemEventKind(enum.Enum):
+    """What a ``systemEvents`` event says (tidings.realtime.system sends them)."""
+
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    TOKEN_EXPIRING = "TOKEN_EXPIRING"  # noqa: S105 (a kind, not a password)
+    PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"

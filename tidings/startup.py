@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tidings.config import Settings, check_bounds
 from tidings.errors import ConfigurationError
+from tidings.model.collection import Collection
 from tidings.pubsub import broker_from_url, resolve_broker_url
 from tidings.redaction import redact
-from tidings.schema.collection import Collection
 from tidings.store import Store
 from tidings.store.store import normalize_url
 
@@ -51,9 +51,7 @@ def version() -> str:
     try:
         return importlib.metadata.version("tidings")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        from tidings import __version__
-
-        return __version__
+        return "(not installed)"
 
 
 def mask_url(url: str) -> str:

@@ -185,8 +185,8 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
 
     from tidings.app import create_app
     from tidings.logs import configure_logging
+    from tidings.model.loading import load_channels, load_collections
     from tidings.redaction import install_redaction
-    from tidings.schema.loading import load_channels, load_collections
     from tidings.server import Server
     from tidings.serving import uvicorn_options
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tidings.filters.ast import FieldKind
-from tidings.schema.collection import Collection, Field
+from tidings.model.collection import Collection, Field
 
 # A literal each kind accepts, for the required fields of the example mutation.
 _SAMPLES: dict[FieldKind, str] = {

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from tidings.errors import ConfigurationError
+from tidings.model.collection import Collection
 from tidings.playground.examples import example_tabs
-from tidings.schema.collection import Collection
 from tidings.transports.common import header
 
 STATIC = Path(__file__).with_name("static")

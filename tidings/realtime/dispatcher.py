@@ -28,12 +28,12 @@ from tidings.auth.principal import ANY_ACCOUNT
 from tidings.errors import CursorExpired
 from tidings.events import ChangeEvent
 from tidings.filters import equality_terms
+from tidings.model.collection import Collection
 from tidings.pubsub import Broker
 from tidings.realtime import doorbell
 from tidings.realtime.group import Group, Selection, Sink, Subscriber
 from tidings.realtime.index import Bucket, IndexKey
 from tidings.realtime.replay import Replayer
-from tidings.schema.collection import Collection
 from tidings.schema.inputs import Match
 from tidings.store import Store
 from tidings.store.faults import is_disconnect

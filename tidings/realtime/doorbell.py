@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from tidings.events import ChangeEvent, Operation, to_jsonable
-from tidings.schema.collection import Collection
+from tidings.model.collection import Collection
 from tidings.store import decode_document
 
 CHANNEL = "tidings:events"

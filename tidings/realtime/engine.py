@@ -39,6 +39,7 @@ from tidings.errors import BadUserInput, CursorInvalid, TidingsError
 from tidings.events import Operation
 from tidings.filters import parse_filter
 from tidings.limits import Limits, refuse_operation
+from tidings.model.collection import Collection
 from tidings.realtime.channels import Channels, ChannelSubscriber
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
@@ -46,7 +47,6 @@ from tidings.realtime.live import LiveHub, LiveMember, is_live
 from tidings.realtime.live_plan import LiveQueries
 from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
-from tidings.schema.collection import Collection
 from tidings.schema.documents import Documents, Parsed
 from tidings.schema.executor import Executor as FieldExecutor
 from tidings.schema.extensions import classify_all, finish_errors, log_unexpected, snapshot_extensions

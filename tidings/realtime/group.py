@@ -19,7 +19,7 @@ from graphql.execution import Executor, execute_subscription_event
 from tidings.events import ChangeEvent, Operation
 from tidings.filters import And, Filter, compile_predicate
 from tidings.limits import TokenBucket, rate_limited_events
-from tidings.schema.collection import Collection
+from tidings.model.collection import Collection
 from tidings.schema.extensions import classify_all
 from tidings.schema.inputs import Match
 from tidings.schema.inputs import Operation as GraphQLOperation

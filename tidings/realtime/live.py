@@ -31,11 +31,11 @@ from tidings.errors import ErrorCode
 from tidings.events import ChangeEvent
 from tidings.filters import Filter, equality_terms
 from tidings.limits import TokenBucket
+from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Needs, Single, Window
-from tidings.schema.collection import Collection
 from tidings.schema.extensions import classify_all
 from tidings.store import Reader, Store
 from tidings.types import JSONObject

@@ -13,12 +13,12 @@ from tidings.auth.principal import Principal
 from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput
 from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
+from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.live import LiveExecutor, LiveHub, LiveMember, LiveSource
 from tidings.realtime.window import Count, Single, Window
 from tidings.resolvers.convert import order_keys
 from tidings.resolvers.crud import count_field
-from tidings.schema.collection import Collection
 from tidings.store import Store
 
 __all__ = ["LiveQueries", "order_keys", "reads_column"]

@@ -10,19 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import enum
 import weakref
 from typing import Any
 
 from graphql.execution import Executor
 
+from tidings.events import SystemEventKind
 from tidings.realtime.group import Sink, render_view
-
-
-class SystemEventKind(enum.Enum):
-    SHUTTING_DOWN = "SHUTTING_DOWN"
-    TOKEN_EXPIRING = "TOKEN_EXPIRING"  # noqa: S105 (a kind, not a password)
-    PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
 
 
 class SystemSubscriber:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tidings.errors import BadUserInput
-from tidings.schema.collection import Collection
+from tidings.model.collection import Collection
 
 
 def input_columns(coll: Collection, value: Mapping[str, Any]) -> dict[str, Any]:

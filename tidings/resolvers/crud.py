@@ -24,9 +24,9 @@ from tidings.errors import BadUserInput, Forbidden, NotFound
 from tidings.events import ChangeEvent
 from tidings.filters import And, Filter, parse_filter
 from tidings.hooks import WriteInfo
+from tidings.model.collection import Collection, camel_case
 from tidings.resolvers.context import Context, transport_only
 from tidings.resolvers.convert import input_columns, order_keys
-from tidings.schema.collection import Collection, camel_case
 from tidings.schema.types import CollectionTypes
 
 DIRECT = "tidings.direct"  # a field's metadata key: its resolver runs as graphql-core's, unwrapped

@@ -9,7 +9,7 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from tidings.realtime.system import SystemEventKind
+from tidings.events import SystemEventKind
 from tidings.resolvers.context import transport_only
 
 __all__ = ["SYSTEM_SUBSCRIPTIONS"]

@@ -17,8 +17,8 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.base import StrawberryObjectDefinition
 
 from tidings.limits import RateLimit
+from tidings.model.collection import Collection
 from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
-from tidings.schema.collection import Collection
 from tidings.schema.documents import Documents, DocumentsExtension
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected

@@ -12,7 +12,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from tidings.filters import FieldKind
-from tidings.schema.collection import Collection, Field
+from tidings.model.collection import Collection, Field
 from tidings.schema.inputs import FILTER_INPUTS, SCALARS, Match, Operation, SortDirection, enum_filter
 
 

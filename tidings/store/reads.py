@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.errors import Unavailable
 from tidings.filters import MATCH_ALL, Filter, compile_sql
-from tidings.schema.collection import Collection
+from tidings.model.collection import Collection
 from tidings.store import sqlite
 from tidings.store.faults import BACKOFF, is_disconnect
 from tidings.store.tables import Tables

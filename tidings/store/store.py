@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tidings.errors import Conflict, NotFound, Unavailable
 from tidings.events import ChangeEvent, Operation, to_jsonable
 from tidings.filters import MATCH_ALL, FieldKind, Filter, compile_sql
-from tidings.schema.collection import MISSING, Collection
+from tidings.model.collection import MISSING, Collection
 from tidings.store import sqlite
 from tidings.store.batch import LAST_SEQ
 from tidings.store.faults import Fault, WriteHealth

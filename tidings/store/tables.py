@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidings.filters import FieldKind
-from tidings.schema.collection import Collection
+from tidings.model.collection import Collection
 
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):

@@ -9,7 +9,7 @@ from typing import Any
 
 from tidings.auth.channel_rules import Channel
 from tidings.errors import ConfigurationError
-from tidings.schema.collection import Collection, collections_from
+from tidings.model.collection import Collection, collections_from
 
 __all__ = ["load_channels", "load_collections"]
 
@@ -17,11 +17,11 @@ __all__ = ["load_channels", "load_collections"]
 def load_collections(spec: str | None) -> list[Collection]:
     """``module:attr`` (a list or dict of collections) or ``file.toml``; None = the demo."""
     if spec is None:
-        from tidings.schema.demo import COLLECTIONS
+        from tidings.model.demo import COLLECTIONS
 
         return collections_from(COLLECTIONS)
     if spec.endswith(".toml"):
-        from tidings.schema.toml import load_toml
+        from tidings.model.toml import load_toml
 
         return load_toml(spec)
     return collections_from([item for item in _declared(spec) if not isinstance(item, Channel)])
@@ -30,11 +30,11 @@ def load_collections(spec: str | None) -> list[Collection]:
 def load_channels(spec: str | None) -> list[Channel]:
     """The channel namespaces declared beside the collections ``spec`` names (None: the demo's)."""
     if spec is None:
-        from tidings.schema.demo import CHANNELS
+        from tidings.model.demo import CHANNELS
 
         return list(CHANNELS)
     if spec.endswith(".toml"):
-        from tidings.schema.toml import load_channels as load_toml_channels
+        from tidings.model.toml import load_channels as load_toml_channels
 
         return load_toml_channels(spec)
     return [item for item in _declared(spec) if isinstance(item, Channel)]

@@ -28,7 +28,7 @@ from tidings.auth.channel_rules import Channel
 from tidings.auth.rules import Rules
 from tidings.errors import ConfigurationError
 from tidings.filters import FieldKind
-from tidings.schema.collection import MISSING, Collection, Field, build_collection
+from tidings.model.collection import MISSING, Collection, Field, build_collection
 
 _KINDS = {
     "String": FieldKind.STRING,

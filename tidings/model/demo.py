@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from tidings.auth.channel_rules import Channel
-from tidings.schema.collection import JSON, collection
+from tidings.model.collection import JSON, collection
 
 
 @collection

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, overload
 from tidings.auth.rules import Rules, check_rules
 from tidings.errors import ConfigurationError
 from tidings.filters import FieldKind, FieldSpec
-from tidings.schema.defaults import check_default
+from tidings.model.defaults import check_default
 
 __all__ = ["JSON", "MISSING", "SYSTEM_FIELDS", "Collection", "Field", "camel_case", "collection"]
 
