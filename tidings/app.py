@@ -51,7 +51,7 @@ from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
 from tidings.schema.collection import Collection
 from tidings.schema.documents import Documents
-from tidings.schema.validation import validation_rules
+from tidings.schema.validation import Introspection, validation_rules
 from tidings.store import Store
 from tidings.transports.body import limit_body
 from tidings.transports.common import TransportContext, declares_json, header, unsupported_media_type
@@ -207,7 +207,7 @@ class Tidings:
             claim_role=settings.claim_role,
         )
         self.authorizer = Authorizer.from_settings(self.collections, settings, auth_enabled=self.authenticator.enabled)
-        introspection, suggestions = settings.switch("introspection"), settings.switch("suggestions")
+        introspection, suggestions = Introspection(settings.introspection_mode()), settings.switch("suggestions")
         self.metrics = Metrics()
         self.metrics.dispatcher = self.dispatcher
         self.dispatcher.latency = self.metrics.latency
@@ -215,7 +215,7 @@ class Tidings:
         self.metrics_registry, self.metrics_shared = registry_for(self.metrics)
         admin_queries, admin_mutations = admin_fields(lambda: self.admin)
         self.documents = Documents(
-            validation_rules(max_depth=settings.max_depth, introspection=introspection), max_tokens=settings.max_tokens
+            validation_rules(max_depth=settings.max_depth), introspection=introspection, max_tokens=settings.max_tokens
         )
         self.schema, self.types = build_schema(
             self.collections,
@@ -525,7 +525,7 @@ class Tidings:
             request = _json_request(body)
             if request is not None:
                 await self.engine.prepare(request)
-            if request is not None and self.engine.executable(request) is not None:
+            if request is not None and self.engine.executable(request, principal) is not None:
                 await self._execute_http(request, scope, receive, send)
                 return
         # Everything else (GET, batches, bodies Strawberry refuses, documents with errors,

@@ -90,7 +90,9 @@ class Settings:
         5000, "most tokens a GraphQL document may have; parsing stops there (GRAPHQL_PARSE_FAILED)"
     )
     introspection: str = _field(
-        "auto", "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off"
+        "auto",
+        "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off, "
+        "or authenticated (callers with a valid token)",
     )
     suggestions: str = _field(
         "auto", "'Did you mean ...?' in error messages: auto (on in demo mode, off with a JWT secret or key), on, off"
@@ -162,6 +164,19 @@ class Settings:
         if flag is not None:
             return flag
         raise ConfigurationError(f"--{name.replace('_', '-')} must be auto, on or off, got {value!r}")
+
+    def introspection_mode(self) -> str:
+        """``--introspection`` as ``on``, ``off`` or ``authenticated`` (auto: on in demo mode only)."""
+        value = str(self.introspection).strip().lower()
+        if value == "authenticated":
+            if not self.auth_enabled:
+                raise ConfigurationError(
+                    "--introspection authenticated needs a JWT secret or key (in demo mode nobody is authenticated)"
+                )
+            return value
+        if value == "auto" or _flag(value) is not None:
+            return "on" if self.switch("introspection") else "off"
+        raise ConfigurationError(f"--introspection must be auto, on, off or authenticated, got {value!r}")
 
 
 def _flag(word: str) -> bool | None:
