@@ -13,11 +13,13 @@ from graphql import GraphQLSchema
 from tests.conftest import Server
 from tests.test_realtime_sse import read_events
 from tests.wsclient import WS
+from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.model.collection import collections_from
 from tidings.model.demo import COLLECTIONS
 from tidings.schema.build import build_schema
 from tidings.schema.documents import Documents
 from tidings.schema.extensions import classify_all
+from tidings.schema.validation import Introspection
 
 
 def directives(count: int) -> str:
@@ -36,27 +38,27 @@ def schema() -> GraphQLSchema:
 
 def codes(documents: Documents, schema: GraphQLSchema, query: str) -> list[str]:
     """The codes the transports answer (``classify`` gives graphql-core's errors theirs)."""
-    return [(e.extensions or {})["code"] for e in classify_all(documents.get(schema, query).errors)]
+    return [(e.extensions or {})["code"] for e in classify_all(documents.get(schema, query, ANONYMOUS).errors)]
 
 
 def test_a_document_past_the_token_limit_is_refused_and_nothing_of_it_is_kept(schema: GraphQLSchema) -> None:
     documents = Documents(max_tokens=5_000)
     query = directives(83_000)  # ~250 KB: the issue's document
-    parsed = documents.get(schema, query)
+    parsed = documents.get(schema, query, ANONYMOUS)
     assert parsed.document is None
     assert [e.message for e in parsed.errors] == [
         "Syntax Error: Document contains more than 5000 tokens. Parsing aborted."
     ]
     assert documents.cached() == (0, 0)
     # Refused again from the digest's entry: its errors carry no source text and no nodes.
-    (kept,) = documents.get(schema, query).errors
+    (kept,) = documents.get(schema, query, ANONYMOUS).errors
     assert kept.source is None and kept.nodes is None and kept.locations == parsed.errors[0].locations
 
 
 def test_directives_piled_on_one_location_are_bad_user_input(schema: GraphQLSchema) -> None:
     documents = Documents(max_directives=10)
     assert codes(documents, schema, directives(11)) == ["BAD_USER_INPUT"]
-    assert "More than 10 directives" in documents.get(schema, directives(11)).errors[0].message
+    assert "More than 10 directives" in documents.get(schema, directives(11), ANONYMOUS).errors[0].message
     assert codes(documents, schema, "{ __typename @skip(if: false) }") == []
 
 
@@ -73,10 +75,26 @@ def test_only_valid_documents_are_cached_and_the_cache_is_bounded_by_bytes(schem
     assert documents.cached() == (0, 0)
     padded = [f"{{ tasks(limit: {i}) {{ id }} }} # {'p' * 150}" for i in range(1, 200)]
     for query in padded:
-        assert documents.get(schema, query).document is not None
+        assert documents.get(schema, query, ANONYMOUS).document is not None
     entries, size = documents.cached()
     assert size <= 64 * 200 and 0 < entries < len(padded)
-    assert documents.get(schema, padded[-1]) is documents.get(schema, padded[-1])  # the newest stayed
+    newest = documents.get(schema, padded[-1], ANONYMOUS)
+    assert documents.get(schema, padded[-1], ANONYMOUS) is newest  # it stayed
+
+
+def test_introspection_is_judged_per_caller_on_one_cached_document(schema: GraphQLSchema) -> None:
+    documents = Documents(introspection=Introspection.AUTHENTICATED)
+    query, alice = "{ __schema { queryType { name } } }", Principal(sub="alice")
+    refused = documents.get(schema, query, ANONYMOUS)
+    assert refused.document is None
+    assert [(e.extensions or {}).get("code") for e in classify_all(refused.errors)] == ["GRAPHQL_VALIDATION_FAILED"] * 2
+    allowed = documents.get(schema, query, alice)
+    assert allowed.document is not None and allowed.errors == []
+    assert documents.get(schema, query, alice) is allowed and documents.cached()[0] == 1  # one entry for both
+    assert documents.get(schema, query, None) is allowed  # what the document is, not who may run it
+    off = Documents(introspection=Introspection.OFF)
+    assert off.get(schema, query, alice).document is None
+    assert off.get(schema, "{ tasks { id __typename } }", ANONYMOUS).errors == []
 
 
 async def test_a_big_document_is_parsed_in_the_documents_thread(schema: GraphQLSchema) -> None:
@@ -93,7 +111,8 @@ async def test_a_big_document_is_parsed_in_the_documents_thread(schema: GraphQLS
     await documents.prepare(schema, big)
     await documents.prepare(schema, "{ tasks { title } }")  # small: left to get(), on the loop
     assert seen == ["tidings-documents_0"]
-    assert documents.get(schema, big).document is not None and seen == ["tidings-documents_0"]  # from the cache
+    assert documents.get(schema, big, ANONYMOUS).document is not None
+    assert seen == ["tidings-documents_0"]  # from the cache
     documents.close()
 
 

@@ -9,7 +9,9 @@ listening a moment after the last expected event and fails on any extra).
 
 resume.mjs runs README's subscribeWithResume recipe (tidings/clients/resume.mjs) over
 graphql-ws and graphql-sse against real `tidings serve` processes, with a SIGTERM and a
-restart in the middle.
+restart in the middle. restarts.mjs (node) and restarts.html (Chromium) run it as people
+do: graphql-ws with keepRetrying on its default retry schedule, a writer at 10/s, and the
+server down a few seconds at each restart.
 
 Needs `npm ci` in tests/interop: without node_modules these tests skip, or fail under CI.
 """
@@ -19,20 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import shutil
 import signal
 import textwrap
-from collections.abc import AsyncIterator, Callable
+import threading
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.backends import unavailable
-from tests.conftest import Server, wait_subscribers
+from tests.browsers import offline_chromium, watched_page
+from tests.conftest import Server, free_port, wait_subscribers
 from tests.processes import serving
 from tests.test_readme import readme_blocks
 from tests.wsclient import WS
@@ -483,14 +491,226 @@ async def test_resume_helper_reloads_when_the_database_was_replaced(node: str, t
     assert [sorted(r) for r in script.reloads] == [["t0"], ["n1", "n2"]], script.describe()
 
 
+# -- the same, the way people meet it: the server down a few seconds, the client on its own schedule --
+
+DOWN_SECONDS = 3.0  # each time the server is stopped: longer than the client's first retry wait (1.3-4 s)
+
+
+class Writer:
+    """Creates a task about ten times a second until stopped; ``acked``: the titles the server confirmed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.acked: list[str] = []
+        self.stopped = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=3, trust_env=False) as http:
+            for n in itertools.count(1):
+                title = f"w{n:04d}"
+                # Refused while the server is down, or lost as it stops: not acknowledged, maybe written.
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await http.post("/graphql", json={"query": CREATE_TITLED, "variables": {"t": title}})
+                    if response.status_code == 200 and "errors" not in response.json():
+                        self.acked.append(title)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopped.wait(), 0.1)  # the pace, until stopped
+                    return
+
+    async def stop(self) -> None:
+        self.stopped.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+class Transcript:
+    """Lines a page reports through a Playwright binding, awaited as they come (like ``Script``'s)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def add(self, text: str) -> None:
+        self.lines.append(text)
+        self._changed.set()
+
+    async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not check():  # no await between the check and clear(): no line slips past
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError("timed out waiting\n" + "\n".join(self.lines)) from None
+
+
+class Lines(typing.Protocol):
+    lines: list[str]
+
+    async def until(self, check: Callable[[], bool], timeout: float = 10.0) -> None: ...
+
+
+def events_of(lines: list[str]) -> list[dict[str, Any]]:
+    return [json.loads(x)["event"] for x in lines if x.startswith('{"event"')]
+
+
+async def restarts_while_writing(
+    tmp_path: Path, restarts: int, subscribe: Callable[[str], Awaitable[Lines]]
+) -> tuple[Lines, Writer, int]:
+    """A writer at ~10/s and a client (``subscribe(url)``) through ``restarts`` SIGTERMs of ``tidings serve``,
+    each followed by DOWN_SECONDS with nothing listening, then a server on the same port and database.
+    Returns the client's lines, the writer, and the seq of the log's last event once every write is done."""
+    db = tmp_path / "restarts.db"
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(serving(tmp_path, db))
+        writer = Writer(server.url)
+        try:
+            client = await subscribe(server.url)
+
+            async def live(connections: int) -> None:
+                """The client (re)connected ``connections`` times and has caught up with writes made since."""
+
+                def failed() -> bool:
+                    return any(x.startswith('{"error"') for x in client.lines)
+
+                await client.until(lambda: client.lines.count("CONNECTED") >= connections or failed(), timeout=30)
+                assert not failed(), "\n".join(client.lines)  # the client gave up
+                target = len(writer.acked) + 5
+                await client.until(lambda: len(events_of(client.lines)) >= target, timeout=15)
+
+            await live(1)
+            for restart in range(restarts):
+                server.proc.send_signal(signal.SIGTERM)
+                assert await server.exit_status(timeout=15) == 0
+                assert server.problems() == []
+                await asyncio.sleep(DOWN_SECONDS)  # down: the client's retries meet a refused connection
+                server = await stack.enter_async_context(serving(tmp_path, db, port=server.port))
+                await live(restart + 2)
+        finally:
+            await writer.stop()
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, trust_env=False) as http:
+            head = int(
+                (await http.post("/graphql", json={"query": "{ tasks(limit: 1) { id } }"})).json()["extensions"]["seq"]
+            )
+        await client.until(lambda: any(e["seq"] == str(head) for e in events_of(client.lines)), timeout=15)
+        assert server.problems() == []
+    return client, writer, head
+
+
+def check_every_event_once(lines: list[str], writer: Writer, head: int, restarts: int) -> None:
+    transcript = "\n".join(lines)
+    assert [x for x in lines if x.startswith('{"error"')] == [], transcript
+    [reloaded] = [json.loads(x)["reload"] for x in lines if x.startswith('{"reload"')]
+    events = events_of(lines)
+    # Every event of the log after what reload() read, once, in order. Each is a createTask, so the
+    # log's seq counts tasks: reload() read len(reloaded) of them and the cursor after the last.
+    assert [e["seq"] for e in events] == [str(n) for n in range(len(reloaded) + 1, head + 1)], transcript
+    titles = [t["title"] for t in reloaded] + [e["record"]["title"] for e in events]
+    assert set(writer.acked) <= set(titles) and len(writer.acked) >= 10 * restarts, (writer.acked, titles)
+    assert lines.count("CONNECTED") == restarts + 1, transcript
+    # The default schedule met the server down: some attempts were refused and retried.
+    assert lines.count("CONNECTING") > lines.count("CONNECTED"), transcript
+
+
+RESTARTS = 2  # each costs ~10 s: the server down 3 s, then the client's next attempt
+
+
+@pytest.mark.timeout(60)
+async def test_resume_helper_with_default_retries_gets_every_event_across_restarts_in_node(
+    node: str, tmp_path: Path
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def subscribe(url: str) -> Lines:
+            return await stack.enter_async_context(
+                node_script(node, "restarts.mjs", "--url", url, "--count", "0", stdin=asyncio.subprocess.PIPE)
+            )
+
+        script, writer, head = await restarts_while_writing(tmp_path, RESTARTS, subscribe)
+        assert isinstance(script, Script) and script.proc.stdin is not None
+        script.proc.stdin.close()  # the script disposes its client and exits
+    assert script.proc.returncode == 0, script.describe()
+    check_every_event_once(script.lines, writer, head, RESTARTS)
+
+
+RESUME_MJS = Path(__file__).parent.parent / "tidings" / "clients" / "resume.mjs"
+
+
+@contextlib.contextmanager
+def static_files(files: dict[str, Path]) -> Iterator[str]:
+    """A loopback HTTP server of ``files`` (URL path: file) in a thread; yields its base URL.
+
+    Chromium lets a page reach 127.0.0.1 only if the page itself came from a local address:
+    one that Playwright fulfils has none, and its WebSockets to the server are blocked.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = files.get(urlsplit(self.path).path)
+            if path is None:
+                self.send_error(404)
+                return
+            body = path.read_bytes()
+            self.send_response(200)
+            kind = "text/html" if path.suffix == ".html" else "text/javascript"  # ES modules need a JS type
+            self.send_header("content-type", f"{kind}; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # the base class's name
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, name="static-files", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.mark.timeout(60)
+async def test_resume_helper_with_default_retries_gets_every_event_across_restarts_in_chromium(
+    node: str, tmp_path: Path
+) -> None:
+    # restarts.html, resume.mjs and graphql-ws's ES modules from node_modules (what a bundler would ship).
+    files = {"/index.html": INTEROP / "restarts.html", "/resume.mjs": RESUME_MJS}
+    files.update({f"/graphql-ws/{f.name}": f for f in (INTEROP / "node_modules/graphql-ws/dist").glob("*.js")})
+    async with contextlib.AsyncExitStack() as stack:
+        site = stack.enter_context(static_files(files))
+        context, offline = await stack.enter_async_context(offline_chromium())
+        transcript = Transcript()
+        page = watched_page(offline, await context.new_page())
+        await page.expose_function("tidingsLine", transcript.add)
+
+        async def subscribe(url: str) -> Lines:
+            # Another origin than the server's: allowed, as 127.0.0.1 is in demo mode (WebSocket and CORS).
+            await page.goto(f"{site}/index.html?server={url}")
+            return transcript
+
+        _, writer, head = await restarts_while_writing(tmp_path, RESTARTS, subscribe)
+        await page.evaluate("() => window.stopResume()")
+    check_every_event_once(transcript.lines, writer, head, RESTARTS)
+
+
 def test_readme_javascript_snippets_are_the_ones_the_interop_scripts_run() -> None:
-    # The resume recipe (subscribeWithResume), urql's and Apollo's extensions.cursor, in README order.
+    # The client with keepRetrying, the resume recipe (subscribeWithResume), urql's and Apollo's
+    # extensions.cursor, in README order; the first two also in the restart scripts, node and Chromium.
     blocks = readme_blocks("Resume without gaps", "js")
-    scripts = ["resume.mjs", "urql.mjs", "apollo.mjs"]
+    scripts = [
+        ["restarts.mjs", "restarts.html"],
+        ["resume.mjs", "restarts.mjs", "restarts.html"],
+        ["urql.mjs"],
+        ["apollo.mjs"],
+    ]
     assert len(blocks) == len(scripts)
-    for block, script in zip(blocks, scripts, strict=True):
-        text = (INTEROP / script).read_text()
-        assert block in text or textwrap.indent(block, "  ") in text, script  # at top level or in a function
+    for block, names in zip(blocks, scripts, strict=True):
+        for script in names:
+            text = (INTEROP / script).read_text()
+            assert block in text or textwrap.indent(block, "  ") in text, script  # at top level or in a function
 
 
 # -- GraphQL over HTTP conformance: graphql-http's serverAudits -----------------------

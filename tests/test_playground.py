@@ -6,17 +6,15 @@ import datetime as dt
 import enum
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from graphql import parse, validate
 
-from tests.backends import unavailable
+from tests.browsers import Offline, offline_chromium, watched_page
 from tests.conftest import Server, make_server, wait_subscribers
 from tidings.model.collection import JSON, collection, collections_from
 from tidings.playground import example_tabs
@@ -24,19 +22,7 @@ from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
 
 SECRET = "playground-test-secret-of-at-least-32-bytes"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RESULT = ".result-window .CodeMirror"
-# Without these, Chromium calls its vendor's services at start: blocked here, noisy, slow.
-CHROMIUM_ARGS = [
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 # -- without a browser ---------------------------------------------------------
 
 
@@ -90,7 +76,7 @@ def auth_server(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def introspectable_auth_server(tmp_path: Path) -> Iterator[Server]:
-    s = make_server(tmp_path, jwt_secret=SECRET, introspection="on")
+    s = make_server(tmp_path, jwt_secret=SECRET, introspection="authenticated")
     yield s
     s.stop()
 
@@ -169,63 +155,17 @@ async def test_no_page_with_graphiql_off(tmp_path: Path) -> None:
 # -- in Chromium -----------------------------------------------------------------
 
 
-def _need_browser() -> Any:
-    reason = None
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        reason = "the playwright package is not installed (pip install -e '.[test]')"
-    if reason is None and CHROMIUM is None:
-        reason = "no chromium on PATH (scripts/setup installs Debian's chromium)"
-    if reason is not None:
-        unavailable(reason)
-    return async_playwright
-
-
-class Offline:
-    """Lets requests to 127.0.0.1 through and records (and aborts) every other one."""
-
-    def __init__(self) -> None:
-        self.blocked: list[str] = []
-        self.sockets: list[str] = []
-        self.page_errors: list[str] = []
-
-    async def route(self, route: Any) -> None:
-        url = route.request.url
-        if urlsplit(url).hostname == "127.0.0.1":
-            await route.continue_()
-        else:
-            self.blocked.append(url)
-            await route.abort()
-
-    def check(self) -> None:
-        assert self.blocked == []
-        assert all(urlsplit(u).hostname == "127.0.0.1" for u in self.sockets), self.sockets
-        assert self.page_errors == []
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[tuple[Any, Offline]]:
-    async_playwright = _need_browser()
-    offline = Offline()
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=20_000)
-        try:
-            context = await chromium.new_context(viewport={"width": 1400, "height": 900})
-            context.set_default_timeout(10_000)
-            await context.route("**/*", offline.route)
-            yield context, offline
-            await context.close()
-        finally:
-            await chromium.close()
-    offline.check()
+    async with offline_chromium() as pair:
+        yield pair
 
 
-async def open_page(context: Any, offline: Offline, server: Server, transport: str = "ws") -> Any:
-    page = await context.new_page()
-    page.on("pageerror", lambda exc: offline.page_errors.append(str(exc)))
-    page.on("websocket", lambda ws: offline.sockets.append(ws.url))
-    await page.goto(f"{server.url}/graphql")
+async def open_page(context: Any, offline: Offline, server: Server, transport: str = "ws", page: Any = None) -> Any:
+    """The playground of ``server`` (in ``page``, or a new one) with subscriptions over ``transport``."""
+    if page is None:
+        page = watched_page(offline, await context.new_page())
+        await page.goto(f"{server.url}/graphql")
     await page.wait_for_selector(".graphiql-query-editor .CodeMirror")
     await page.click(f"#tidings-transport-{transport}")
     assert await page.evaluate("() => window.__tidingsPlayground.transport()") == transport
@@ -322,6 +262,74 @@ async def test_browser_token_in_headers_editor_reaches_every_transport(
     await context.pages[0].wait_for_function("() => window.__tidingsPlayground.hasSchema()")
 
 
+SCHEMA_QUERY = "TidingsPlaygroundSchema"  # the operation name of the page's schema fetch
+
+
+async def headers_shown(page: Any) -> Any:
+    """What GraphiQL's Headers editor holds, as JSON."""
+    await page.click('.graphiql-editor-tools button[data-name="headers"]')
+    editor = page.locator(".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror")
+    return json.loads(await editor.evaluate("e => e.CodeMirror.getValue()"))
+
+
+def is_schema_fetch(response: Any) -> bool:
+    return response.request.method == "POST" and SCHEMA_QUERY in (response.request.post_data or "")
+
+
+@pytest.mark.timeout(60)
+async def test_browser_token_is_kept_across_reloads_and_tabs_and_nothing_shows_before_a_run(
+    tmp_path: Path, browser: tuple[Any, Offline]
+) -> None:
+    context, offline = browser
+    # --anonymous on: a request without a token reaches validation, where introspection is refused.
+    server = make_server(tmp_path, jwt_secret=SECRET, introspection="authenticated", anonymous="on")
+    try:
+        token = server.tidings.authenticator.mint({"sub": "alice", "account": "acme"})
+        page = watched_page(offline, await context.new_page())
+        async with page.expect_response(is_schema_fetch) as fetched:
+            await page.goto(f"{server.url}/graphql")
+        await open_page(context, offline, server, page=page)
+        refused = await (await fetched.value).json()
+        assert "data" not in refused, refused  # application/graphql-response+json: a request error
+        assert {e["extensions"]["code"] for e in refused["errors"]} == {"GRAPHQL_VALIDATION_FAILED"}
+        assert "once the token is in Headers" in await page.inner_text("#tidings-auth-hint")
+
+        await type_authorization(page, f"Bearer {token}")  # in the first tab only
+        await page.wait_for_function("() => window.__tidingsPlayground.hasSchema()")  # docs, for the token
+        # The refused fetch before it left nothing in the result pane: nothing has run.
+        assert await cm_value(page, RESULT) == ""
+        # GraphiQL keeps headers in localStorage (debounced): the active tab's and the last value.
+        await page.wait_for_function(
+            """t => Object.entries(localStorage).filter(([k, v]) => v.includes(t))
+                .map(([k]) => k.split(':').pop()).sort().join() === 'headers,tabState'""",
+            arg=token,
+        )
+
+        tabs = await page.locator(".graphiql-tab-button").all_inner_texts()
+        await page.reload()
+        await page.wait_for_selector(".graphiql-query-editor .CodeMirror")
+        kept = {"Authorization": f"Bearer {token}"}
+        assert await headers_shown(page) == kept
+        await page.wait_for_function("() => window.__tidingsPlayground.hasSchema()")  # the kept token: docs again
+        assert await cm_value(page, RESULT) == ""
+        # Another tab has the token too: it runs without pasting it again.
+        await run_tab(page, "CreateTask")
+        created = await result(page, "r.data && r.data.createTask")
+        assert created["data"]["createTask"]["title"] == "hello"
+        assert await headers_shown(page) == kept
+        assert await page.locator(".graphiql-tab-button").all_inner_texts() == tabs  # reopened, no extra one
+
+        # The same introspection from this page without the token: refused by validation.
+        anonymous = await page.evaluate(
+            """q => fetch('/graphql', {method: 'POST', headers: {'content-type': 'application/json'},
+                body: JSON.stringify({query: q})}).then((r) => r.json())""",
+            "{ __schema { queryType { name } } }",
+        )
+        assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", anonymous
+    finally:
+        server.stop()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("transport", "authorization", "message", "extensions"),
@@ -343,7 +351,8 @@ async def test_browser_refused_subscription_shows_the_error(
     context, offline = browser
     page = await open_page(context, offline, auth_server, transport)
     assert not await page.evaluate("() => window.__tidingsPlayground.hasSchema()")
-    assert "--introspection on" in await page.inner_text("#tidings-auth-hint")  # off by default with auth
+    assert "--introspection authenticated" in await page.inner_text("#tidings-auth-hint")  # off by default with auth
+    assert await cm_value(page, RESULT) == ""  # nothing has run: nothing to show (no schema fetch either)
     await run_tab(page, "TaskEvents", authorization)
     shown = await result(page, "r.errors")
     [error] = shown["errors"]
@@ -369,9 +378,7 @@ async def texts(page: Any, selector: str, expected: list[str]) -> None:
 
 
 async def open_chat(context: Any, offline: Offline, server: Server, name: str, token: str | None) -> Any:
-    page = await context.new_page()
-    page.on("pageerror", lambda exc: offline.page_errors.append(str(exc)))
-    page.on("websocket", lambda ws: offline.sockets.append(ws.url))
+    page = watched_page(offline, await context.new_page())
     await page.goto(f"{server.url}/graphql")
     await page.click("#tidings-chat-link")  # from the playground's start page
     await page.fill("#chat-name", name)

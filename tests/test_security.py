@@ -18,7 +18,8 @@ from tests.conftest import Server, free_port, make_server
 from tests.processes import spawn_serve, stop_serve
 from tests.test_auth import SECRET, call, token
 from tests.wsclient import WS
-from tidings import Rules, collection
+from tidings import Rules, Settings, collection
+from tidings.errors import ConfigurationError
 from tidings.protocols.sse import SSEParser
 from tidings.server import SampledLog
 
@@ -411,6 +412,90 @@ async def test_introspection_and_suggestions_default_on_in_demo_mode_off_with_au
     refused = (await call(auth_server, tok, INTROSPECTION[1])).json()
     assert refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     assert "Did you mean" not in (await call(auth_server, tok, TYPO)).json()["errors"][0]["message"]
+
+
+async def results_everywhere(server: Server, query: str, tok: str | None) -> list[dict[str, Any]]:
+    """What ``query`` answers, with the token or without, over HTTP POST and GET, graphql-transport-ws and SSE."""
+    headers = {"authorization": f"Bearer {tok}"} if tok else {}
+    body = {"query": query}
+    out: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, headers=headers) as client:
+        out.append((await client.post("/graphql", json=body)).json())  # the engine's path
+        out.append((await client.get("/graphql", params=body, headers={"accept": "application/json"})).json())
+        ws = await WS.open(server.ws_url)
+        try:
+            assert (await ws.init(headers))["type"] == "connection_ack"
+            await ws.subscribe("1", query)
+            message = await ws.recv()
+            out.append({"errors": message["payload"]} if message["type"] == "error" else message["payload"])
+        finally:
+            await ws.close()
+        sse = await client.post("/graphql", json=body, headers={"accept": "text/event-stream"})
+        if sse.status_code == 400:
+            out.append(sse.json())
+        else:
+            events = SSEParser().feed(sse.text)
+            assert events[0].event == "next", sse.text
+            out.append(orjson.loads(events[0].data))
+    return out
+
+
+async def test_introspection_authenticated_answers_callers_with_a_token_and_refuses_the_rest(tmp_path: Path) -> None:
+    # Anonymous callers allowed (--anonymous on), so theirs reach validation rather than a 401.
+    server = make_server(tmp_path, jwt_secret=SECRET, introspection="authenticated", anonymous="on")
+    try:
+        tok = token("ann", "acme")
+        # One cached document per text, judged per caller: anonymous first, then with a token, and the reverse.
+        for query, callers in zip(INTROSPECTION, ((None, tok), (tok, None)), strict=True):
+            for caller in callers:
+                for answer in await results_everywhere(server, query, caller):
+                    if caller is None:
+                        assert "data" not in answer or answer["data"] is None, answer
+                        assert [e["extensions"]["code"] for e in answer["errors"]] == (
+                            ["GRAPHQL_VALIDATION_FAILED"] * len(answer["errors"])
+                        ), answer
+                        assert "introspection has been disabled" in answer["errors"][0]["message"], answer
+                    else:
+                        assert "errors" not in answer and answer["data"], answer
+        # What is not introspection runs for both, and suggestions stay off with auth.
+        for caller in (None, tok):
+            for answer in await results_everywhere(server, "{ tasks { id } }", caller):
+                assert "errors" not in answer and answer["data"] == {"tasks": []}, answer
+        typo = (await call(server, tok, TYPO)).json()
+        assert "Did you mean" not in typo["errors"][0]["message"]
+    finally:
+        server.stop()
+
+
+async def test_a_refused_named_operation_answers_its_errors_not_unknown_operation(tmp_path: Path) -> None:
+    # GraphiQL names its schema fetch: with introspection off it must read the refusal, not a 400 text.
+    server = make_server(tmp_path, introspection="off")
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            for query, word in (("query Schema { __schema { queryType { name } } }", "introspection"), (
+                "query Typo { tasks { titel } }", "Cannot query field"
+            )):  # fmt: skip
+                body = {"query": query, "operationName": query.split()[1]}
+                for response in (
+                    await client.post("/graphql", json=body),
+                    await client.get("/graphql", params=body, headers={"accept": "application/json"}),
+                ):
+                    answer = response.json()
+                    assert response.status_code == 200 and answer["data"] is None, answer
+                    assert answer["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", answer
+                    assert word in answer["errors"][0]["message"], answer
+    finally:
+        server.stop()
+
+
+def test_introspection_setting_says_what_it_takes() -> None:
+    assert Settings(introspection="authenticated", jwt_secret=SECRET).introspection_mode() == "authenticated"
+    assert Settings(jwt_secret=SECRET).introspection_mode() == "off"
+    assert Settings().introspection_mode() == "on"
+    with pytest.raises(ConfigurationError, match="needs a JWT secret or key"):
+        Settings(introspection="authenticated").introspection_mode()
+    with pytest.raises(ConfigurationError, match="auto, on, off or authenticated, got 'users'"):
+        Settings(introspection="users").introspection_mode()
 
 
 async def test_depth_limit_counts_introspection_fields(tmp_path: Path) -> None:

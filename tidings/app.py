@@ -51,7 +51,7 @@ from tidings.resolvers.session import RENEW_TOKEN
 from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
 from tidings.schema.build import build_schema
 from tidings.schema.documents import Documents
-from tidings.schema.validation import validation_rules
+from tidings.schema.validation import Introspection, validation_rules
 from tidings.store import Store
 from tidings.tracing import Tracing
 from tidings.transports.body import check_request, decode_json, limit_body, respond_bad_request
@@ -215,7 +215,7 @@ class Tidings:
             claim_role=settings.claim_role,
         )
         self.authorizer = Authorizer.from_settings(self.collections, settings, auth_enabled=self.authenticator.enabled)
-        introspection, suggestions = settings.switch("introspection"), settings.switch("suggestions")
+        introspection, suggestions = Introspection(settings.introspection_mode()), settings.switch("suggestions")
         self.metrics = Metrics(self.store)
         self.metrics.dispatcher = self.dispatcher
         self.dispatcher.latency = self.metrics.latency
@@ -223,7 +223,7 @@ class Tidings:
         self.metrics_registry, self.metrics_shared = registry_for(self.metrics)
         admin_queries, admin_mutations = admin_fields(lambda: self.admin)
         self.documents = Documents(
-            validation_rules(max_depth=settings.max_depth, introspection=introspection), max_tokens=settings.max_tokens
+            validation_rules(max_depth=settings.max_depth), introspection=introspection, max_tokens=settings.max_tokens
         )
         self.schema, self.types = build_schema(
             self.collections,
@@ -557,7 +557,7 @@ class Tidings:
         if scope["method"] == "POST":
             request = Request(data["query"], data.get("variables"), data.get("operationName"), data.get("extensions"))
             await self.engine.prepare(request)  # a big document: parsed off the event loop
-            if self.engine.executable(request) is not None:
+            if self.engine.executable(request, principal) is not None:
                 await self._execute_http(request, scope, receive, send)
                 return
         # Everything else (GET, batches, bodies Strawberry refuses, documents with errors,

@@ -136,7 +136,9 @@ class Settings:
     )
     tracing: str = _field("off", "OpenTelemetry spans (needs opentelemetry-api: pip install tidings[tracing]): on, off")
     introspection: str = _field(
-        "auto", "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off"
+        "auto",
+        "answer __schema and __type queries: auto (on in demo mode, off with a JWT secret or key), on, off, "
+        "or authenticated (callers with a valid token)",
     )
     suggestions: str = _field(
         "auto", "'Did you mean ...?' in error messages: auto (on in demo mode, off with a JWT secret or key), on, off"
@@ -216,6 +218,19 @@ class Settings:
         if flag is not None:
             return flag
         raise ConfigurationError(f"--{name.replace('_', '-')} must be auto, on or off, got {value!r}")
+
+    def introspection_mode(self) -> str:
+        """``--introspection`` as ``on``, ``off`` or ``authenticated`` (auto: on in demo mode only)."""
+        value = str(self.introspection).strip().lower()
+        if value == "authenticated":
+            if not self.auth_enabled:
+                raise ConfigurationError(
+                    "--introspection authenticated needs a JWT secret or key (in demo mode nobody is authenticated)"
+                )
+            return value
+        if value == "auto" or _flag(value) is not None:
+            return "on" if self.switch("introspection") else "off"
+        raise ConfigurationError(f"--introspection must be auto, on, off or authenticated, got {value!r}")
 
 
 def check_bounds(settings: Settings) -> None:

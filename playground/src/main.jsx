@@ -1,7 +1,9 @@
 // tidings' playground: GraphiQL with the explorer plugin, opened on examples built by
 // the server from its collections (the JSON in #tidings-config), with a switch between
 // WebSocket and SSE for subscriptions. Everything it loads comes from the server.
-import React, { useEffect, useState } from 'react';
+// Headers are one value for every tab, kept in localStorage (GraphiQL's
+// shouldPersistHeaders, per origin); a schema fetch the server refuses shows nothing.
+import React, { useEffect, useRef, useState } from 'react';
 import { createRoot } from 'react-dom/client';
 import { GraphiQL } from 'graphiql';
 import { explorerPlugin } from '@graphiql/plugin-explorer';
@@ -27,7 +29,27 @@ function setTransport(value) {
   for (const listener of listeners) listener(value);
 }
 
-const fetcher = createFetcher({ httpUrl: httpUrl.href, wsUrl: wsUrl.href, transport: () => transport });
+// GraphiQL's schema fetch goes by this operation name, so the fetcher can tell it from a run.
+const SCHEMA_QUERY = 'TidingsPlaygroundSchema';
+const fetcher = quietSchemaFetch(
+  createFetcher({ httpUrl: httpUrl.href, wsUrl: wsUrl.href, transport: () => transport }),
+);
+
+// With auth on, the schema fetch has no token until one is in Headers, and GraphiQL puts
+// whatever refused it in the result pane before anything has run. Answered "" instead,
+// GraphiQL shows nothing; the bar says what docs need. (GraphiQL retries a result without
+// `data` without subscriptionType, for servers that have none: tidings has, so that one
+// is not sent.)
+function quietSchemaFetch(fetch) {
+  return (params, opts) => {
+    if (params.operationName !== SCHEMA_QUERY) return fetch(params, opts);
+    if (!params.query.includes('subscriptionType')) return Promise.resolve('');
+    return Promise.resolve(fetch(params, opts)).then(
+      (result) => (result?.data?.__schema ? result : ''),
+      () => '',
+    );
+  };
+}
 
 // GraphiQL keeps tabs in localStorage; a namespace of our own (per set of examples)
 // keeps tabs left by another GraphiQL on the same origin, or by other collections, out.
@@ -78,13 +100,15 @@ function AuthHint() {
     return (
       <span className="tidings-hint" id="tidings-auth-hint">
         Auth is on: put {headers} in Headers (mint one with <code>tidings token --sub alice</code>); it is sent on
-        HTTP, in <code>connection_init</code> and as the SSE header.
-        {config.introspection ? null : (
+        HTTP, in <code>connection_init</code> and as the SSE header, from every tab, and kept in this browser.{' '}
+        {config.introspection === 'off' ? (
           <>
-            {' '}
-            Docs and completion need introspection, off with auth unless <code>--introspection on</code>.
+            Docs and completion need introspection, off with auth unless <code>--introspection authenticated</code>{' '}
+            or <code>--introspection on</code>.
           </>
-        )}
+        ) : config.introspection === 'authenticated' ? (
+          'Docs and completion load once the token is in Headers.'
+        ) : null}
       </span>
     );
   }
@@ -96,9 +120,10 @@ function AuthHint() {
   );
 }
 
-// With auth on, GraphiQL's first introspection has no token and fails; GraphiQL only
-// retries on its re-fetch button. Retry once the Headers editor settles while there is
-// no schema, so docs and completion appear when the user pastes a token.
+// With auth on, GraphiQL's first introspection has no token (it runs before the Headers
+// editor exists, so even a kept token is not sent) and fails; GraphiQL only retries on its
+// re-fetch button. Retry when the editor appears holding headers and whenever it settles
+// on valid JSON while there is no schema, so docs and completion appear with a token.
 let hasSchema = false;
 function IntrospectAfterHeaders() {
   const { headerEditor } = useEditorContext();
@@ -110,14 +135,49 @@ function IntrospectAfterHeaders() {
     let timer;
     const retry = () => {
       clearTimeout(timer);
-      timer = setTimeout(introspect, 300);
+      // Half-typed JSON would put GraphiQL's "headers are invalid" in the result pane.
+      timer = setTimeout(() => isJSON(headerEditor.getValue()) && introspect(), 300);
     };
+    if (headerEditor.getValue().trim()) retry();
     headerEditor.on('change', retry);
     return () => {
       clearTimeout(timer);
       headerEditor.off('change', retry);
     };
   }, [headerEditor, schema, introspect]);
+  return null;
+}
+
+function isJSON(text) {
+  try {
+    JSON.parse(text || '{}');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// GraphiQL keeps headers per tab: a token pasted in one tab would be missing from the
+// next. Whatever the user last typed in Headers is put in each tab they switch to (or
+// open); GraphiQL's own changes (a tab's stored value) are not typing, so they do not count.
+function SharedHeaders() {
+  const { headerEditor, tabs, activeTabIndex } = useEditorContext();
+  const shared = useRef(null);
+  const activeTab = tabs[activeTabIndex]?.id;
+  useEffect(() => {
+    if (!headerEditor) return undefined;
+    shared.current ??= headerEditor.getValue(); // the kept headers GraphiQL opened with
+    const keep = (editor, change) => {
+      if (change?.origin !== 'setValue') shared.current = editor.getValue();
+    };
+    headerEditor.on('change', keep);
+    return () => headerEditor.off('change', keep);
+  }, [headerEditor]);
+  useEffect(() => {
+    if (headerEditor && shared.current !== null && headerEditor.getValue() !== shared.current) {
+      headerEditor.setValue(shared.current);
+    }
+  }, [headerEditor, activeTab]);
   return null;
 }
 
@@ -134,15 +194,17 @@ function Playground() {
           fetcher={fetcher}
           defaultTabs={config.tabs.length ? config.tabs : undefined}
           storage={storage}
+          shouldPersistHeaders
           plugins={[explorer]}
           defaultEditorToolsVisibility={config.auth ? 'headers' : false}
+          introspectionQueryName={SCHEMA_QUERY}
+          schema={config.introspection === 'off' ? null : undefined}
         >
           <GraphiQL.Logo>tidings</GraphiQL.Logo>
-          {config.introspection ? (
-            <GraphiQL.Footer>
-              <IntrospectAfterHeaders />
-            </GraphiQL.Footer>
-          ) : null}
+          <GraphiQL.Footer>
+            <SharedHeaders />
+            {config.introspection === 'off' ? null : <IntrospectAfterHeaders />}
+          </GraphiQL.Footer>
         </GraphiQL>
       </main>
     </div>

@@ -3,10 +3,12 @@
 // Plain JavaScript, no dependencies, no build step: copy this file next to your code (it
 // ships in the Python package as tidings/clients/resume.mjs) and import it.
 //
+//   const client = createClient({ url, ...keepRetrying })   // graphql-ws or graphql-sse
 //   subscribeWithResume(client, { query, variables }, sink, { reload }) -> unsubscribe
 //
 // client   a graphql-ws client or a graphql-sse client (distinct or single connection
-//          mode): anything with subscribe(payload, sink) that returns an unsubscribe.
+//          mode): anything with subscribe(payload, sink) that returns an unsubscribe,
+//          created with keepRetrying's options (below).
 // query    a subscription declaring `$after: String`, passed to the field as
 //          `after: $after`, and selecting `cursor` on the event.
 // sink     { next(result), error(err), complete() }, as for client.subscribe.
@@ -22,8 +24,19 @@
 // client one payload object per subscription and writes each event's cursor into its
 // `variables` as the event arrives: whichever retry comes next asks for exactly what
 // followed the last event delivered. (Neither client sends SSE's Last-Event-ID.)
-// Let the client retry long enough to outlast a restart (graphql-ws: retryAttempts,
-// graphql-sse: retryAttempts); when it gives up, sink.error gets its last error.
+// The client must keep retrying while the server is down; when it gives up, sink.error
+// gets its last error and the subscription is over.
+
+// Options for createClient (graphql-ws or graphql-sse) that keep the client retrying
+// through a restart however long the server is down, on the client's own randomised
+// backoff: 2^n s plus 0.3-3 s between attempts, reset once connected. (The waits double
+// without a cap: pass retryWait (graphql-ws) or retry (graphql-sse) to cap them.)
+// - retryAttempts: the default, 5, gives up within a minute.
+// - shouldRetry (graphql-ws; graphql-sse ignores it): by default graphql-ws retries only
+//   after a close. A retry that finds the server still down fails with an error event
+//   (connection refused: an error, then close 1006, in browsers and node alike), and the
+//   client would end every subscription there: events written meanwhile never arrive.
+export const keepRetrying = Object.freeze({ retryAttempts: Infinity, shouldRetry: () => true });
 
 const REFUSED = new Set(['CURSOR_INVALID', 'CURSOR_EXPIRED']);
 

@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from tidings.errors import ConfigurationError
 from tidings.model.collection import Collection
 from tidings.playground.examples import example_tabs
+from tidings.schema.validation import Introspection
 from tidings.transports.common import header
 
 STATIC = Path(__file__).with_name("static")
@@ -57,7 +58,13 @@ class _Asset:
 class Playground:
     """GraphiQL for ``collections``: ``page`` answers a browser's GET /graphql, ``asset`` the files."""
 
-    def __init__(self, collections: Sequence[Collection], *, auth_enabled: bool, introspection: bool = True) -> None:
+    def __init__(
+        self,
+        collections: Sequence[Collection],
+        *,
+        auth_enabled: bool,
+        introspection: Introspection = Introspection.ON,
+    ) -> None:
         try:
             self.assets = {name: _Asset(STATIC / name) for name in ("playground.js", "playground.css")}
         except OSError as exc:
@@ -86,7 +93,7 @@ class Playground:
         config = {
             "endpoint": f"{root}/graphql",
             "auth": self.auth_enabled,
-            "introspection": self.introspection,
+            "introspection": self.introspection.value,  # on, off or authenticated
             "tabs": self.tabs,
             "storageKey": self.storage_key,
         }

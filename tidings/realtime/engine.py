@@ -50,7 +50,7 @@ from tidings.resolvers.context import Context, Services
 from tidings.schema.documents import Documents, Parsed
 from tidings.schema.executor import Executor as FieldExecutor
 from tidings.schema.extensions import classify_all, finish_errors, log_unexpected, snapshot_extensions
-from tidings.schema.validation import validation_rules
+from tidings.schema.validation import Introspection, validation_rules
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ class Engine:
         max_aliases: int = 100,
         documents: Documents | None = None,
         limits: Limits | None = None,
-        introspection: bool = True,
+        introspection: Introspection = Introspection.ON,
         suggestions: bool = True,
         live_max_rows: int = 1000,
     ) -> None:
@@ -119,7 +119,7 @@ class Engine:
         self.channels: Channels | None = None  # set by the app: serves channelEvents and presence
         self.system = SystemEvents()  # systemEvents, per connection
         self.documents = documents or Documents(
-            validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
+            validation_rules(max_depth=max_depth, max_aliases=max_aliases), introspection=introspection
         )
         self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
         dispatcher.observers.append(self.live_hub.observe)
@@ -135,38 +135,40 @@ class Engine:
         # Set by the app: counts a mutation's root fields by outcome (tidings_mutations_total).
         self.count_mutations: Callable[[OperationDefinitionNode, Sequence[GraphQLError] | None], None] | None = None
 
-    def _parse(self, query: str) -> Parsed:
-        return self.documents.get(self.schema._schema, query)
+    def _parse(self, query: str, principal: Principal | None) -> Parsed:
+        """``query`` for ``principal`` (None: only to learn what it is, see ``Documents.get``)."""
+        return self.documents.get(self.schema._schema, query, principal)
 
     async def prepare(self, request: Request) -> None:
         """Parse and validate a big document off the event loop, before a transport looks at it."""
         await self.documents.prepare(self.schema._schema, request.query)
 
-    def operation_type(self, request: Request) -> OperationType | None:
-        """The type of the operation a request would run (None if it cannot run)."""
-        parsed = self._parse(request.query)
+    def operation_type(self, request: Request, principal: Principal | None = None) -> OperationType | None:
+        """The type of the operation a request would run (None if it cannot run, for ``principal``
+        when given; without, whoever asks: introspection is not judged)."""
+        parsed = self._parse(request.query, principal)
         if parsed.document is None or parsed.errors:
             return None
         op = _find_operation(parsed.document, request.operation_name)
         return op.operation if op is not None else None
 
-    async def validate(self, request: Request) -> list[dict[str, Any]]:
-        """The errors that keep a request from running (empty when it can run)."""
+    async def validate(self, request: Request, principal: Principal) -> list[dict[str, Any]]:
+        """The errors that keep ``principal``'s request from running (empty when it can run)."""
         await self.prepare(request)
-        parsed = self._parse(request.query)
+        parsed = self._parse(request.query, principal)
         if parsed.errors or parsed.document is None:
             return [dict(e.formatted) for e in classify_all(list(parsed.errors), suggestions=self.suggestions)]
         if _find_operation(parsed.document, request.operation_name) is None:
             return [_error("Unknown or ambiguous operation name", "BAD_USER_INPUT")]
         return []
 
-    def _runnable(self, request: Request) -> tuple[DocumentNode, OperationDefinitionNode] | None:
+    def _runnable(self, request: Request, principal: Principal) -> tuple[DocumentNode, OperationDefinitionNode] | None:
         """The document and operation of a valid query or mutation ``execute`` runs itself, else None.
 
         None for what needs more than one result or a proper refusal: errors in the
         document, an unknown operation name, a subscription, a ``query @live``.
         """
-        parsed = self._parse(request.query)
+        parsed = self._parse(request.query, principal)
         if parsed.document is None or parsed.errors:
             return None
         op = _find_operation(parsed.document, request.operation_name)
@@ -174,15 +176,15 @@ class Engine:
             return None
         return parsed.document, op
 
-    def executable(self, request: Request) -> OperationType | None:
-        """The type of a valid query or mutation ``execute`` can answer at once, else None."""
-        runnable = self._runnable(request)
+    def executable(self, request: Request, principal: Principal) -> OperationType | None:
+        """The type of a valid query or mutation ``execute`` can answer at once for ``principal``, else None."""
+        runnable = self._runnable(request, principal)
         return runnable[1].operation if runnable is not None else None
 
     async def execute(self, request: Request, context: Context) -> ExecutionResult:
         """Execute a query or mutation: the one path for HTTP, WebSocket and SSE, so the same
         limits, read snapshot, error codes and metrics apply to each."""
-        runnable = self._runnable(request)
+        runnable = self._runnable(request, context.principal)
         if runnable is None:
             # Strawberry answers what cannot run (its messages), through the same extensions.
             return await self.schema.execute(
@@ -263,7 +265,7 @@ class Engine:
         allow: frozenset[OperationType] | None,
         after: str | None,
     ) -> Outcome:
-        parsed = self._parse(request.query)
+        parsed = self._parse(request.query, principal)
         if parsed.errors or parsed.document is None:
             errors = classify_all(list(parsed.errors), suggestions=self.suggestions)
             return Rejected([dict(e.formatted) for e in errors])

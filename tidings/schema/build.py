@@ -24,7 +24,7 @@ from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
 from tidings.schema.types import CollectionTypes, TypeFactory
-from tidings.schema.validation import validation_rules
+from tidings.schema.validation import Introspection, validation_rules
 
 
 def resolve_attribute(obj: Any, name: str) -> Any:
@@ -80,12 +80,13 @@ def build_schema(
     extra_subscriptions: Sequence[Any] = (),
     max_depth: int = 10,
     max_aliases: int = 100,
-    introspection: bool = True,
+    introspection: Introspection = Introspection.ON,
     suggestions: bool = True,
     extra_extensions: Sequence[type] = (),
     documents: Documents | None = None,
 ) -> tuple[strawberry.Schema, dict[str, CollectionTypes]]:
-    """The schema; ``introspection`` off refuses ``__schema``/``__type``, ``suggestions`` off drops "Did you mean"."""
+    """The schema; ``introspection`` says who may select ``__schema``/``__type`` (unless ``documents`` is
+    given: its own policy), ``suggestions`` off drops "Did you mean"."""
     factory = TypeFactory()
     types = {c.name: factory.build(c) for c in collections}
     query_fields: list[Any] = list(extra_queries)
@@ -98,7 +99,7 @@ def build_schema(
     # One parser, validator and cache for Strawberry's view and the engine (tidings.schema.documents).
     if documents is None:
         documents = Documents(
-            validation_rules(max_depth=max_depth, max_aliases=max_aliases, introspection=introspection)
+            validation_rules(max_depth=max_depth, max_aliases=max_aliases), introspection=introspection
         )
     shared = documents
     extensions: list[Callable[[], Any] | type] = [

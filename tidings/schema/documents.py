@@ -9,6 +9,11 @@ syntax tree, only its light errors (no nodes, no source) in a small LRU keyed by
 client repeating it is answered at once. Texts of ``offload_bytes`` or more are parsed and
 validated in one worker thread (``prepare``): a burst of big documents queues there, costs at
 most one core, and never stalls the event loop that delivers events.
+
+Whether a caller may introspect depends on who asks (``--introspection authenticated``), so the
+introspection refusal is not among the rules: each cached document keeps the errors it would
+report, and ``get`` adds them for a caller the ``Introspection`` policy refuses. One cache entry
+per text serves every caller.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,19 +38,24 @@ from graphql import (
     specified_rules,
     validate,
 )
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 
+from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import ErrorCode
+from tidings.schema.validation import Introspection
 
 __all__ = ["Documents", "DocumentsExtension", "Parsed"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Parsed:
-    """A text's parse and validation: the document when it is valid, else the errors."""
+    """A text's parse and validation: the document when it is valid, else the errors; and the
+    errors the introspection refusal adds for a caller who may not introspect (none: it does not)."""
 
     document: DocumentNode | None
     errors: list[GraphQLError]
+    introspection: tuple[GraphQLError, ...] = ()
 
 
 class Documents:
@@ -54,6 +65,7 @@ class Documents:
         self,
         rules: Sequence[type[ASTValidationRule]] = (),
         *,
+        introspection: Introspection = Introspection.ON,
         max_tokens: int = 5_000,
         max_directives: int = 10,
         max_list_items: int = 1_000,
@@ -63,6 +75,7 @@ class Documents:
         max_waiting: int = 64,
     ) -> None:
         self.rules = [*specified_rules, *rules]
+        self.introspection = introspection
         self.max_tokens = max_tokens
         self.max_directives = max_directives
         self.max_list_items = max_list_items
@@ -79,13 +92,18 @@ class Documents:
 
     # -- lookups -------------------------------------------------------------------------------
 
-    def get(self, schema: GraphQLSchema, query: str) -> Parsed:
-        """``query`` parsed and validated: from a cache, or now, on the calling thread."""
-        known = self._known(query)
-        if known is not None:
-            return known
-        parsed = self.compile(schema, query)
-        self._keep(query, parsed)
+    def get(self, schema: GraphQLSchema, query: str, principal: Principal | None) -> Parsed:
+        """``query`` parsed and validated for ``principal``: from a cache, or now, on the calling thread.
+
+        ``principal`` is who would run it (the introspection policy judges them); None only to
+        learn what the document is (an operation's type), never to run it.
+        """
+        parsed = self._known(query)
+        if parsed is None:
+            parsed = self.compile(schema, query)
+            self._keep(query, parsed)
+        if parsed.introspection and principal is not None and not self.introspection.allows(principal):
+            return Parsed(None, [*parsed.errors, *parsed.introspection])
         return parsed
 
     async def prepare(self, schema: GraphQLSchema, query: str) -> None:
@@ -125,7 +143,11 @@ class Documents:
         if refused:
             return Parsed(None, refused)
         errors = validate(schema, document, self.rules)
-        return Parsed(None if errors else document, list(errors))
+        introspection: tuple[GraphQLError, ...] = ()
+        # Cheap test first: a text that introspects names __schema or __type.
+        if self.introspection is not Introspection.ON and ("__schema" in query or "__type" in query):
+            introspection = tuple(validate(schema, document, [NoSchemaIntrospectionCustomRule]))
+        return Parsed(None if errors else document, list(errors), introspection)
 
     def _shape_errors(self, document: DocumentNode) -> list[GraphQLError]:
         """Directives piled on one location, or list literals too long: refused before validation."""
@@ -163,7 +185,8 @@ class Documents:
     def _keep(self, query: str, parsed: Parsed) -> None:
         if parsed.document is None:
             # No text, no syntax tree: a refused document's errors without their nodes and source.
-            self._refused[_digest(query)] = Parsed(None, [_light(e) for e in parsed.errors[:10]])
+            light = Parsed(None, [_light(e) for e in parsed.errors[:10]], tuple(map(_light, parsed.introspection[:10])))
+            self._refused[_digest(query)] = light
             while len(self._refused) > 64:
                 self._refused.popitem(last=False)
             return
@@ -193,9 +216,12 @@ class DocumentsExtension(SchemaExtension):
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if context.graphql_document is None and context.query:
-            self.parsed = self.documents.get(context.schema._schema, context.query)
-            # A refused text keeps no tree: a stand-in lets Strawberry reach validation, which answers the errors.
-            context.graphql_document = self.parsed.document or _STAND_IN
+            # tidings' Context carries the caller; any other (a test's) is nobody in particular.
+            principal = getattr(context.context, "principal", ANONYMOUS)
+            self.parsed = self.documents.get(context.schema._schema, context.query, principal)
+            # A refused text keeps no tree: a stand-in lets Strawberry reach validation, which answers the
+            # errors. It has an operation of the requested name, or Strawberry would answer "Unknown operation".
+            context.graphql_document = self.parsed.document or _stand_in(context.operation_name)
         yield
 
     def on_validate(self) -> Iterator[None]:
@@ -205,6 +231,13 @@ class DocumentsExtension(SchemaExtension):
 
 
 _STAND_IN = parse("{ __typename }", no_location=True)
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
+
+
+def _stand_in(operation_name: str | None) -> DocumentNode:
+    if operation_name is None or not _NAME.fullmatch(operation_name):
+        return _STAND_IN
+    return parse(f"query {operation_name} {{ __typename }}", no_location=True)  # a name of a valid Name: no injection
 
 
 def _digest(query: str) -> bytes:

@@ -1,4 +1,5 @@
-"""The validation rules every path adds to GraphQL's (HTTP, WebSocket, SSE), and suggestion stripping.
+"""The validation rules every path adds to GraphQL's (HTTP, WebSocket, SSE), who may introspect,
+and suggestion stripping.
 
 Strawberry's ``QueryDepthLimiter`` skips every ``__``-field and all beneath it, so an
 introspection selection had no depth limit. Here introspection counts like any field,
@@ -11,6 +12,7 @@ one of its specified rules.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 
@@ -26,10 +28,11 @@ from graphql import (
     ValidationContext,
     ValidationRule,
 )
-from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter
 
-__all__ = ["depth_limit", "strip_suggestions", "validation_rules"]
+from tidings.auth.principal import Principal
+
+__all__ = ["Introspection", "depth_limit", "strip_suggestions", "validation_rules"]
 
 # graphql-core's did_you_mean(): " Did you mean 'a', 'b', or 'c'?" ends a message; names hold no "?".
 _SUGGESTION = re.compile(r" ?Did you mean [^?]*\?")
@@ -92,14 +95,19 @@ def depth_limit(max_depth: int) -> type[ASTValidationRule]:
     return DepthLimit
 
 
-def validation_rules(
-    *, max_depth: int, max_aliases: int = 100, introspection: bool = True
-) -> list[type[ASTValidationRule]]:
-    """Ours, added to graphql-core's specified rules on every path."""
-    rules: list[type[ASTValidationRule]] = [
-        depth_limit(max_depth),
-        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
-    ]
-    if not introspection:
-        rules.append(NoSchemaIntrospectionCustomRule)
-    return rules
+def validation_rules(*, max_depth: int, max_aliases: int = 100) -> list[type[ASTValidationRule]]:
+    """Ours, added to graphql-core's specified rules on every path (introspection: ``Introspection``)."""
+    return [depth_limit(max_depth), *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules]
+
+
+class Introspection(enum.Enum):
+    """Who may select ``__schema`` and ``__type`` (``--introspection``); others get graphql-core's
+    ``NoSchemaIntrospectionCustomRule`` error, ``GRAPHQL_VALIDATION_FAILED``. The verdict depends on
+    the caller, so ``Documents`` keeps it beside each cached document instead of in its rules."""
+
+    ON = "on"
+    OFF = "off"
+    AUTHENTICATED = "authenticated"  # callers with a verified token
+
+    def allows(self, principal: Principal) -> bool:
+        return self is Introspection.ON or (self is Introspection.AUTHENTICATED and principal.is_authenticated)

@@ -414,9 +414,9 @@ class SSEEndpoint:
                 raise HTTPError(400, _graphql_error("extensions.operationId is required", "BAD_USER_INPUT"))
             stream_obj = self.single_streams.get(reservation)
             await self.ctx.engine.prepare(request)  # a big document: parsed off the event loop
-            parsed_type = self.ctx.engine.operation_type(request)
+            parsed_type = self.ctx.engine.operation_type(request, principal)
             if parsed_type is None:
-                outcome = await self.ctx.engine.validate(request)
+                outcome = await self.ctx.engine.validate(request, principal)
                 raise HTTPError(400, {"errors": outcome})
             if method == "GET" and parsed_type is OperationType.MUTATION:
                 # GraphQL over HTTP: a GET never changes anything, in either mode.
