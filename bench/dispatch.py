@@ -27,10 +27,10 @@ from typing import Any
 from tidings.app import Tidings
 from tidings.auth.principal import ANONYMOUS
 from tidings.config import Settings
+from tidings.engine.runner import Request
 from tidings.events import ChangeEvent, Operation
 from tidings.model.collection import collections_from
 from tidings.model.demo import COLLECTIONS
-from tidings.realtime.engine import Request
 
 BY_ROOM = (
     "subscription($room: String!) { messageEvents(where: {room: {eq: $room}}) "

@@ -13,9 +13,9 @@ import pytest
 from strawberry.types.base import StrawberryObjectDefinition
 
 from tests.conftest import Server, gql_post, make_server
+from tidings.engine.build import build_schema
 from tidings.model.collection import JSON, collection, collections_from
 from tidings.resolvers.crud import DIRECT
-from tidings.schema.build import build_schema
 
 
 class Level(enum.Enum):

@@ -14,10 +14,10 @@ from tests.conftest import Server
 from tests.test_realtime_sse import read_events
 from tests.wsclient import WS
 from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.engine.build import build_schema
+from tidings.engine.documents import Documents
 from tidings.model.collection import collections_from
 from tidings.model.demo import COLLECTIONS
-from tidings.schema.build import build_schema
-from tidings.schema.documents import Documents
 from tidings.schema.extensions import classify_all
 from tidings.schema.validation import Introspection
 

@@ -20,7 +20,7 @@ from graphql import execute, parse
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from tidings.schema.build import TidingsSchema, _direct_resolvers, resolve_attribute
+from tidings.engine.build import TidingsSchema, _direct_resolvers, resolve_attribute
 from tidings.schema.executor import Executor
 
 

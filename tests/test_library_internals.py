@@ -130,14 +130,14 @@ HOOKS = [
         "Schema",
         "process_errors",
         ("self", "errors", "execution_context"),
-        "tidings/schema/build.py (TidingsSchema.process_errors)",
+        "tidings/engine/build.py (TidingsSchema.process_errors)",
     ),
     Hook(
         "strawberry",
         "Schema",
         "get_extensions",
         ("self", "sync"),
-        "tidings/schema/build.py (TidingsSchema.get_extensions)",
+        "tidings/engine/build.py (TidingsSchema.get_extensions)",
     ),
     Hook(
         "strawberry.asgi",
@@ -313,11 +313,11 @@ MODULE_PATHS = [
     ("graphql.execution.collect_fields", "GroupedFieldSet", "tidings/schema/executor.py"),
     ("graphql.execution.collect_fields", "FieldDetails", "tidings/schema/executor.py"),
     ("strawberry.schema.schema", "StrawberryGraphQLCoreExecutionContext", "tidings/schema/executor.py"),
-    ("strawberry.execution", "optimized_is_awaitable", "tidings/realtime/engine.py"),
-    ("strawberry.resolvers", "is_default_resolver", "tidings/schema/build.py"),
-    ("strawberry.types.base", "StrawberryObjectDefinition", "tidings/schema/build.py"),
-    ("strawberry.extensions.directives", "DirectivesExtension", "tidings/schema/build.py"),
-    ("strawberry.extensions.directives", "DirectivesExtensionSync", "tidings/schema/build.py"),
+    ("strawberry.execution", "optimized_is_awaitable", "tidings/engine/runner.py"),
+    ("strawberry.resolvers", "is_default_resolver", "tidings/engine/build.py"),
+    ("strawberry.types.base", "StrawberryObjectDefinition", "tidings/engine/build.py"),
+    ("strawberry.extensions.directives", "DirectivesExtension", "tidings/engine/build.py"),
+    ("strawberry.extensions.directives", "DirectivesExtensionSync", "tidings/engine/build.py"),
     ("strawberry.types.graphql", "OperationType", "tidings/metrics.py"),
     ("sqlalchemy.util", "await_", "tidings/store/insert.py"),
     ("sqlalchemy.dialects.postgresql.asyncpg", "AsyncAdapt_asyncpg_connection", "tidings/store/batch.py"),
@@ -402,12 +402,12 @@ def test_graphql_grouped_field_set_shape() -> None:
 
 
 def test_graphql_execute_takes_an_executor_class_and_custom_args() -> None:
-    """tidings/realtime/engine.py (Engine._execute) runs ``graphql.execute`` with tidings' executor,
+    """tidings/engine/runner.py (Engine._execute) runs ``graphql.execute`` with tidings' executor,
     Strawberry's ``is_awaitable`` and ``operation_extensions`` passed through to the executor."""
     import graphql
 
     params = inspect.signature(graphql.execute).parameters
-    user = "tidings/realtime/engine.py (Engine._execute)"
+    user = "tidings/engine/runner.py (Engine._execute)"
     for name in ("executor_class", "is_awaitable", "context_value", "variable_values", "operation_name"):
         assert name in params, f"graphql.execute no longer takes {name}=; {user} passes it"
     assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), (
@@ -420,19 +420,19 @@ def test_graphql_execute_takes_an_executor_class_and_custom_args() -> None:
 
 @pytest.fixture(scope="module")
 def tidings_schema() -> Any:
+    from tidings.engine.build import build_schema
     from tidings.model.collection import collections_from
     from tidings.model.demo import COLLECTIONS
-    from tidings.schema.build import build_schema
 
     return build_schema(collections_from(COLLECTIONS))[0]
 
 
 def test_strawberry_schema_has_its_graphql_core_schema_as_schema(tidings_schema: Any) -> None:
-    """tidings/realtime/engine.py validates, executes and subscribes against ``schema._schema``."""
+    """tidings/engine/runner.py validates, executes and subscribes against ``schema._schema``."""
     from graphql import GraphQLSchema
 
     inner = getattr(tidings_schema, "_schema", None)
-    user = "tidings/realtime/engine.py (Engine: validate, execute, Executor.build, subscription_type)"
+    user = "tidings/engine/runner.py (Engine: validate, execute, Executor.build, subscription_type)"
     assert isinstance(inner, GraphQLSchema), f"strawberry.Schema._schema is no longer a GraphQLSchema; {user}"
     assert inner.subscription_type is not None and "taskEvents" in inner.subscription_type.fields, (
         f"strawberry.Schema._schema no longer holds the schema's subscriptions; {user}"
@@ -441,14 +441,14 @@ def test_strawberry_schema_has_its_graphql_core_schema_as_schema(tidings_schema:
 
 def test_strawberry_execution_context_takes_operation_extensions() -> None:
     """tidings/schema/executor.py subclasses Strawberry's graphql-core execution context, which
-    takes ``operation_extensions`` (tidings/realtime/engine.py passes them) and keeps them for ``Info``."""
+    takes ``operation_extensions`` (tidings/engine/runner.py passes them) and keeps them for ``Info``."""
     from graphql import build_schema, parse
     from graphql.execution import Executor
     from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
     from tidings.schema.executor import Executor as FieldExecutor
 
-    user = "tidings/schema/executor.py (Executor) and tidings/realtime/engine.py (operation_extensions=)"
+    user = "tidings/schema/executor.py (Executor) and tidings/engine/runner.py (operation_extensions=)"
     assert issubclass(StrawberryGraphQLCoreExecutionContext, Executor), (
         f"Strawberry's execution context no longer extends graphql-core's Executor; {user}"
     )
@@ -459,12 +459,12 @@ def test_strawberry_execution_context_takes_operation_extensions() -> None:
 
 
 def test_strawberry_default_resolvers_are_marked_and_replaced(tidings_schema: Any) -> None:
-    """tidings/schema/build.py replaces the resolvers Strawberry marks default (``_is_default``,
+    """tidings/engine/build.py replaces the resolvers Strawberry marks default (``_is_default``,
     read through ``strawberry.resolvers.is_default_resolver``) with direct attribute reads,
     found through ``schema.schema_converter.type_map``; ``_attribute`` sets the same mark."""
     from strawberry.resolvers import is_default_resolver
 
-    user = "tidings/schema/build.py (_direct_resolvers, _attribute)"
+    user = "tidings/engine/build.py (_direct_resolvers, _attribute)"
 
     def marked() -> None: ...
 

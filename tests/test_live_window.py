@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 
 from tests.backends import fresh_database
 from tests.test_live import apply_patch
+from tidings.engine.build import build_schema
 from tidings.filters import MATCH_ALL, compile_predicate, parse_filter
 from tidings.model.collection import collections_from
 from tidings.model.demo import COLLECTIONS
 from tidings.realtime.live import LiveExecutor, LiveGroup, LiveMember, LiveSource
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Window, sort_key
-from tidings.schema.build import build_schema
 from tidings.store import Store
 
 EXAMPLES = int(os.environ.get("LIVE_EXAMPLES", "25"))  # more for a long local run

@@ -16,10 +16,10 @@ from graphql import parse, validate
 
 from tests.browsers import Offline, offline_chromium, watched_page
 from tests.conftest import Server, make_server, wait_subscribers
+from tidings.engine.build import build_schema
 from tidings.model.collection import JSON, collection, collections_from
 from tidings.playground import example_tabs
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
-from tidings.schema.build import build_schema
 
 SECRET = "playground-test-secret-of-at-least-32-bytes"
 RESULT = ".result-window .CodeMirror"

@@ -32,6 +32,9 @@ from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.rules import Action, Authorizer, Rules
 from tidings.auth.tokens import Authenticator, bearer
 from tidings.config import Settings
+from tidings.engine.build import build_schema
+from tidings.engine.documents import Documents
+from tidings.engine.runner import Engine, Request, Streaming
 from tidings.errors import BadUserInput, ConfigurationError, ErrorCode, PermissionsChanged, TidingsError, Unavailable
 from tidings.events import SystemEventKind
 from tidings.hooks import CommitNotifier, HookRunner, Hooks
@@ -42,15 +45,12 @@ from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
 from tidings.realtime.channels import Channels, FanOut
 from tidings.realtime.dispatcher import Dispatcher
-from tidings.realtime.engine import Engine, Request, Streaming
 from tidings.realtime.group import Subscriber
 from tidings.realtime.live import LiveMember
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 from tidings.resolvers.context import Context, Services
 from tidings.resolvers.session import RENEW_TOKEN
 from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
-from tidings.schema.build import build_schema
-from tidings.schema.documents import Documents
 from tidings.schema.validation import Introspection, validation_rules
 from tidings.store import Store
 from tidings.tracing import Tracing

@@ -10,9 +10,9 @@ from typing import Any
 
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
+from tidings.engine.runner import Engine
 from tidings.errors import ErrorCode
 from tidings.metrics import Metrics
-from tidings.realtime.engine import Engine
 from tidings.transports.origins import OriginPolicy, is_same_origin
 from tidings.transports.stats import log_closed
 

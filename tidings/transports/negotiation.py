@@ -17,8 +17,8 @@ from urllib.parse import parse_qs
 import orjson
 from graphql import OperationType
 
+from tidings.engine.runner import Engine, Request
 from tidings.protocols.accept import negotiate, parse_accept, quality
-from tidings.realtime.engine import Engine, Request
 from tidings.transports.common import declares_json, header
 
 __all__ = ["EVENT_STREAM", "GRAPHQL_RESPONSE_JSON", "JSON", "Route", "buffer_body", "route"]

@@ -22,6 +22,7 @@ from graphql import OperationType
 
 from tidings.auth.principal import Principal
 from tidings.auth.tokens import bearer
+from tidings.engine.runner import Finished, Rejected, Request, Streaming
 from tidings.errors import BadUserInput, ErrorCode, TidingsError, Unauthenticated
 from tidings.protocols import sse
 from tidings.protocols.reservations import (
@@ -31,7 +32,6 @@ from tidings.protocols.reservations import (
     classify_request,
     status_for,
 )
-from tidings.realtime.engine import Finished, Rejected, Request, Streaming
 from tidings.transports.body import MALFORMED_JSON, check_request
 from tidings.transports.common import TransportContext, client_ip, declares_json, header, unsupported_media_type
 from tidings.transports.queue import SendQueue

@@ -16,11 +16,11 @@ import orjson
 
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.tokens import bearer, token_from_init
+from tidings.engine.runner import Finished, Rejected, Request, Streaming
 from tidings.errors import TidingsError, Unauthenticated
 from tidings.protocols import legacy_ws, transport_ws
 from tidings.protocols.close_codes import CloseCode, close_reason
 from tidings.protocols.commands import Authenticate, Close, Command, Send, Start, Stop
-from tidings.realtime.engine import Finished, Rejected, Request, Streaming
 from tidings.transports.common import TransportContext, header
 from tidings.transports.queue import SendQueue
 from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer

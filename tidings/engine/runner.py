@@ -35,6 +35,7 @@ from strawberry.types import ExecutionResult
 
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action
+from tidings.engine.documents import Documents, Parsed
 from tidings.errors import BadUserInput, CursorInvalid, TidingsError
 from tidings.events import Operation
 from tidings.filters import parse_filter
@@ -47,7 +48,6 @@ from tidings.realtime.live import LiveHub, LiveMember, is_live
 from tidings.realtime.live_plan import LiveQueries
 from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
-from tidings.schema.documents import Documents, Parsed
 from tidings.schema.executor import Executor as FieldExecutor
 from tidings.schema.extensions import classify_all, finish_errors, log_unexpected, snapshot_extensions
 from tidings.schema.validation import Introspection, validation_rules

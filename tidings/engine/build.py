@@ -16,10 +16,10 @@ from strawberry.tools import create_type
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.base import StrawberryObjectDefinition
 
+from tidings.engine.documents import Documents, DocumentsExtension
 from tidings.limits import RateLimit
 from tidings.model.collection import Collection
 from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
-from tidings.schema.documents import Documents, DocumentsExtension
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
@@ -96,7 +96,7 @@ def build_schema(
         query_fields += build_query_fields(t)
         mutation_fields += build_mutation_fields(t)
         subscription_fields += build_subscription_fields(t, Operation)
-    # One parser, validator and cache for Strawberry's view and the engine (tidings.schema.documents).
+    # One parser, validator and cache for Strawberry's view and the engine (tidings.engine.documents).
     if documents is None:
         documents = Documents(
             validation_rules(max_depth=max_depth, max_aliases=max_aliases), introspection=introspection
