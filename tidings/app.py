@@ -38,9 +38,10 @@ from tidings.limits import Limits
 from tidings.metrics import Metrics, MetricsAccess, count_mutations, exposition, mutation_counter, registry_for
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
-from tidings.realtime.channels import Channels, FanOut
+from tidings.realtime.channels import Channels
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.engine import Engine, Request, Streaming
+from tidings.realtime.fanout import FanOut
 from tidings.realtime.group import Subscriber
 from tidings.realtime.live import LiveMember
 from tidings.realtime.system import SystemEventKind
