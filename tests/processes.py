@@ -232,11 +232,15 @@ class Process(ServeProcess):
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, db: Path, *flags: str, port: int | None = None) -> AsyncIterator[Process]:
-    """``tidings serve --db sqlite:///<db> --log-level info`` until it listens; killed on exit."""
+async def serving(tmp_path: Path, db: Path | str, *flags: str, port: int | None = None) -> AsyncIterator[Process]:
+    """``tidings serve --db sqlite:///<db> --log-level info`` until it listens; killed on exit.
+
+    ``db``: a SQLite file, or a database URL.
+    """
     port = port or free_port()
     log = tmp_path / f"serve-{port}.log"
-    proc = popen_serve(log, port, "--db", f"sqlite:///{db}", "--log-level", "info", *flags)
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    proc = popen_serve(log, port, "--db", url, "--log-level", "info", *flags)
     process = Process(proc, port, log)
     try:
         deadline = time.monotonic() + 20

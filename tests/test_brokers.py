@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +19,7 @@ from tests.processes import RedisProcess
 from tests.test_broker_faults import OUTAGE, RECOVERY, SUB, bodies, lines, post
 from tidings.errors import ConfigurationError
 from tidings.pubsub import Broker, BrokerUnavailable, MemoryBroker, broker_from_url, resolve_broker_url
+from tidings.pubsub.consumer import consume
 from tidings.pubsub.postgres import PostgresBroker, asyncpg_url, fit
 
 
@@ -115,6 +116,42 @@ async def test_redis_faults_raise_to_the_caller_and_close_never_waits(redis_serv
     redis.signal(signal.SIGSTOP)
     pending.cancel()
     await asyncio.wait_for(broker.close(), 2)
+
+
+class _Flaky:
+    """A broker whose first subscription is lost after one message and whose second ends (closed)."""
+
+    def __init__(self) -> None:
+        self.subscriptions = 0
+
+    async def subscribe(self, channel: str, *, on_ready: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+        self.subscriptions += 1
+        if on_ready is not None:
+            on_ready()
+        yield b"%d" % self.subscriptions
+        if self.subscriptions == 1:
+            raise BrokerUnavailable("connection lost")
+
+
+async def test_the_consumer_resubscribes_after_a_loss_until_the_broker_closes() -> None:
+    broker, handled, ready, lost = _Flaky(), list[bytes](), list[int](), list[Exception]()
+
+    async def handle(message: bytes) -> None:
+        handled.append(message)
+
+    await asyncio.wait_for(
+        consume(
+            broker,  # type: ignore[arg-type]
+            "c",
+            handle,
+            on_ready=lambda: ready.append(broker.subscriptions),
+            on_lost=lost.append,
+            backoff=(0.001, 0.002),
+        ),
+        5,
+    )
+    assert handled == [b"1", b"2"] and ready == [1, 2]
+    assert [str(e) for e in lost] == ["connection lost"]
 
 
 async def test_ping_answers_while_the_broker_is_up(broker: Broker) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends import service_url
+from tests.backends import fresh_database, service_url
 from tests.conftest import Server, gql_post, make_server, wait_channel_subscribers
 from tests.processes import RedisProcess, serving
 from tests.test_auth import SECRET, token
@@ -27,7 +27,8 @@ from tidings.errors import BadUserInput, Forbidden, Unauthenticated
 from tidings.limits import Limits, Rate
 from tidings.model.demo import COLLECTIONS
 from tidings.pubsub import broker_from_url
-from tidings.realtime.presence import Entry, PresenceKind, PresenceRegistry
+from tidings.pubsub.channel_store import Entry
+from tidings.realtime.presence import PresenceKind, PresenceRegistry
 
 EVENTS = "subscription($c: [String!]!, $t: [String!], $a: String) { channelEvents(channels: $c, types: $t, after: $a) { channel type data sender { sub } seq } }"  # noqa: E501
 PRESENCE = """subscription($ch: String!, $meta: JSON) { presence(channel: $ch, meta: $meta) {
@@ -349,17 +350,25 @@ async def test_server_code_publishes_to_an_accounts_channel(auth_server: Server)
         await ws.close()
 
 
-# -- across processes (Redis) -------------------------------------------------------------------
+# -- across processes (Redis, PostgreSQL) ----------------------------------------------------------
 
 
-async def test_two_processes_share_events_and_presence_and_a_killed_ones_members_leave(tmp_path: Path) -> None:
-    redis_url = service_url("TIDINGS_TEST_REDIS_URL", "Redis")
+async def shared_backend(backend: str, tmp_path: Path) -> tuple[str, str]:
+    """The --db and --broker of processes sharing channels through ``backend``."""
+    if backend == "redis":
+        return f"sqlite:///{tmp_path / 'shared.db'}", service_url("TIDINGS_TEST_REDIS_URL", "Redis")
+    db = await fresh_database("postgresql", tmp_path)
+    return db, db
+
+
+@pytest.mark.parametrize("backend", ["redis", "postgresql"])
+async def test_two_processes_share_events_and_presence_and_a_killed_ones_members_leave(
+    tmp_path: Path, backend: str
+) -> None:
+    db, broker_url = await shared_backend(backend, tmp_path)
     topic = f"tidings:test:{uuid.uuid4().hex}"
-    db = tmp_path / "shared.db"
-    flags = ("--broker", redis_url, "--channel", topic, "--presence-ttl", "1.5")
-    near = make_server(
-        tmp_path, db=f"sqlite:///{db}", broker=broker_from_url(redis_url), channel=topic, presence_ttl=1.5
-    )
+    flags = ("--broker", broker_url, "--channel", topic, "--presence-ttl", "1.5")
+    near = make_server(tmp_path, db=db, broker=broker_from_url(broker_url), channel=topic, presence_ttl=1.5)
     try:
         async with serving(tmp_path, db, *flags) as far:
             here, there = await open_ws(near), await WS.open(far.ws_url)
@@ -387,6 +396,59 @@ async def test_two_processes_share_events_and_presence_and_a_killed_ones_members
                     await there.close()
     finally:
         near.stop()
+
+
+async def test_two_processes_on_one_postgresql_share_numbers_history_and_presence(tmp_path: Path) -> None:
+    # --workers --broker postgres: two apps on one database, each with its own LISTEN and pool.
+    db = await fresh_database("postgresql", tmp_path)
+    declared = [*COLLECTIONS, Channel("room:*", history=50)]
+    settings = dict(db=db, channel=f"test-channels-{uuid.uuid4().hex}", presence_ttl=1.5)
+    a, b = (make_server(tmp_path, declared, broker_from_url("postgres", db=db), **settings) for _ in range(2))
+    on_a, on_b = await open_ws(a), await open_ws(b)
+    try:
+        for ws, server in ((on_a, a), (on_b, b)):
+            await ws.subscribe("ev", EVENTS, {"c": ["room:1"]})
+            await wait_channel_subscribers(server, 1)
+        published: dict[int, Any] = {}  # seq -> data
+        for i in range(6):  # one after the other, in turn on each process
+            reply = await call((on_a, on_b)[i % 2], f"p{i}", PUBLISH, {"ch": "room:1", "t": "m", "d": i})
+            published[int(reply["data"]["publish"])] = i
+        assert len(published) == 6, f"seqs {sorted(published)}: each process numbered on its own"
+        async with (  # and at once on both
+            httpx.AsyncClient(base_url=a.url, timeout=10) as to_a,
+            httpx.AsyncClient(base_url=b.url, timeout=10) as to_b,
+        ):
+            replies = await asyncio.gather(
+                *(gql_post((to_a, to_b)[i % 2], PUBLISH, {"ch": "room:1", "t": "m", "d": 100 + i}) for i in range(20))
+            )
+        for i, reply in enumerate(replies):
+            published[int(reply["data"]["publish"])] = 100 + i
+        assert len(published) == 26
+        in_order = sorted(published)
+        for ws in (on_a, on_b):  # every subscriber, on either process, sees one increasing sequence
+            got = [await next_data(ws, "ev", "channelEvents") for _ in range(26)]
+            assert [int(g["seq"]) for g in got] == in_order
+            assert [g["data"] for g in got] == [published[seq] for seq in in_order]
+        cursor = in_order[2]
+        for ws in (on_a, on_b):  # whichever process published, after: resumes from the shared history
+            await ws.subscribe("r", EVENTS, {"c": ["room:1"], "a": str(cursor)})
+            got = [await next_data(ws, "r", "channelEvents") for _ in range(23)]
+            assert [int(g["seq"]) for g in got] == in_order[3:]
+            assert [g["data"] for g in got] == [published[seq] for seq in in_order[3:]]
+            assert await ws.no_message(0.2)
+        await on_a.subscribe("pr", PRESENCE, {"ch": "doc:1", "meta": {"at": "a"}})
+        assert (await next_data(on_a, "pr", "presence"))["count"] == 1
+        await on_b.subscribe("pr", PRESENCE, {"ch": "doc:1", "meta": {"at": "b"}})
+        sync = await next_data(on_b, "pr", "presence")
+        assert (sync["kind"], sync["count"]) == ("SYNC", 2)
+        assert {m["meta"]["at"] for m in sync["members"]} == {"a", "b"}
+        joined = await next_data(on_a, "pr", "presence")
+        assert (joined["kind"], joined["member"]["meta"]) == ("JOIN", {"at": "b"})
+    finally:
+        await on_a.close()
+        await on_b.close()
+        a.stop()
+        b.stop()
 
 
 @collection(name="Note", channels=["room:{room}", "author:{author}"])
@@ -433,18 +495,23 @@ def test_readme_channel_declarations_run_as_written(tmp_path: Path) -> None:
     assert (room.pattern, room.publish, room.history) == ("room:*", "role:member", 100)
 
 
-async def test_history_in_redis_resumes_and_says_when_events_are_gone(tmp_path: Path) -> None:
-    redis_url = service_url("TIDINGS_TEST_REDIS_URL", "Redis")
+@pytest.mark.parametrize("backend", ["redis", "postgresql"])
+async def test_shared_history_resumes_and_says_when_events_are_gone(tmp_path: Path, backend: str) -> None:
+    db, broker_url = await shared_backend(backend, tmp_path)
     topic = f"tidings:test:{uuid.uuid4().hex}"
     server = make_server(
-        tmp_path, [*COLLECTIONS, Channel("room:*", history=3)], broker=broker_from_url(redis_url), channel=topic
+        tmp_path,
+        [*COLLECTIONS, Channel("room:*", history=3)],
+        db=db,
+        broker=broker_from_url(broker_url),
+        channel=topic,
     )
     try:
         ws = await open_ws(server)
         seqs = [
             (await call(ws, f"p{i}", PUBLISH, {"ch": "room:1", "t": "m", "d": i}))["data"]["publish"] for i in range(5)
         ]
-        assert seqs == ["1", "2", "3", "4", "5"]  # numbered per channel, in Redis
+        assert seqs == ["1", "2", "3", "4", "5"]  # numbered per channel, in Redis or PostgreSQL
         gone = await call(ws, "old", EVENTS, {"c": ["room:1"], "a": "1"})  # only 3, 4 and 5 are kept
         assert gone["errors"][0]["extensions"]["code"] == "CURSOR_EXPIRED"
         await ws.subscribe("r", EVENTS, {"c": ["room:1"], "a": "2"})

@@ -43,8 +43,9 @@ from tidings.metrics import Metrics, MetricsAccess, count_mutations, exposition,
 from tidings.model.collection import Collection
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
-from tidings.realtime.channels import Channels, FanOut
+from tidings.realtime.channels import Channels
 from tidings.realtime.dispatcher import Dispatcher
+from tidings.realtime.fanout import FanOut
 from tidings.realtime.group import Subscriber
 from tidings.realtime.live import LiveMember
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS

@@ -41,7 +41,8 @@ from tidings.events import Operation
 from tidings.filters import parse_filter
 from tidings.limits import Limits, refuse_operation
 from tidings.model.collection import Collection
-from tidings.realtime.channels import Channels, ChannelSubscriber
+from tidings.realtime.channel_events import ChannelSubscriber
+from tidings.realtime.channels import Channels
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
 from tidings.realtime.live import LiveHub, LiveMember, is_live

@@ -14,7 +14,10 @@ what it missed from the log). A broker never retries or logs on its own.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tidings.pubsub.channel_store import ChannelStore
 
 
 class BrokerUnavailable(ConnectionError):
@@ -45,6 +48,14 @@ class Broker(Protocol):
         every message published after that call reaches this iterator. The
         iterator ends when the broker closes and raises ``BrokerUnavailable``
         when its connection is lost; the subscription is then gone and the caller subscribes again.
+        """
+
+    def channel_store(self, topic: str, process: str, ttl: float) -> ChannelStore:
+        """Where channel numbers, history and presence entries live with this backend.
+
+        Channel events and presence travel on ``topic``; ``process`` names this
+        process in presence entries, and ``ttl`` is how long its entries outlive
+        its last heartbeat. Usable once ``start`` has returned.
         """
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
 from tidings.pubsub.base import BrokerUnavailable
+from tidings.pubsub.memory_channels import MemoryChannelStore
 
 _CLOSED = object()
 
@@ -58,6 +59,9 @@ class MemoryBroker:
                 yield item
         finally:
             self._queues[channel].discard(queue)
+
+    def channel_store(self, topic: str, process: str, ttl: float) -> MemoryChannelStore:
+        return MemoryChannelStore(self, topic)
 
     async def close(self) -> None:
         self._closed = True

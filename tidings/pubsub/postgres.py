@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
 from tidings.pubsub.base import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from tidings.pubsub.postgres_channels import PostgresChannelStore
 
 # NOTIFY refuses a payload of 8000 bytes or more (the default block size).
 MAX_PAYLOAD = 7999
@@ -149,7 +152,10 @@ class PostgresBroker:
                 on_ready()  # LISTEN has returned: every NOTIFY committed from now on reaches us
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), self.health_interval)
+                    # Not wait_for: on Python 3.11 it swallows a cancellation that lands as a
+                    # message arrives, and the listener then outlives its cancelled task.
+                    async with asyncio.timeout(self.health_interval):
+                        item = await queue.get()
                 except TimeoutError:
                     try:
                         await conn.fetchval("SELECT 1", timeout=self.connect_timeout)
@@ -166,6 +172,11 @@ class PostgresBroker:
             self._listeners.discard(entry)
             # No UNLISTEN: the connection may be dead or stalled; dropping it ends the LISTEN.
             conn.terminate()
+
+    def channel_store(self, topic: str, process: str, ttl: float) -> PostgresChannelStore:
+        from tidings.pubsub.postgres_channels import PostgresChannelStore  # it imports this module
+
+        return PostgresChannelStore(self, topic, process, ttl)
 
     async def close(self) -> None:
         for conn, queue in list(self._listeners):

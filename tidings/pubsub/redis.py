@@ -11,6 +11,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tidings.pubsub.base import BrokerUnavailable
+from tidings.pubsub.redis_channels import RedisChannelStore
 
 
 class RedisBroker:
@@ -75,6 +76,9 @@ class RedisBroker:
             # ends the subscription anyway. Closing only tears down local state.
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+    def channel_store(self, topic: str, process: str, ttl: float) -> RedisChannelStore:
+        return RedisChannelStore(self, topic, process, ttl)
 
     async def close(self) -> None:
         if self._client is not None:

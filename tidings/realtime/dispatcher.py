@@ -17,9 +17,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 import time
-from collections.abc import AsyncGenerator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from graphql.execution import Executor
@@ -30,6 +29,7 @@ from tidings.events import ChangeEvent
 from tidings.filters import equality_terms
 from tidings.model.collection import Collection
 from tidings.pubsub import Broker
+from tidings.pubsub.consumer import consume
 from tidings.realtime import doorbell
 from tidings.realtime.group import Group, Selection, Sink, Subscriber
 from tidings.realtime.index import Bucket, IndexKey
@@ -148,11 +148,7 @@ class Dispatcher:
                 self._probing = False
 
     async def _consume(self, ready: asyncio.Event) -> None:
-        failures = 0
-
         def subscribed() -> None:
-            nonlocal failures
-            failures = 0
             self._subscribed = True
             self.broker_subscriptions += 1
             ready.set()
@@ -160,31 +156,29 @@ class Dispatcher:
             # Doorbells rung while we were not subscribed are lost: read them from the log now.
             self._wake.set()
 
-        while True:
-            messages = self.broker.subscribe(self.channel, on_ready=subscribed)
-            try:
-                while True:
-                    try:
-                        message = await anext(messages)
-                    except StopAsyncIteration:
-                        return  # the broker closed
-                    except Exception as exc:
-                        self._subscribed = False
-                        self._broker_lost(exc)
-                        break
-                    try:
-                        seq, event = doorbell.decode(message, self.store.collections)
-                        await self._advance(seq, event)
-                    except Exception:
-                        # Nothing past position was dispatched: the gap check retries it.
-                        logger.warning("Dispatching a doorbell failed; the gap check retries", exc_info=True)
-            finally:
-                self._subscribed = False
-                if isinstance(messages, AsyncGenerator):
-                    await messages.aclose()
-            failures += 1
-            low, cap = self.reconnect_backoff
-            await asyncio.sleep(min(cap, low * 2 ** (failures - 1)) * random.uniform(0.5, 1.0))
+        def lost(exc: Exception) -> None:
+            self._subscribed = False
+            self._broker_lost(exc)
+
+        try:
+            await consume(
+                self.broker,
+                self.channel,
+                self._handle_doorbell,
+                on_ready=subscribed,
+                on_lost=lost,
+                backoff=self.reconnect_backoff,
+            )
+        finally:
+            self._subscribed = False
+
+    async def _handle_doorbell(self, message: bytes) -> None:
+        try:
+            seq, event = doorbell.decode(message, self.store.collections)
+            await self._advance(seq, event)
+        except Exception:
+            # Nothing past position was dispatched: the gap check retries it.
+            logger.warning("Dispatching a doorbell failed; the gap check retries", exc_info=True)
 
     def _broker_lost(self, exc: BaseException) -> None:
         if not self._broker_down:

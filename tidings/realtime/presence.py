@@ -13,6 +13,8 @@ import dataclasses
 import enum
 from typing import Any
 
+from tidings.pubsub.channel_store import Entry
+
 JSONValue = Any
 
 
@@ -21,23 +23,6 @@ class PresenceKind(str, enum.Enum):
     JOIN = "JOIN"
     UPDATE = "UPDATE"
     LEAVE = "LEAVE"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Entry:
-    """One connection in a channel: ``connection`` is ``<process>.<number>``."""
-
-    connection: str
-    sub: str | None
-    meta: JSONValue
-
-    @property
-    def member(self) -> str:
-        return self.sub if self.sub is not None else "#" + self.connection
-
-    @property
-    def process(self) -> str:
-        return self.connection.rpartition(".")[0]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

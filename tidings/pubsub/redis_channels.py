@@ -1,115 +1,25 @@
-"""Where channel sequence numbers, history and presence entries live: this
-process's memory (one process, the memory broker), or Redis (the Redis broker,
-so every process shares them).
-
-Wire format on the broker topic: ``<seq>|<json>`` for a channel event and
-``p|<json>`` for a presence change. With Redis, a Lua script numbers an event,
-keeps it in the channel's history and publishes it in one step, so history
-order is publish order.
+"""Channel numbers, history and presence entries in Redis (the Redis broker), shared by every
+process; a Lua script numbers, keeps and publishes an event in one step, so history order is
+publish order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import orjson
 
-from tidings.pubsub import Broker, BrokerUnavailable
-from tidings.realtime.presence import Entry
+from tidings.pubsub.base import BrokerUnavailable
+from tidings.pubsub.channel_store import Entry, split
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
 
-
-class ChannelStore(Protocol):
-    async def publish_event(self, key: str, body: bytes, keep: int, keep_seconds: float) -> int:
-        """Number ``body`` in ``key``'s sequence, keep it (``keep`` > 0) and publish it; the seq."""
-
-    async def history(self, key: str, after: int, keep_seconds: float) -> tuple[list[bytes], bool]:
-        """Kept messages of ``key`` with seq > ``after``; and False if some were no longer kept."""
-
-    async def publish_presence(self, body: bytes) -> None: ...
-
-    async def put_entry(self, key: str, entry: Entry) -> None: ...
-
-    async def remove_entries(self, key: str, connections: Iterable[str]) -> None: ...
-
-    async def load(self, key: str) -> list[Entry]: ...
-
-    async def heartbeat(self, keys: Iterable[str]) -> None: ...
-
-    async def dead(self, processes: Iterable[str]) -> set[str]: ...
-
-    async def close(self) -> None: ...
-
-
-def split(message: bytes) -> tuple[bytes, bytes]:
-    head, _, body = message.partition(b"|")
-    return head, body
-
-
-class MemoryChannelStore:
-    """One process: numbers and history in memory; presence needs no shared copy."""
-
-    def __init__(self, broker: Broker, topic: str, *, clock: Any = time.monotonic) -> None:
-        self.broker = broker
-        self.topic = topic
-        self.clock = clock
-        self._seq = 0  # channels without history share one increasing counter
-        self._seqs: dict[str, int] = {}
-        self._history: dict[str, deque[tuple[int, float, bytes]]] = {}
-
-    async def publish_event(self, key: str, body: bytes, keep: int, keep_seconds: float) -> int:
-        if keep:
-            seq = self._seqs[key] = self._seqs.get(key, 0) + 1
-            message = b"%d|%b" % (seq, body)
-            kept = self._history.get(key)
-            if kept is None or kept.maxlen != keep:
-                kept = self._history[key] = deque(kept or (), maxlen=keep)
-            now = self.clock()
-            kept.append((seq, now, message))
-            while kept and kept[0][1] < now - keep_seconds:
-                kept.popleft()
-        else:
-            self._seq += 1
-            seq = self._seq
-            message = b"%d|%b" % (seq, body)
-        await self.broker.publish(self.topic, message)
-        return seq
-
-    async def history(self, key: str, after: int, keep_seconds: float) -> tuple[list[bytes], bool]:
-        head = self._seqs.get(key, 0)
-        oldest = self.clock() - keep_seconds
-        kept = [(seq, m) for seq, at, m in self._history.get(key, ()) if seq > after and at >= oldest]
-        complete = after >= head or (bool(kept) and kept[0][0] == after + 1)
-        return [m for _, m in kept], complete
-
-    async def publish_presence(self, body: bytes) -> None:
-        await self.broker.publish(self.topic, b"p|" + body)
-
-    async def put_entry(self, key: str, entry: Entry) -> None:
-        return None
-
-    async def remove_entries(self, key: str, connections: Iterable[str]) -> None:
-        return None
-
-    async def load(self, key: str) -> list[Entry]:
-        return []
-
-    async def heartbeat(self, keys: Iterable[str]) -> None:
-        return None
-
-    async def dead(self, processes: Iterable[str]) -> set[str]:
-        return set()
-
-    async def close(self) -> None:
-        return None
-
+    from tidings.pubsub.redis import RedisBroker
 
 # KEYS[1] the seq counter, KEYS[2] the history list; ARGV body, keep, keep ms, topic, counter ttl ms.
 _PUBLISH = """
@@ -137,13 +47,21 @@ class RedisChannelStore:
     leaving, and is removed by whichever process sweeps first.
     """
 
-    def __init__(self, broker: Broker, client: aioredis.Redis, topic: str, process: str, ttl: float) -> None:
+    is_shared = True
+
+    def __init__(self, broker: RedisBroker, topic: str, process: str, ttl: float) -> None:
         self.broker = broker
-        self.client = client
         self.topic = topic
         self.process = process
         self.ttl_ms = max(int(ttl * 1000), 1)
-        self._script = client.register_script(_PUBLISH)
+        self._script: AsyncScript | None = None
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self.broker.client
+
+    async def start(self) -> None:
+        await self.heartbeat(())
 
     def _hash(self, key: str) -> str:
         return f"{self.topic}:presence:{key}"
@@ -153,6 +71,8 @@ class RedisChannelStore:
 
     async def publish_event(self, key: str, body: bytes, keep: int, keep_seconds: float) -> int:
         counter = f"{self.topic}:seq:{key}"
+        if self._script is None:
+            self._script = self.client.register_script(_PUBLISH)
         try:
             seq = await self._script(
                 keys=[counter, f"{self.topic}:history:{key}"],
