@@ -24,11 +24,12 @@ from tidings import Channel, collection
 from tidings.auth.channel_rules import ChannelAction, ChannelRules
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import BadUserInput, Forbidden, Unauthenticated
+from tidings.events import PresenceKind
 from tidings.limits import Limits, Rate
 from tidings.model.demo import COLLECTIONS
 from tidings.pubsub import broker_from_url
 from tidings.pubsub.channel_store import Entry
-from tidings.realtime.presence import PresenceKind, PresenceRegistry
+from tidings.realtime.presence import PresenceRegistry
 
 EVENTS = "subscription($c: [String!]!, $t: [String!], $a: String) { channelEvents(channels: $c, types: $t, after: $a) { channel type data sender { sub } seq } }"  # noqa: E501
 PRESENCE = """subscription($ch: String!, $meta: JSON) { presence(channel: $ch, meta: $meta) {

@@ -79,3 +79,12 @@ class SystemEventKind(enum.Enum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     TOKEN_EXPIRING = "TOKEN_EXPIRING"  # noqa: S105 (a kind, not a password)
     PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
+
+
+class PresenceKind(str, enum.Enum):
+    """What a ``presence`` event says (tidings.realtime.presence makes them)."""
+
+    SYNC = "SYNC"
+    JOIN = "JOIN"
+    UPDATE = "UPDATE"
+    LEAVE = "LEAVE"

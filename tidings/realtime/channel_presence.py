@@ -15,10 +15,11 @@ from graphql.execution import Executor
 from tidings.auth.channel_rules import ChannelAction, ChannelRules
 from tidings.auth.principal import Principal
 from tidings.errors import BadUserInput
+from tidings.events import PresenceKind
 from tidings.pubsub.channel_store import ChannelStore, Entry
 from tidings.realtime.channel_events import ChannelSubscriber
 from tidings.realtime.group import Sink, render_view
-from tidings.realtime.presence import Diff, PresenceKind, PresenceRegistry, presence_view
+from tidings.realtime.presence import Diff, PresenceRegistry, presence_view
 
 logger = logging.getLogger("tidings.realtime")
 

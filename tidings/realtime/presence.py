@@ -10,19 +10,12 @@ broker brings it back, and may apply a snapshot and then the changes that raced 
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Any
 
+from tidings.events import PresenceKind
 from tidings.pubsub.channel_store import Entry
 
 JSONValue = Any
-
-
-class PresenceKind(str, enum.Enum):
-    SYNC = "SYNC"
-    JOIN = "JOIN"
-    UPDATE = "UPDATE"
-    LEAVE = "LEAVE"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from tidings.errors import BadUserInput, NotFound
-from tidings.realtime.presence import PresenceKind
+from tidings.events import PresenceKind
 from tidings.resolvers.context import Context, transport_only
 
 __all__ = ["CHANNEL_MUTATIONS", "CHANNEL_SUBSCRIPTIONS"]
