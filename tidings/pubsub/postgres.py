@@ -12,18 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import orjson
 
 from tidings.pubsub.base import BrokerUnavailable
-
-if TYPE_CHECKING:
-    from tidings.pubsub.postgres_channels import PostgresChannelStore
-
-# NOTIFY refuses a payload of 8000 bytes or more (the default block size).
-MAX_PAYLOAD = 7999
+from tidings.pubsub.postgres_channels import MAX_PAYLOAD, PostgresChannelStore
 
 _LOST = object()
 _CLOSED = object()
@@ -174,7 +169,6 @@ class PostgresBroker:
             conn.terminate()
 
     def channel_store(self, topic: str, process: str, ttl: float) -> PostgresChannelStore:
-        from tidings.pubsub.postgres_channels import PostgresChannelStore  # it imports this module
 
         return PostgresChannelStore(self, topic, process, ttl)
 

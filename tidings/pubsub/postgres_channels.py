@@ -11,17 +11,28 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import asyncpg
 import orjson
 
 from tidings.pubsub.base import BrokerUnavailable
 from tidings.pubsub.channel_store import Entry
-from tidings.pubsub.postgres import MAX_PAYLOAD
 
-if TYPE_CHECKING:
-    from tidings.pubsub.postgres import PostgresBroker
+# NOTIFY refuses a payload of 8000 bytes or more (the default block size).
+MAX_PAYLOAD = 7999
+
+
+class _Broker(Protocol):
+    """What the store needs of its PostgreSQL broker (tidings.pubsub.postgres.PostgresBroker)."""
+
+    connect_timeout: float
+
+    @property
+    def pool(self) -> asyncpg.Pool: ...
+
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
 
 _FAULTS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 # A pooled connection from before a server restart (or a terminated backend) fails with
@@ -103,7 +114,7 @@ class PostgresChannelStore:
 
     is_shared = True
 
-    def __init__(self, broker: PostgresBroker, topic: str, process: str, ttl: float) -> None:
+    def __init__(self, broker: _Broker, topic: str, process: str, ttl: float) -> None:
         self.broker = broker
         self.topic = topic
         self.process = process

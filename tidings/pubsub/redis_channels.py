@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from redis.commands.core import AsyncScript
 
-    from tidings.pubsub.redis import RedisBroker
+
+class _Broker(Protocol):
+    """What the store needs of its Redis broker (tidings.pubsub.redis.RedisBroker)."""
+
+    @property
+    def client(self) -> aioredis.Redis: ...
+
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
 
 # KEYS[1] the seq counter, KEYS[2] the history list; ARGV body, keep, keep ms, topic, counter ttl ms.
 _PUBLISH = """
@@ -49,7 +57,7 @@ class RedisChannelStore:
 
     is_shared = True
 
-    def __init__(self, broker: RedisBroker, topic: str, process: str, ttl: float) -> None:
+    def __init__(self, broker: _Broker, topic: str, process: str, ttl: float) -> None:
         self.broker = broker
         self.topic = topic
         self.process = process
