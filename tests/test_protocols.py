@@ -1,6 +1,6 @@
 """Pure tests of the protocol state machines, message by message: no sockets, no clock.
 
-Rows W1-W14 and L1-L7 are those of PROTOCOLS.md 1.1 and 1.2; E8-E13 of 1.3.
+Rows W1-W15, L1-L7 and E1-E13 are those of docs/protocols.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ class CloseCode(enum.IntEnum):
 
     Whether the graphql-ws client retries matters when picking one: it gives up after
     4400, 4401, 4406, 4409, 4429, 4500 and 1xxx codes other than 1000/1001/1012/1013,
-    and retries after 4403, 4408 and any other 4xxx code (PROTOCOLS.md 1.1).
+    and retries after 4403, 4408 and any other 4xxx code (docs/protocols.md).
     """
 
     NORMAL_CLOSURE = 1000

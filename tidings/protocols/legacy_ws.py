@@ -1,6 +1,6 @@
 """The legacy graphql-ws protocol (apollographql/subscriptions-transport-ws PROTOCOL.md) as a sans-I/O state machine.
 
-Rules L1-L7 of PROTOCOLS.md 1.2. The protocol is deprecated upstream; serve it behind
+Rules L1-L7 of docs/protocols.md. The protocol is deprecated upstream; serve it behind
 the same auth gate as graphql-transport-ws, or not at all.
 """
 

@@ -1,4 +1,4 @@
-"""graphql-sse single connection mode (PROTOCOLS.md 1.3 E8-E13): request classification and
+"""graphql-sse single connection mode (docs/protocols.md, E8-E13): request classification and
 the reservation registry, pure, with time passed in.
 
 A request is handled in two steps, both without I/O::

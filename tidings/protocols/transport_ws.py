@@ -1,6 +1,6 @@
 """The graphql-transport-ws protocol (enisdenjo/graphql-ws PROTOCOL.md) as a sans-I/O state machine.
 
-Rules W1-W14 of PROTOCOLS.md 1.1; W1 (subprotocol negotiation) and W15 (WebSocket ping
+Rules W1-W14 of docs/protocols.md; W1 (subprotocol negotiation) and W15 (WebSocket ping
 frames) belong to the transport.
 """
 
