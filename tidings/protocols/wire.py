@@ -32,7 +32,8 @@ class InvalidMessageError(Exception):
         self.reason = reason
 
 
-def _describe(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON type of a decoded ``value``, as an error sentence names it ("got a number")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -40,10 +41,8 @@ def _describe(value: object) -> str:
     if isinstance(value, int | float):
         return "a number"
     if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+        return "an empty string" if not value else "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def decode_object(data: str) -> JSONObject:
@@ -53,7 +52,7 @@ def decode_object(data: str) -> JSONObject:
     except orjson.JSONDecodeError as exc:
         raise InvalidMessageError("Invalid message: not valid JSON") from exc
     if not isinstance(value, dict):
-        raise InvalidMessageError(f"Invalid message: expected a JSON object, got {_describe(value)}")
+        raise InvalidMessageError(f"Invalid message: expected a JSON object, got {json_type(value)}")
     return value
 
 
@@ -61,7 +60,7 @@ def require_type(message: JSONObject) -> str:
     """Return the message's ``type``, which must be a string."""
     kind = message.get("type")
     if not isinstance(kind, str):
-        raise InvalidMessageError(f'Invalid message: "type" must be a string, got {_describe(kind)}')
+        raise InvalidMessageError(f'Invalid message: "type" must be a string, got {json_type(kind)}')
     return kind
 
 
@@ -69,7 +68,7 @@ def require_id(message: JSONObject) -> str:
     """Return the message's ``id``, which must be a non-empty string."""
     id_ = message.get("id")
     if not isinstance(id_, str) or not id_:
-        raise InvalidMessageError(f'Invalid message: "id" must be a non-empty string, got {_describe(id_)}')
+        raise InvalidMessageError(f'Invalid message: "id" must be a non-empty string, got {json_type(id_)}')
     return id_
 
 
@@ -78,7 +77,7 @@ def optional_object(container: JSONObject, key: str) -> JSONObject | None:
     value = container.get(key)
     if value is None or isinstance(value, dict):
         return value
-    raise InvalidMessageError(f'Invalid message: "{key}" must be an object or null, got {_describe(value)}')
+    raise InvalidMessageError(f'Invalid message: "{key}" must be an object or null, got {json_type(value)}')
 
 
 def optional_string(container: JSONObject, key: str) -> str | None:
@@ -86,17 +85,17 @@ def optional_string(container: JSONObject, key: str) -> str | None:
     value = container.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise InvalidMessageError(f'Invalid message: "{key}" must be a string or null, got {_describe(value)}')
+    raise InvalidMessageError(f'Invalid message: "{key}" must be a string or null, got {json_type(value)}')
 
 
 def parse_operation(id_: str, message: JSONObject) -> Start:
     """Read ``message["payload"]`` as a GraphQL request: ``query`` and its optional companions."""
     payload = message.get("payload")
     if not isinstance(payload, dict):
-        raise InvalidMessageError(f'Invalid message: "payload" must be an object, got {_describe(payload)}')
+        raise InvalidMessageError(f'Invalid message: "payload" must be an object, got {json_type(payload)}')
     query = payload.get("query")
     if not isinstance(query, str):
-        raise InvalidMessageError(f'Invalid message: "query" must be a string, got {_describe(query)}')
+        raise InvalidMessageError(f'Invalid message: "query" must be a string, got {json_type(query)}')
     return Start(
         id=id_,
         query=query,

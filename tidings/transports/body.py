@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from tidings.errors import BadUserInput, ErrorCode
+from tidings.protocols.wire import json_type
 from tidings.transports.common import header
 
 
@@ -123,19 +124,6 @@ def check_request(data: object, *, needs_query: bool = True) -> dict[str, Any]:
             name = "a string" if expected is str else "an object"
             raise BadUserInput(f"'{key}' must be {name}, got {json_type(value)}")
     return data
-
-
-def json_type(value: object) -> str:
-    """The JSON type of a decoded ``value``, as an error sentence names it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "an empty string" if not value else "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 async def respond_bad_request(send: Any, error: BadUserInput, content_type: bytes = b"application/json") -> None:
