@@ -60,3 +60,12 @@ class ChannelStore(Protocol):
     async def dead(self, processes: Iterable[str]) -> set[str]: ...
 
     async def close(self) -> None: ...
+
+
+async def living(store: ChannelStore, key: str, entries: list[Entry]) -> list[Entry]:
+    """``entries`` without those of dead processes, which are removed from ``key`` on the way."""
+    dead = await store.dead({e.process for e in entries})
+    if not dead:
+        return entries
+    await store.remove_entries(key, [e.connection for e in entries if e.process in dead])
+    return [e for e in entries if e.process not in dead]

@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from tidings.pubsub.base import BrokerUnavailable
-from tidings.pubsub.channel_store import Entry
+from tidings.pubsub.channel_store import Entry, living
 
 # NOTIFY refuses a payload of 8000 bytes or more (the default block size).
 MAX_PAYLOAD = 7999
@@ -187,12 +187,7 @@ class PostgresChannelStore:
         for row in rows:
             data = orjson.loads(row["value"])
             entries.append(Entry(row["connection"], data.get("u"), data.get("m")))
-        dead = await self.dead({e.process for e in entries})
-        if dead:
-            gone = [e.connection for e in entries if e.process in dead]
-            await self.remove_entries(key, gone)
-            entries = [e for e in entries if e.process not in dead]
-        return entries
+        return await living(self, key, entries)
 
     async def heartbeat(self, keys: Iterable[str]) -> None:
         await self._fetch(self.sql["beat"], self.process, self.ttl)

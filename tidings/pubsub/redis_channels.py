@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from tidings.pubsub.base import BrokerUnavailable
-from tidings.pubsub.channel_store import Entry, split
+from tidings.pubsub.channel_store import Entry, living, split
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -129,12 +129,7 @@ class RedisChannelStore:
             data = orjson.loads(value)
             name = connection.decode() if isinstance(connection, bytes) else connection
             entries.append(Entry(name, data.get("u"), data.get("m")))
-        dead = await self.dead({e.process for e in entries})
-        if dead:
-            gone = [e.connection for e in entries if e.process in dead]
-            await self.remove_entries(key, gone)
-            entries = [e for e in entries if e.process not in dead]
-        return entries
+        return await living(self, key, entries)
 
     async def heartbeat(self, keys: Iterable[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
