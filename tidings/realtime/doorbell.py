@@ -1,52 +1,45 @@
-"""Doorbell messages: a committed event, encoded for the broker."""
+"""Doorbell messages: a committed event, encoded for the broker in the event log's own form."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import orjson
 
-from tidings.events import ChangeEvent, Operation, to_jsonable
+from tidings.events import ChangeEvent
 from tidings.model.collection import Collection
-from tidings.store import decode_document
+from tidings.store import decode_event, event_row
 
 CHANNEL = "tidings:events"
 
 
 def encode(event: ChangeEvent) -> bytes:
-    return orjson.dumps(
-        {
-            "seq": event.seq,
-            "collection": event.collection,
-            "operation": event.operation.value,
-            "id": event.record_id,
-            "account": event.account,
-            "record": {k: to_jsonable(v) for k, v in event.record.items()},
-            "previous": {k: to_jsonable(v) for k, v in event.previous.items()},
-            "changed": list(event.changed_fields),
-            "timestamp": event.timestamp.isoformat(),
-            "actor": event.actor,
-        }
+    row = event_row(
+        event.collection,
+        event.operation,
+        event.record_id,
+        event.account,
+        event.record,
+        event.previous,
+        event.changed_fields,
+        event.timestamp,
+        event.actor,
     )
+    return orjson.dumps({"seq": event.seq, **row})
 
 
 def decode(message: bytes, collections: dict[str, Collection]) -> tuple[int, ChangeEvent | None]:
-    """The sequence, and the event when it is fully readable (else None: read the log)."""
+    """The sequence, and the event when it is fully readable (else None: read the log).
+
+    A doorbell this version cannot read (one from another version, during a rolling deploy)
+    still carries its seq: the event is read from the log instead.
+    """
     data: dict[str, Any] = orjson.loads(message)
     seq = int(data["seq"])
     coll = collections.get(data.get("collection", ""))
     if coll is None:
         return seq, None
-    return seq, ChangeEvent(
-        seq=seq,
-        collection=coll.name,
-        operation=Operation(data["operation"]),
-        record_id=data["id"],
-        account=data["account"],
-        record=decode_document(coll, data["record"]),
-        previous=decode_document(coll, data["previous"]),
-        changed_fields=tuple(data["changed"]),
-        timestamp=dt.datetime.fromisoformat(data["timestamp"]),
-        actor=data["actor"],
-    )
+    try:
+        return seq, decode_event(coll, data)
+    except (KeyError, TypeError, ValueError):
+        return seq, None

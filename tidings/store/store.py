@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -455,17 +455,9 @@ class Store:
     ) -> ChangeEvent:
         changes_record = operation is Operation.CREATED or operation is Operation.UPDATED
         timestamp = record["updated_at"] if changes_record else utcnow()
-        row = {
-            "collection": coll.name,
-            "operation": operation.value,
-            "record_id": record["id"],
-            "account": record.get("account"),
-            "record": {k: to_jsonable(v) for k, v in record.items()},
-            "previous": {k: to_jsonable(v) for k, v in previous.items()},
-            "changed_fields": list(changed),
-            "timestamp": timestamp,
-            "actor": actor,
-        }
+        row = event_row(
+            coll.name, operation, record["id"], record.get("account"), record, previous, changed, timestamp, actor
+        )
         seq = int(self._insert(conn, self.tables.events, row, returning="seq"))  # on SQLite the rowid
         conn.info[LAST_SEQ] = seq  # PostgreSQL: what tells whether a COMMIT whose answer was lost committed
         return ChangeEvent(
@@ -508,19 +500,52 @@ class Store:
         return record
 
     def decode_event(self, row: Mapping[Any, Any]) -> ChangeEvent:
-        coll = self.collections[row["collection"]]
-        return ChangeEvent(
-            seq=int(row["seq"]),
-            collection=row["collection"],
-            operation=Operation(row["operation"]),
-            record_id=row["record_id"],
-            account=row["account"],
-            record=decode_document(coll, row["record"]),
-            previous=decode_document(coll, row["previous"]),
-            changed_fields=tuple(row["changed_fields"]),
-            timestamp=row["timestamp"],
-            actor=row["actor"],
-        )
+        return decode_event(self.collections[row["collection"]], row)
+
+
+# -- the event's one form: a log row, and (as JSON) a doorbell ------------------
+
+
+def event_row(
+    collection: str,
+    operation: Operation,
+    record_id: str,
+    account: str | None,
+    record: Record,
+    previous: Record,
+    changed: Sequence[str],
+    timestamp: dt.datetime,
+    actor: str | None,
+) -> dict[str, Any]:
+    """An event as the log stores it (and, with its seq, as the broker carries it: JSON)."""
+    return {
+        "collection": collection,
+        "operation": operation.value,
+        "record_id": record_id,
+        "account": account,
+        "record": {k: to_jsonable(v) for k, v in record.items()},
+        "previous": {k: to_jsonable(v) for k, v in previous.items()},
+        "changed_fields": list(changed),
+        "timestamp": timestamp,
+        "actor": actor,
+    }
+
+
+def decode_event(coll: Collection, row: Mapping[Any, Any]) -> ChangeEvent:
+    """An event from its log row or its doorbell's JSON (where the timestamp is a string)."""
+    timestamp = row["timestamp"]
+    return ChangeEvent(
+        seq=int(row["seq"]),
+        collection=coll.name,
+        operation=Operation(row["operation"]),
+        record_id=row["record_id"],
+        account=row["account"],
+        record=decode_document(coll, row["record"]),
+        previous=decode_document(coll, row["previous"]),
+        changed_fields=tuple(row["changed_fields"]),
+        timestamp=dt.datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp,
+        actor=row["actor"],
+    )
 
 
 def decode_document(coll: Collection, doc: Mapping[str, Any]) -> Record:
