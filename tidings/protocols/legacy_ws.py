@@ -6,14 +6,13 @@ the same auth gate as graphql-transport-ws, or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from typing import Final, Literal, NotRequired, TypedDict
 
 import orjson
 
 from tidings.protocols.close_codes import CloseCode
 from tidings.protocols.commands import Authenticate, Command, Stop, send
-from tidings.protocols.state import ConnectionState, Phase
+from tidings.protocols.state import Phase, WebSocketProtocolState
 from tidings.protocols.wire import (
     InvalidMessageError,
     decode_object,
@@ -132,7 +131,7 @@ def _connection_error(message: str) -> list[Command]:
     return [send(error)]
 
 
-class LegacyWsProtocol:
+class LegacyWsProtocol(WebSocketProtocolState):
     """One legacy graphql-ws connection: feed it frames, carry out the commands it returns.
 
     Driven like ``TransportWsProtocol``, plus ``keepalive`` on the transport's ``ka``
@@ -155,30 +154,7 @@ class LegacyWsProtocol:
       for an unknown id is ignored.
     """
 
-    __slots__ = ("_state",)
-
-    def __init__(self, *, max_operations: int = 100) -> None:
-        self._state = ConnectionState(max_operations)
-
-    @property
-    def phase(self) -> Phase:
-        return self._state.phase
-
-    @property
-    def is_acknowledged(self) -> bool:
-        return self._state.phase is Phase.ACKNOWLEDGED
-
-    @property
-    def is_closed(self) -> bool:
-        return self._state.phase is Phase.CLOSED
-
-    @property
-    def active_ids(self) -> AbstractSet[str]:
-        """The ids of the running operations (a read-only view)."""
-        return self._state.active_view
-
-    def is_active(self, id: str) -> bool:  # noqa: A002 (the wire field's name)
-        return id in self._state.active
+    __slots__ = ()
 
     # Client -> Server
 

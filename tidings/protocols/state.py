@@ -9,7 +9,7 @@ from collections.abc import Set as AbstractSet
 from tidings.protocols.close_codes import CloseCode, close_reason
 from tidings.protocols.commands import Close, Command
 
-__all__ = ["ConnectionState", "Phase", "ReadOnlySet"]
+__all__ = ["ConnectionState", "Phase", "ReadOnlySet", "WebSocketProtocolState"]
 
 
 class Phase(enum.Enum):
@@ -77,3 +77,32 @@ class ReadOnlySet(AbstractSet[str]):
 
     def __repr__(self) -> str:
         return f"ReadOnlySet({sorted(self._items)!r})"
+
+
+class WebSocketProtocolState:
+    """What both WebSocket protocols answer about their connection: its phase and running ids."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, *, max_operations: int = 100) -> None:
+        self._state = ConnectionState(max_operations)
+
+    @property
+    def phase(self) -> Phase:
+        return self._state.phase
+
+    @property
+    def is_acknowledged(self) -> bool:
+        return self._state.phase is Phase.ACKNOWLEDGED
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state.phase is Phase.CLOSED
+
+    @property
+    def active_ids(self) -> AbstractSet[str]:
+        """The ids of the running operations (a read-only view)."""
+        return self._state.active_view
+
+    def is_active(self, id: str) -> bool:  # noqa: A002 (the wire field's name)
+        return id in self._state.active

@@ -6,14 +6,13 @@ frames) belong to the transport.
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
 from typing import Final, Literal, NotRequired, TypedDict
 
 import orjson
 
 from tidings.protocols.close_codes import CloseCode
 from tidings.protocols.commands import Authenticate, Command, Stop, send
-from tidings.protocols.state import ConnectionState, Phase
+from tidings.protocols.state import Phase, WebSocketProtocolState
 from tidings.protocols.wire import (
     InvalidMessageError,
     decode_object,
@@ -113,7 +112,7 @@ class CompleteMessage(TypedDict):
 _SERVER_ONLY_TYPES: Final = frozenset({"connection_ack", "next", "error"})
 
 
-class TransportWsProtocol:
+class TransportWsProtocol(WebSocketProtocolState):
     """One graphql-transport-ws connection: feed it frames, carry out the commands it returns.
 
     The transport calls ``receive`` for every frame, ``acknowledge`` or ``reject`` after
@@ -124,30 +123,7 @@ class TransportWsProtocol:
     dropped here (W10). After a ``Close`` every method returns ``[]``.
     """
 
-    __slots__ = ("_state",)
-
-    def __init__(self, *, max_operations: int = 100) -> None:
-        self._state = ConnectionState(max_operations)
-
-    @property
-    def phase(self) -> Phase:
-        return self._state.phase
-
-    @property
-    def is_acknowledged(self) -> bool:
-        return self._state.phase is Phase.ACKNOWLEDGED
-
-    @property
-    def is_closed(self) -> bool:
-        return self._state.phase is Phase.CLOSED
-
-    @property
-    def active_ids(self) -> AbstractSet[str]:
-        """The ids of the running operations (a read-only view)."""
-        return self._state.active_view
-
-    def is_active(self, id: str) -> bool:  # noqa: A002 (the wire field's name)
-        return id in self._state.active
+    __slots__ = ()
 
     # Client -> Server
 
