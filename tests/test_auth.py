@@ -15,10 +15,10 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.authdemo import COLLECTIONS
-from tests.conftest import Server, make_server, wait_subscribers
+from tests.support.authdemo import COLLECTIONS
+from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
-from tests.wsclient import WS
 
 SECRET = "test-secret-please-change-it-now-0123456789"
 

@@ -22,8 +22,8 @@ import jwt
 import pytest
 import websockets
 
-from tests.conftest import Server, make_server, wait_subscribers
-from tests.wsclient import WS
+from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tidings import Rules, collection
 
 SECRET = "fanout-test-secret-0123456789-abcdefghij"
