@@ -12,7 +12,7 @@ import httpx
 import pytest
 from strawberry.types.base import StrawberryObjectDefinition
 
-from tests.conftest import Server, gql_post, make_server
+from tests.support.servers import Server, gql_post, make_server
 from tidings.engine.build import build_schema
 from tidings.model.collection import JSON, collection, collections_from
 from tidings.resolvers.crud import DIRECT

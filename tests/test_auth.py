@@ -15,10 +15,10 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.authdemo import COLLECTIONS
-from tests.conftest import Server, make_server, wait_subscribers
+from tests.support.authdemo import COLLECTIONS
+from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
-from tests.wsclient import WS
 
 SECRET = "test-secret-please-change-it-now-0123456789"
 
@@ -303,6 +303,9 @@ async def test_token_expiry_closes_the_socket_and_renewal_keeps_it(auth_server: 
     assert code == 4403 and "expired" in reason.lower()
     assert time.monotonic() - started < 4
     renewing = await subscriber(auth_server, token("ann", "acme", ttl=2))
+    # A fence for the renewed token's old expiry: a connection whose token expires at least a
+    # second after it. Its close says the server's clock has passed the old expiry.
+    witness = await subscriber(auth_server, token("ann", "acme", ttl=3))
     await renewing.send(
         {
             "id": "r",
@@ -316,8 +319,9 @@ async def test_token_expiry_closes_the_socket_and_renewal_keeps_it(auth_server: 
     renewed = await renewing.recv()
     assert renewed["payload"]["data"]["renewToken"] == {"sub": "ann", "account": "acme"}
     assert (await renewing.recv())["type"] == "complete"
-    await asyncio.sleep(3)
-    await wait_subscribers(auth_server, 1)
+    code, reason = await witness.closed(timeout=6)
+    assert code == 4403 and "expired" in reason.lower()
+    await wait_subscribers(auth_server, 1, exact=True)
     await create_note(auth_server, token("ann", "acme"), "still here")
     assert (await renewing.recv())["payload"]["data"]["noteEvents"]["record"]["title"] == "still here"
     await renewing.send(

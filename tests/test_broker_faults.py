@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, gql_post, make_server, subscribed, until
-from tests.processes import RedisProcess
+from tests.support.processes import RedisProcess
+from tests.support.servers import Server, gql_post, make_server, subscribed, until
+from tests.support.wsclient import WS
 from tests.test_resume import events_of
-from tests.wsclient import WS
 from tidings.pubsub import broker_from_url
 
 SUB = 'subscription { messageEvents(where: {room: {eq: "r1"}}) { seq record { body } } }'

@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.backends import fresh_database, service_url
-from tests.conftest import make_server, subscribed, until
-from tests.processes import RedisProcess
+from tests.support.backends import fresh_database, service_url
+from tests.support.processes import RedisProcess
+from tests.support.servers import make_server, subscribed, until
 from tests.test_broker_faults import OUTAGE, RECOVERY, SUB, bodies, lines, post
 from tidings.errors import ConfigurationError
 from tidings.pubsub import Broker, BrokerUnavailable, MemoryBroker, broker_from_url, resolve_broker_url

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, gql_post, subscribed, wait_subscribers
+from tests.support.servers import Server, gql_post, subscribed, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events, sse_stream
 from tests.test_realtime_ws import create, delete, update
-from tests.wsclient import WS
 
 NARROWED = """subscription($fields: [TaskField!], $where: TaskWhere, $after: String) {
   taskEvents(changedFields: $fields, where: $where, after: $after) {

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.backends import fresh_database, service_url
+from tests.support.backends import fresh_database, service_url
 from tidings.pubsub import Broker, MemoryBroker, broker_from_url
 from tidings.pubsub.channel_store import ChannelStore, Entry, split
 from tidings.pubsub.postgres_channels import table_prefix

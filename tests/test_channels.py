@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends import fresh_database, service_url
-from tests.conftest import Server, gql_post, make_server, wait_channel_subscribers
-from tests.processes import RedisProcess, serving
+from tests.support.backends import fresh_database, service_url
+from tests.support.processes import RedisProcess, serving
+from tests.support.servers import Server, gql_post, make_server, wait_channel_subscribers
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, token
 from tests.test_realtime_sse import read_events
-from tests.wsclient import WS
 from tidings import Channel, collection
 from tidings.auth.channel_rules import ChannelAction, ChannelRules
 from tidings.auth.principal import ANONYMOUS, Principal

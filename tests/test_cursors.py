@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, gql_post, make_server, wait_subscribers
+from tests.support.servers import Server, gql_post, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
 from tests.test_realtime_ws import create
-from tests.wsclient import WS
 
 SUB = """subscription($after: String) {
   taskEvents(where: {status: {eq: "open"}}, after: $after) { seq cursor record { title } }

@@ -28,9 +28,9 @@ import pytest
 import sqlalchemy as sa
 from graphql import GraphQLError
 
-from tests.backends import fresh_database
-from tests.conftest import Server, make_server, until
-from tests.processes import PostgresProcess, postgres_process
+from tests.support.backends import fresh_database
+from tests.support.processes import PostgresProcess, postgres_process
+from tests.support.servers import Server, make_server, until
 from tests.test_health import until_ready
 from tidings.pubsub import MemoryBroker
 from tidings.pubsub.postgres import asyncpg_url

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from graphql import GraphQLSchema
 
-from tests.conftest import Server
+from tests.support.servers import Server
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
-from tests.wsclient import WS
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.engine.build import build_schema
 from tidings.engine.documents import Documents

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.backends import service_url
+from tests.support.backends import service_url
 from tidings.errors import BadUserInput
 from tidings.filters import (
     MATCH_ALL,

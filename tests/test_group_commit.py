@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.backends import fresh_database, service_url
+from tests.support.backends import fresh_database, service_url
 from tidings.errors import Conflict, Forbidden, NotFound
 from tidings.events import ChangeEvent, Operation
 from tidings.filters import MATCH_ALL

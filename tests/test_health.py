@@ -13,9 +13,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.backends import fresh_database, service_url
-from tests.conftest import make_server
-from tests.processes import RedisProcess
+from tests.support.backends import fresh_database, service_url
+from tests.support.processes import RedisProcess
+from tests.support.servers import make_server
 from tests.test_broker_faults import post
 from tidings.pubsub import MemoryBroker, broker_from_url
 from tidings.pubsub.postgres import asyncpg_url

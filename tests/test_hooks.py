@@ -13,8 +13,8 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import Server, gql_post, make_server, subscribed, wait_channel_subscribers
-from tests.wsclient import WS
+from tests.support.servers import Server, gql_post, make_server, subscribed, wait_channel_subscribers
+from tests.support.wsclient import WS
 from tidings import (
     BadUserInput,
     ChangeEvent,

@@ -12,7 +12,7 @@ from gql import Client, gql
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.httpx import HTTPXAsyncTransport
 
-from tests.conftest import Server, gql_post
+from tests.support.servers import Server, gql_post
 
 CREATE = """mutation($input: CreateTaskInput!) {
   createTask(input: $input) { id title status priority assignedTo dueAt tags version createdAt updatedAt }
@@ -177,7 +177,7 @@ class _Stamp:
 
 async def test_middleware_added_to_the_app_sees_graphql_requests(tmp_path: Any) -> None:
     """/graphql skips Starlette's router on the way in; an app's add_middleware still applies to it."""
-    from tests.conftest import make_server
+    from tests.support.servers import make_server
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, gql_post, make_server
+from tests.support.servers import Server, gql_post, make_server
 from tidings.serving import H11DeadlineProtocol, http_protocol
 
 LIMIT = 65_536

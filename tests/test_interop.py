@@ -38,12 +38,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.backends import unavailable
-from tests.browsers import offline_chromium, watched_page
-from tests.conftest import Server, free_port, wait_subscribers
-from tests.processes import serving
+from tests.support.backends import unavailable
+from tests.support.browsers import offline_chromium, watched_page
+from tests.support.processes import serving
+from tests.support.servers import Server, free_port, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_readme import readme_blocks
-from tests.wsclient import WS
 from tidings.auth.tokens import Authenticator
 
 INTEROP = Path(__file__).parent / "interop"

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.authdemo import COLLECTIONS
-from tests.backends import service_url
-from tests.conftest import free_port, gql_post, make_server, wait_subscribers
+from tests.support.authdemo import COLLECTIONS
+from tests.support.backends import service_url
+from tests.support.servers import free_port, gql_post, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, token
-from tests.wsclient import WS
 from tidings.auth.principal import Principal
 from tidings.limits import Limits, Rate, TokenBucket
 from tidings.pubsub import broker_from_url

@@ -15,13 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.authdemo import COLLECTIONS as AUTH_COLLECTIONS
-from tests.conftest import Server, gql_post, make_server
+from tests.support.authdemo import COLLECTIONS as AUTH_COLLECTIONS
+from tests.support.servers import Server, gql_post, make_server
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, call, create_note, token
 from tests.test_readme import at, the_block
 from tests.test_realtime_sse import read_events
 from tests.test_realtime_ws import create, delete, update
-from tests.wsclient import WS
 
 LIVE = """query Board($limit: Int) @live {
   tasks(where: {status: {eq: "open"}}, orderBy: [{priority: DESC}], limit: $limit) { id title priority }

@@ -16,7 +16,7 @@ from graphql import parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.backends import fresh_database
+from tests.support.backends import fresh_database
 from tests.test_live import apply_patch
 from tidings.engine.build import build_schema
 from tidings.filters import MATCH_ALL, compile_predicate, parse_filter

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, wait_subscribers
+from tests.support.servers import Server, wait_subscribers
 from tests.test_realtime_sse import SUB, read_events
 from tests.test_realtime_ws import create
 from tidings.protocols.accept import negotiate, parse_accept, quality

@@ -21,11 +21,11 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends import fresh_database, service_url
-from tests.conftest import Server, free_port, make_server, wait_subscribers
-from tests.processes import spawn_serve, stop_serve
+from tests.support.backends import fresh_database, service_url
+from tests.support.processes import spawn_serve, stop_serve
+from tests.support.servers import Server, free_port, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
-from tests.wsclient import WS
 from tidings.config import Settings
 from tidings.errors import ConfigurationError
 from tidings.logs import JsonFormatter, configure_logging

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import Server, make_server
+from tests.support.servers import Server, make_server
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, token
 from tests.test_realtime_sse import SUB
-from tests.wsclient import WS
 from tidings.transports.origins import OriginPolicy, is_same_origin
 
 DEV = "http://localhost:5173"

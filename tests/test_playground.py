@@ -14,8 +14,8 @@ import httpx
 import pytest
 from graphql import parse, validate
 
-from tests.browsers import Offline, offline_chromium, watched_page
-from tests.conftest import Server, make_server, wait_subscribers
+from tests.support.browsers import Offline, offline_chromium, watched_page
+from tests.support.servers import Server, make_server, wait_subscribers
 from tidings.engine.build import build_schema
 from tidings.model.collection import JSON, collection, collections_from
 from tidings.playground import example_tabs

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from tests.backends import unavailable
-from tests.conftest import Server, free_port, wait_subscribers
-from tests.processes import TIDINGS
+from tests.support.backends import unavailable
+from tests.support.processes import TIDINGS
+from tests.support.servers import Server, free_port, wait_subscribers
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, wait_subscribers
+from tests.support.servers import Server, wait_subscribers
 from tests.test_realtime_ws import create, update
 from tidings.protocols.sse import SSEParser
 

@@ -10,8 +10,8 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.conftest import Server, gql_post, subscribed, wait_subscribers
-from tests.wsclient import WS
+from tests.support.servers import Server, gql_post, subscribed, wait_subscribers
+from tests.support.wsclient import WS
 
 EVENTS = """subscription($where: TaskWhere, $ops: [Operation!], $id: ID, $after: String) {
   taskEvents(where: $where, operations: $ops, id: $id, after: $after) {
@@ -154,7 +154,7 @@ async def test_duplicate_id_and_double_init_close(server: Server) -> None:
 
 
 async def test_init_timeout_closes_4408(tmp_path: Any) -> None:
-    from tests.conftest import make_server
+    from tests.support.servers import make_server
 
     server = make_server(tmp_path, init_timeout=0.3)
     try:
@@ -165,7 +165,7 @@ async def test_init_timeout_closes_4408(tmp_path: Any) -> None:
 
 
 async def test_subscription_limit_errors_without_disturbing_others(tmp_path: Any) -> None:
-    from tests.conftest import make_server
+    from tests.support.servers import make_server
 
     server = make_server(tmp_path, max_subscriptions=2)
     try:

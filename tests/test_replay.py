@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, gql_post, subscribed, until, wait_subscribers
+from tests.support.servers import Server, gql_post, subscribed, until, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_resume import SUB, events_of, post_many
-from tests.wsclient import WS
 from tidings.errors import CursorExpired
 from tidings.events import ChangeEvent, Operation
 from tidings.realtime.group import Subscriber

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends import fresh_database
-from tests.conftest import Server, gql_post, make_server, until
+from tests.support.backends import fresh_database
+from tests.support.servers import Server, gql_post, make_server, until
 
 ALIASES = 10
 REQUESTS = 20

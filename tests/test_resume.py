@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, gql_post, make_server, subscribed, wait_subscribers
+from tests.support.servers import Server, gql_post, make_server, subscribed, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
 from tests.test_realtime_ws import create
-from tests.wsclient import WS
 from tidings.pubsub import MemoryBroker
 
 SUB = """subscription($after: String) {
@@ -23,7 +23,13 @@ CREATE = (
 )
 
 
-async def post_many(http: httpx.AsyncClient, bodies: list[tuple[str, str]], concurrency: int = 8) -> None:
+async def post_many(
+    http: httpx.AsyncClient,
+    bodies: list[tuple[str, str]],
+    concurrency: int = 8,
+    first_written: asyncio.Event | None = None,
+) -> None:
+    """Create ``bodies`` as messages, ``concurrency`` at a time; ``first_written`` is set once one is acknowledged."""
     queue = list(bodies)
 
     async def worker() -> None:
@@ -31,6 +37,8 @@ async def post_many(http: httpx.AsyncClient, bodies: list[tuple[str, str]], conc
             room, body = queue.pop(0)
             result = await gql_post(http, CREATE, {"room": room, "body": body})
             assert "errors" not in result, result
+            if first_written is not None:
+                first_written.set()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -70,11 +78,15 @@ async def test_resume_while_writes_continue_has_no_gap_and_no_duplicate(
     server: Server, http: httpx.AsyncClient
 ) -> None:
     await post_many(http, [("r1", f"old{i}") for i in range(200)])
-    writer = asyncio.create_task(post_many(http, [("r1", f"new{i}") for i in range(300)], concurrency=4))
-    await asyncio.sleep(0.05)
+    writing = asyncio.Event()
+    writer = asyncio.create_task(
+        post_many(http, [("r1", f"new{i}") for i in range(300)], concurrency=4, first_written=writing)
+    )
+    await asyncio.wait_for(writing.wait(), 10)  # the writer has committed at least one change
     ws = await WS.open(server.ws_url)
     await ws.init()
     await ws.subscribe("1", SUB, {"after": "100"})
+    assert not writer.done(), "the writes ended before the resume began: nothing ran concurrently"
     await writer
     got: list[dict[str, Any]] = []
     while len(got) < 400:

@@ -14,10 +14,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Server, free_port, make_server
-from tests.processes import spawn_serve, stop_serve
+from tests.support.processes import spawn_serve, stop_serve
+from tests.support.servers import Server, free_port, make_server
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, call, token
-from tests.wsclient import WS
 from tidings import Rules, Settings, collection
 from tidings.errors import ConfigurationError
 from tidings.protocols.sse import SSEParser

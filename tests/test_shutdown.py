@@ -17,7 +17,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.processes import Process, serving
+from tests.support.processes import Process, serving
 from tidings.protocols.sse import SSEParser
 
 pytestmark = pytest.mark.timeout(40)

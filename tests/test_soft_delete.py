@@ -12,12 +12,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.backends import fresh_database
-from tests.conftest import Server, gql_post, make_server, subscribed, wait_subscribers
+from tests.support.backends import fresh_database
+from tests.support.servers import Server, gql_post, make_server, subscribed, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, token
 from tests.test_realtime_sse import read_events, sse_stream
 from tests.test_realtime_ws import create, delete, mutate, update
-from tests.wsclient import WS
 from tidings import Rules, collection
 from tidings.errors import ConfigurationError, NotFound
 from tidings.events import Operation

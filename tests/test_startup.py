@@ -25,8 +25,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Server, free_port
-from tests.processes import TIDINGS, RedisProcess, serve_command, spawn_serve, stop_serve
+from tests.support.processes import TIDINGS, RedisProcess, serve_command, spawn_serve, stop_serve
+from tests.support.servers import Server, free_port
 from tidings import JSON, Rules, collection
 from tidings.app import create_app
 from tidings.auth.tokens import Authenticator

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.backends import fresh_database
+from tests.support.backends import fresh_database
 from tidings.errors import Conflict, NotFound
 from tidings.events import Operation
 from tidings.filters import MATCH_ALL, parse_filter

@@ -14,12 +14,12 @@ import httpx
 import jwt
 import pytest
 
-from tests.authdemo import COLLECTIONS
-from tests.conftest import Server, make_server, wait_subscribers
-from tests.processes import serving
+from tests.support.authdemo import COLLECTIONS
+from tests.support.processes import serving
+from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_auth import SECRET, call, token
 from tests.test_realtime_sse import read_events, sse_stream
-from tests.wsclient import WS
 from tidings import Rules
 
 pytestmark = pytest.mark.timeout(40)

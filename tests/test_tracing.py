@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.conftest import Server, make_server, until, wait_subscribers
+from tests.support.servers import Server, make_server, until, wait_subscribers
+from tests.support.wsclient import WS
 from tests.test_realtime_sse import read_events
-from tests.wsclient import WS
 
 CREATE = 'mutation { createTask(input: {title: "traced"}) { id } }'
 EVENTS = "subscription { taskEvents { seq cursor record { title } } }"

@@ -25,9 +25,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.backends import fresh_database, service_url
-from tests.conftest import free_port, make_server
-from tests.processes import ServeProcess, popen_serve, serve_command
+from tests.support.backends import fresh_database, service_url
+from tests.support.processes import ServeProcess, popen_serve, serve_command
+from tests.support.servers import free_port, make_server
 from tidings.filters import MATCH_ALL
 from tidings.model.collection import collections_from
 from tidings.model.demo import COLLECTIONS

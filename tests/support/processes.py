@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.backends import unavailable
-from tests.conftest import free_port
+from tests.support.backends import unavailable
+from tests.support.servers import free_port
 
 TIDINGS = str(Path(sys.executable).with_name("tidings"))
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.backends import unavailable
+from tests.support.backends import unavailable
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Without these, Chromium calls its vendor's services at start: blocked here, noisy, slow.
