@@ -80,6 +80,7 @@ class Tidings:
     ) -> None:
         self.settings = settings
         self.collections = list(collections)
+        self.draining = False  # set by drain(): new SSE streams refused, /readyz says "draining"
         self.store = Store(settings.db, self.collections, outage_wait=settings.db_outage_wait)
         self.broker = broker or broker_from_url(settings.broker, db=settings.db)
         self.tracing = Tracing(settings.tracing == "on", tracer_provider=tracer_provider)
@@ -189,7 +190,6 @@ class Tidings:
         )
         self.health = Health(self.dispatcher, self.readiness, lambda: self.draining)
         self._tasks: list[asyncio.Task[None]] = []
-        self.draining = False
 
     @property
     def authorizer(self) -> Authorizer:
