@@ -114,16 +114,23 @@ _SEP = "\x1f"
 class Metrics:
     """This process's figures: counters kept here, gauges read from the app's parts at scrape time."""
 
-    def __init__(self, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        dispatcher: Dispatcher | None = None,
+        latency: LatencyHistogram | None = None,
+        connections: Iterable[Any] = (),
+    ) -> None:
         self.store = store
         self.connections_opened: defaultdict[str, int] = defaultdict(int)
         self.slow_consumers: defaultdict[str, int] = defaultdict(int)
         self.auth_failures: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.mutations: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.closed_deliveries = 0  # deliveries of connections that closed; live ones count on their stats
-        self.latency = LatencyHistogram()
-        self.dispatcher: Dispatcher | None = None
-        self.connections: Iterable[Any] = ()  # live connections, each with .stats and .queue
+        self.latency = latency or LatencyHistogram()
+        self.dispatcher = dispatcher
+        self.connections = connections  # live connections, each with .stats and .queue
 
     def auth_failed(self, transport: str, error: Exception) -> None:
         self.auth_failures[transport, auth_reason(error)] += 1

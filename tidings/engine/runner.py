@@ -110,6 +110,9 @@ class Engine:
         introspection: Introspection = Introspection.ON,
         suggestions: bool = True,
         live_max_rows: int = 1000,
+        channels: Channels | None = None,
+        count_mutations: Callable[[OperationDefinitionNode, Sequence[GraphQLError] | None], None] | None = None,
+        expiring_lead: float = 60.0,
     ) -> None:
         self.schema = schema
         self.suggestions = suggestions
@@ -117,8 +120,8 @@ class Engine:
         self.services = services
         self.dispatcher = dispatcher
         self.by_field = {c.events_field: c for c in collections}
-        self.channels: Channels | None = None  # set by the app: serves channelEvents and presence
-        self.system = SystemEvents()  # systemEvents, per connection
+        self.channels = channels  # serves channelEvents and presence, when the app has channels
+        self.system = SystemEvents(expiring_lead=expiring_lead)  # systemEvents, per connection
         self.documents = documents or Documents(
             validation_rules(max_depth=max_depth, max_aliases=max_aliases), introspection=introspection
         )
@@ -127,14 +130,14 @@ class Engine:
         self.live = LiveQueries(
             schema._schema,
             services.store,
-            services.authorizer,
+            services.permissions,
             collections,
             self.live_hub,
             max_rows=live_max_rows,
             max_limit=services.max_limit,
         )
-        # Set by the app: counts a mutation's root fields by outcome (tidings_mutations_total).
-        self.count_mutations: Callable[[OperationDefinitionNode, Sequence[GraphQLError] | None], None] | None = None
+        # Counts a mutation's root fields by outcome (tidings_mutations_total), when the app keeps metrics.
+        self.count_mutations = count_mutations
 
     def _parse(self, query: str, principal: Principal | None) -> Parsed:
         """``query`` for ``principal`` (None: only to learn what it is, see ``Documents.get``)."""

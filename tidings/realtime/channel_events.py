@@ -92,6 +92,7 @@ class ChannelEvents:
         *,
         limits: Limits | None = None,
         max_payload: int = 16_384,
+        before_publish: Callable[[Principal, str, str, Any], Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
         self.rules = rules
@@ -101,7 +102,7 @@ class ChannelEvents:
         self._subscribers: dict[str, set[ChannelSubscriber]] = {}
         self.delivered = 0
         # The app's on_publish hooks (principal, channel, type, data) -> data: may refuse or rewrite.
-        self.before_publish: Callable[[Principal, str, str, Any], Awaitable[Any]] | None = None
+        self.before_publish = before_publish
 
     # -- publish -------------------------------------------------------------------
 

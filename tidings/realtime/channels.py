@@ -45,6 +45,7 @@ class Channels:
         limits: Limits | None = None,
         max_payload: int = 16_384,
         presence_ttl: float = 15.0,
+        before_publish: Callable[[Principal, str, str, Any], Awaitable[Any]] | None = None,
     ) -> None:
         self.broker = broker
         self.rules = rules
@@ -52,7 +53,14 @@ class Channels:
         self.process = f"{os.getpid():x}{random.getrandbits(32):08x}"
         # The backend says where numbers, history and presence live (shared or this process's).
         self.store: ChannelStore = broker.channel_store(topic, self.process, presence_ttl)
-        self.events = ChannelEvents(self.store, rules, self.connection_id, limits=limits, max_payload=max_payload)
+        self.events = ChannelEvents(
+            self.store,
+            rules,
+            self.connection_id,
+            limits=limits,
+            max_payload=max_payload,
+            before_publish=before_publish,
+        )
         self.presence = ChannelPresence(
             self.store, rules, self.connection_id, max_payload=max_payload, ttl=presence_ttl
         )
@@ -95,10 +103,6 @@ class Channels:
     def before_publish(self) -> Callable[[Principal, str, str, Any], Awaitable[Any]] | None:
         """The app's on_publish hooks (principal, channel, type, data) -> data: may refuse or rewrite."""
         return self.events.before_publish
-
-    @before_publish.setter
-    def before_publish(self, hook: Callable[[Principal, str, str, Any], Awaitable[Any]] | None) -> None:
-        self.events.before_publish = hook
 
     async def publish(
         self,

@@ -74,6 +74,7 @@ class Dispatcher:
         publish_timeout: float = 0.25,
         reconnect_backoff: tuple[float, float] = (0.05, 1.0),
         tracing: Tracing | None = None,
+        latency: Latency | None = None,
     ) -> None:
         self.store = store
         self.tracing = tracing or Tracing()
@@ -95,7 +96,7 @@ class Dispatcher:
         # Broker health: one WARNING when an outage starts, one INFO when it ends.
         self.broker_outages = 0
         self.broker_subscriptions = 0  # confirmed subscriptions: the first, then one per reconnect
-        self.latency: Latency | None = None  # commit-to-write seconds, per delivery (tidings.metrics)
+        self.latency = latency  # commit-to-write seconds, per delivery (tidings.metrics)
         self._broker_down = False
         self._database_down = False  # the gap check's last read lost its connection (a restart)
         self._down_since = 0.0  # monotonic time the current outage began

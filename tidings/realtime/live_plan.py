@@ -9,6 +9,7 @@ import orjson
 from graphql import DocumentNode, FieldNode, GraphQLError, GraphQLSchema, OperationDefinitionNode
 from graphql.execution import get_argument_values
 
+from tidings.auth.permissions import Permissions
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput
@@ -51,7 +52,7 @@ class LiveQueries:
         self,
         schema: GraphQLSchema,
         store: Store,
-        authorizer: Authorizer,
+        permissions: Permissions,
         collections: list[Collection],
         hub: LiveHub,
         *,
@@ -60,13 +61,18 @@ class LiveQueries:
     ) -> None:
         self.schema = schema
         self.store = store
-        self.authorizer = authorizer
+        self.permissions = permissions
         self.hub = hub
         self.max_rows = max_rows
         self.max_limit = max_limit
         self.lists = {c.plural: c for c in collections}
         self.singles = {c.single_field: c for c in collections}
         self.counts = {count_field(c): c for c in collections}
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """The rules in force now (read on each use: a reload may have replaced them)."""
+        return self.permissions.current
 
     async def start(
         self,

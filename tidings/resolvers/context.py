@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tidings.auth.permissions import Permissions
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import NotFound
 from tidings.events import ChangeEvent
@@ -40,12 +41,17 @@ class Services:
 
     store: Store
     publisher: Publisher
-    authorizer: Authorizer
+    permissions: Permissions  # the one holder of the authorizer: a rules reload swaps it there
     max_limit: int = 1000
     limits: Limits | None = None
     channels: Any = None  # tidings.realtime.channels.Channels, when the app has them
     hooks: HookRunner = dataclasses.field(default_factory=HookRunner)  # the app's tidings.Hooks
     tracing: Tracing = dataclasses.field(default_factory=Tracing)  # OpenTelemetry spans, off by default
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """The rules in force now (read on each use: a reload may have replaced them)."""
+        return self.permissions.current
 
 
 @dataclasses.dataclass(slots=True)
