@@ -153,8 +153,20 @@ HOOKS = [
         ("self", "request", "result"),
         "tidings/transports/http.py (HTTPView.process_result)",
     ),
-    Hook("strawberry.asgi", "GraphQL", "decode_json", ("self", "data"), "tidings/transports/http.py (HTTPView.decode_json)"),
-    Hook("strawberry.asgi", "GraphQL", "encode_json", ("self", "data"), "tidings/transports/http.py (HTTPView.encode_json)"),
+    Hook(
+        "strawberry.asgi",
+        "GraphQL",
+        "decode_json",
+        ("self", "data"),
+        "tidings/transports/http.py (HTTPView.decode_json)",
+    ),
+    Hook(
+        "strawberry.asgi",
+        "GraphQL",
+        "encode_json",
+        ("self", "data"),
+        "tidings/transports/http.py (HTTPView.encode_json)",
+    ),
     Hook(
         "strawberry.asgi",
         "GraphQL",
