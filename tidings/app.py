@@ -61,6 +61,7 @@ from tidings.transports.http import HTTPTransport
 from tidings.transports.origins import OriginCORS, OriginPolicy
 from tidings.transports.sse import SSEEndpoint
 from tidings.transports.websocket import serve_websocket
+from tidings.types import Receive, Scope, Send
 
 logger = logging.getLogger("tidings")
 
@@ -318,7 +319,7 @@ class Tidings:
 
     # -- ASGI --------------------------------------------------------------------
 
-    async def graphql(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def graphql(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await serve_websocket(self.transport, scope, receive, send)
             return
@@ -354,7 +355,7 @@ class _App(Starlette):
     graphql_http: Any = None
     own_middleware = 0  # how many of user_middleware create_app put there
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket" or kind == "http":
             path, root = scope["path"], scope.get("root_path", "")
@@ -378,7 +379,7 @@ class _GraphQLEndpoint:
     def __init__(self, tidings: Tidings) -> None:
         self.tidings = tidings
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.tidings.graphql(scope, receive, send)
 
 

@@ -2,6 +2,10 @@
 
 from typing import Any, TypeAlias
 
+from starlette.types import Message, Receive, Scope, Send
+
+__all__ = ["JSON", "JSONObject", "Message", "Receive", "Record", "Scope", "Send"]
+
 JSON: TypeAlias = Any
 """A JSON value at an edge of the system (wire messages, stored documents)."""
 
@@ -10,3 +14,5 @@ JSONObject: TypeAlias = dict[str, Any]
 
 Record: TypeAlias = dict[str, Any]
 """One stored record, keyed by column name, with Python values (UTC-aware datetimes)."""
+
+# ASGI's Scope, Receive, Send and Message: Starlette's aliases, which every transport speaks in.

@@ -22,6 +22,7 @@ from tidings.model.collection import Collection
 from tidings.playground.examples import example_tabs
 from tidings.schema.validation import Introspection
 from tidings.transports.common import header
+from tidings.types import Scope
 
 STATIC = Path(__file__).with_name("static")
 CHAT_JS = Path(__file__).with_name("chat.js")  # not in static/: playground/build empties that
@@ -79,7 +80,7 @@ class Playground:
         self.storage_key = hashlib.sha256(json.dumps(self.tabs).encode()).hexdigest()[:8]
 
     @staticmethod
-    def wants_page(scope: dict[str, Any]) -> bool:
+    def wants_page(scope: Scope) -> bool:
         """A browser navigating to /graphql (as Strawberry decides, plus text/html with ``?query=``)."""
         if scope["method"] not in ("GET", "HEAD"):
             return False
@@ -88,7 +89,7 @@ class Playground:
             return True
         return "*/*" in accept and b"query=" not in scope.get("query_string", b"")
 
-    def page(self, scope: dict[str, Any]) -> Response:
+    def page(self, scope: Scope) -> Response:
         root = scope.get("root_path", "")
         config = {
             "endpoint": f"{root}/graphql",

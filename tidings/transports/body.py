@@ -21,6 +21,7 @@ import orjson
 from tidings.errors import BadUserInput, ErrorCode
 from tidings.protocols.wire import json_type
 from tidings.transports.common import header
+from tidings.types import Message, Receive, Scope, Send
 
 
 class BodyTooLarge(Exception):
@@ -32,13 +33,13 @@ class LimitedReceive:
 
     __slots__ = ("_receive", "limit", "received")
 
-    def __init__(self, receive: Any, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int) -> None:
         self._receive = receive
         self.limit = limit
         self.received = 0
 
-    async def __call__(self) -> dict[str, Any]:
-        message: dict[str, Any] = await self._receive()
+    async def __call__(self) -> Message:
+        message = await self._receive()
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.limit:
@@ -54,14 +55,14 @@ def too_large_body(limit: int) -> bytes:
     return orjson.dumps({"errors": [error]})
 
 
-async def respond_too_large(send: Any, limit: int) -> None:
+async def respond_too_large(send: Send, limit: int) -> None:
     body = too_large_body(limit)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def limit_body(app: Any, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
+async def limit_body(app: Any, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     """Run the ASGI ``app`` on an HTTP request whose body may hold at most ``limit`` bytes."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -126,7 +127,7 @@ def check_request(data: object, *, needs_query: bool = True) -> dict[str, Any]:
     return data
 
 
-async def respond_bad_request(send: Any, error: BadUserInput, content_type: bytes = b"application/json") -> None:
+async def respond_bad_request(send: Send, error: BadUserInput, content_type: bytes = b"application/json") -> None:
     """Answer ``error`` with 400 and a GraphQL-shaped body carrying its ``extensions.code``."""
     body = orjson.dumps({"errors": [{"message": error.message, "extensions": error.extensions}]})
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]

@@ -15,6 +15,7 @@ from tidings.errors import ErrorCode
 from tidings.metrics import Metrics
 from tidings.transports.origins import OriginPolicy, is_same_origin
 from tidings.transports.stats import log_closed
+from tidings.types import Scope
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,13 +58,13 @@ class TransportContext:
         return is_same_origin(origin, host) or self.origins.allows(origin)
 
 
-def client_ip(scope: dict[str, Any]) -> str | None:
+def client_ip(scope: Scope) -> str | None:
     """The peer's address (behind a proxy, as uvicorn's --forwarded-allow-ips makes it)."""
     client = scope.get("client")
     return str(client[0]) if client else None
 
 
-def declares_json(scope: dict[str, Any]) -> bool:
+def declares_json(scope: Scope) -> bool:
     """Whether a POST says its body is JSON (GraphQL over HTTP: else 415).
 
     The types a form can send (text/plain, urlencoded, multipart) and a missing type
@@ -73,13 +74,13 @@ def declares_json(scope: dict[str, Any]) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
-def unsupported_media_type(scope: dict[str, Any]) -> dict[str, Any]:
+def unsupported_media_type(scope: Scope) -> dict[str, Any]:
     given = header(scope, b"content-type")
     message = f"Content-Type must be application/json, got {given!r}" if given else "Content-Type is required"
     return {"errors": [{"message": message, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]}
 
 
-def header(scope: dict[str, Any], name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return str(value.decode("latin-1"))

@@ -26,6 +26,7 @@ from tidings.transports.body import check_request, decode_json, limit_body, resp
 from tidings.transports.common import declares_json, header, unsupported_media_type
 from tidings.transports.negotiation import GRAPHQL_RESPONSE_JSON, buffer_body, route
 from tidings.transports.sse import SSEEndpoint
+from tidings.types import Receive, Scope, Send
 
 
 class HTTPView(GraphQL[Context, None]):
@@ -101,7 +102,7 @@ class HTTPView(GraphQL[Context, None]):
             request.scope["tidings.request_error"] = True
         return response
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("tidings.media_type") != GRAPHQL_RESPONSE_JSON:
             await super().__call__(scope, receive, send)
             return
@@ -167,11 +168,11 @@ class HTTPTransport:
         # Browsers get tidings' playground (local assets), never Strawberry's CDN page.
         self.view = HTTPView(engine, graphql_ide=None, allow_queries_via_get=True)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Every HTTP path (JSON, SSE, single-connection) reads its body through the limit.
         await limit_body(self.serve, scope, receive, send, self.max_message_size)
 
-    async def serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         chosen = await route(self.engine, scope, receive)
         receive = chosen.receive
         if chosen.sse:
@@ -226,7 +227,7 @@ class HTTPTransport:
         # unknown operation names, subscriptions) keeps Strawberry's view and its answers.
         await self.view(scope, receive, send)
 
-    async def _execute(self, request: Request, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _execute(self, request: Request, scope: Scope, receive: Receive, send: Send) -> None:
         """A valid query or mutation POSTed as JSON: executed by the engine, as over WebSocket and SSE,
         answered as Strawberry's view would (same body, status, headers), without the view's layers."""
         http_request = StarletteRequest(scope, receive)
@@ -256,14 +257,14 @@ class HTTPTransport:
         if sub_response.background is not None:
             await sub_response.background()
 
-    def _is_mutation(self, scope: dict[str, Any]) -> bool:
+    def _is_mutation(self, scope: Scope) -> bool:
         params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         query, name = params.get("query", [""])[0], params.get("operationName", [None])[0]
         if "mutation" not in query:
             return False
         return self.engine.operation_type(Request(query, None, name, None)) is OperationType.MUTATION
 
-    def http_principal(self, scope: dict[str, Any]) -> Principal:
+    def http_principal(self, scope: Scope) -> Principal:
         principal = self.authenticator.optional(bearer(header(scope, b"authorization")))
         self.engine.services.authorizer.check_connect(principal)
         return principal

@@ -11,7 +11,7 @@ with a non-zero quality, whatever it prefers: it has no other answer over HTTP. 
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qs
 
 import orjson
@@ -20,6 +20,7 @@ from graphql import OperationType
 from tidings.engine.runner import Engine, Request
 from tidings.protocols.accept import negotiate, parse_accept, quality
 from tidings.transports.common import declares_json, header
+from tidings.types import Message, Receive, Scope
 
 __all__ = ["EVENT_STREAM", "GRAPHQL_RESPONSE_JSON", "JSON", "Route", "buffer_body", "route"]
 
@@ -36,14 +37,14 @@ class Route:
 
     __slots__ = ("media_type", "receive", "sse")
 
-    def __init__(self, *, sse: bool, media_type: str, receive: Any) -> None:
+    def __init__(self, *, sse: bool, media_type: str, receive: Receive) -> None:
         self.sse = sse
         self.media_type = media_type
         self.receive = receive
         """The request's ``receive``: a replay of the body when routing had to read it."""
 
 
-def reservation_param(scope: dict[str, Any]) -> str | None:
+def reservation_param(scope: Scope) -> str | None:
     """A graphql-sse reservation token given as the ``token`` query parameter.
 
     A ``token`` holding a JWT (it has dots) authenticates an EventSource instead.
@@ -54,7 +55,7 @@ def reservation_param(scope: dict[str, Any]) -> str | None:
     return value if value and value.count(".") != 2 else None
 
 
-async def route(engine: Engine, scope: dict[str, Any], receive: Any) -> Route:
+async def route(engine: Engine, scope: Scope, receive: Receive) -> Route:
     """Decide between SSE and plain HTTP, reading a POST body only when the operation type decides."""
     accept = header(scope, b"accept")
     method = scope["method"]
@@ -99,7 +100,7 @@ def _operation(body: bytes) -> tuple[str, str | None]:
     return data["query"], name if isinstance(name, str) else None
 
 
-async def buffer_body(receive: Any) -> tuple[bytes, Any]:
+async def buffer_body(receive: Receive) -> tuple[bytes, Receive]:
     """Read the whole body (``receive`` enforces the size limit) and a ``receive`` replaying it."""
     chunks: list[bytes] = []
     while True:
@@ -114,11 +115,10 @@ async def buffer_body(receive: Any) -> tuple[bytes, Any]:
     return body, _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
 
 
-def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
-    async def replay() -> dict[str, Any]:
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
         if messages:
             return messages.pop(0)
-        message: dict[str, Any] = await receive()
-        return message
+        return await receive()
 
     return replay

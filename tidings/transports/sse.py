@@ -36,6 +36,7 @@ from tidings.transports.body import MALFORMED_JSON, check_request
 from tidings.transports.common import TransportContext, client_ip, declares_json, header, unsupported_media_type
 from tidings.transports.queue import SendQueue
 from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer
+from tidings.types import Receive, Scope, Send
 
 logger = logging.getLogger("tidings.sse")
 
@@ -71,7 +72,7 @@ def _graphql_error(message: str, code: str) -> dict[str, Any]:
 
 
 async def respond(
-    send: Any,
+    send: Send,
     status: int,
     body: Any,
     content_type: bytes = b"application/json",
@@ -86,7 +87,7 @@ async def respond(
 class EventStream:
     """One open SSE response; the realtime ``Sink`` for its operations."""
 
-    def __init__(self, ctx: TransportContext, send: Any, *, single: bool) -> None:
+    def __init__(self, ctx: TransportContext, send: Send, *, single: bool) -> None:
         self.ctx = ctx
         self._send = send
         self.single = single
@@ -257,7 +258,7 @@ class EventStream:
         await self.queue.flush(timeout)
         self.done.set()
 
-    async def wait(self, receive: Any) -> None:
+    async def wait(self, receive: Receive) -> None:
         """Hold the response open until the client leaves or the stream ends."""
         disconnect = asyncio.ensure_future(_until_disconnect(receive))
         done = asyncio.ensure_future(self.done.wait())
@@ -279,14 +280,14 @@ class EventStream:
                 await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _until_disconnect(receive: Any) -> None:
+async def _until_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
 
 
-async def _read_body(receive: Any, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
     body = bytearray()
     while True:
         message = await receive()
@@ -326,14 +327,14 @@ class SSEEndpoint:
         self.reservations = Reservations(ttl=60.0)
         self.single_streams: dict[str, EventStream] = {}
 
-    def principal(self, scope: dict[str, Any], params: dict[str, str]) -> Principal:
+    def principal(self, scope: Scope, params: dict[str, str]) -> Principal:
         try:
             return self._principal(scope, params)
         except TidingsError as exc:
             self.ctx.metrics.auth_failed("sse", exc)
             raise
 
-    def _principal(self, scope: dict[str, Any], params: dict[str, str]) -> Principal:
+    def _principal(self, scope: Scope, params: dict[str, str]) -> Principal:
         token = bearer(header(scope, b"authorization"))
         if token is None:
             for key in ("token", "access_token"):
@@ -345,7 +346,7 @@ class SSEEndpoint:
         self.ctx.engine.services.authorizer.check_connect(principal)
         return principal
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
         try:
             await self._handle(scope, receive, send, params)
@@ -355,7 +356,7 @@ class SSEEndpoint:
             status = 401 if exc.code is ErrorCode.UNAUTHENTICATED else 403 if exc.code is ErrorCode.FORBIDDEN else 400
             await respond(send, status, {"errors": [{"message": exc.message, "extensions": exc.extensions}]})
 
-    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any, params: dict[str, str]) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]) -> None:
         method = scope["method"]
         reservation = header(scope, TOKEN_HEADER)
         if reservation is None and params.get("token") and params["token"].count(".") != 2:
@@ -442,7 +443,7 @@ class SSEEndpoint:
             await respond(send, status_for(kind, result), b"", b"text/plain")
 
     async def _distinct(
-        self, scope: dict[str, Any], receive: Any, send: Any, params: dict[str, str], principal: Principal
+        self, scope: Scope, receive: Receive, send: Send, params: dict[str, str], principal: Principal
     ) -> None:
         method = scope["method"]
         body = await _read_body(receive, self.ctx.settings.max_message_size) if method == "POST" else None

@@ -24,6 +24,8 @@ from tidings.protocols.commands import Authenticate, Close, Command, Send, Start
 from tidings.transports.common import TransportContext, header
 from tidings.transports.queue import SendQueue
 from tidings.transports.stats import ConnectionStats, log_opened, log_slow_consumer
+from tidings.types import Receive, Scope
+from tidings.types import Send as ASGISend
 
 logger = logging.getLogger("tidings.ws")
 
@@ -63,7 +65,7 @@ class WebSocketConnection:
         "subprotocol",
     )
 
-    def __init__(self, ctx: TransportContext, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __init__(self, ctx: TransportContext, scope: Scope, receive: Receive, send: ASGISend) -> None:
         self.ctx = ctx
         self.scope = scope
         self._receive = receive
@@ -358,5 +360,5 @@ class WebSocketConnection:
                 self.queue.put(orjson.dumps(command.message).decode())
 
 
-async def serve_websocket(ctx: TransportContext, scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def serve_websocket(ctx: TransportContext, scope: Scope, receive: Receive, send: ASGISend) -> None:
     await WebSocketConnection(ctx, scope, receive, send).serve()
