@@ -1,8 +1,10 @@
-"""Runs one operation a transport received: a subscription goes to the
-dispatcher, a query or mutation to Strawberry.
+"""Runs one operation a transport received: a query or mutation is executed, a subscription
+goes to the dispatcher (or channels, presence, system events), a ``query @live`` to the live hub.
 
-Documents are parsed and validated once per distinct text (an LRU cache), so
-thousands of clients sending the same subscription cost one validation.
+Documents come from ``tidings.engine.documents`` (parsed and validated once per text, within
+bounds). Size: ~560 lines, over the house's ~500, because each kind of subscription's start
+(selection, guard, cursor, group key) sits beside the one operation lookup they share; the
+next split is those starts into a module of their own.
 """
 
 from __future__ import annotations
