@@ -41,6 +41,8 @@ from typing import Any
 import orjson
 from harness import BENCH, ROOT, Server, apply_quick, cli, cpu_seconds_of, free_port, median, pct, stop_process
 
+from tidings.store import normalize_url
+
 CREATE = "mutation($t: String!) { createTask(input: {title: $t}) { id title } }"
 LIST = (
     "query($s: String!) { tasks(where: {status: {eq: $s}}, orderBy: [{priority: DESC}], limit: 50) "
@@ -52,15 +54,6 @@ APPS = {
     "raw": "write_servers:raw_app",
     "raw-thread": "write_servers:raw_thread_app",
 }
-
-
-def sqlalchemy_url(url: str) -> str:
-    if url.startswith("sqlite:"):
-        return "sqlite+aiosqlite:" + url.removeprefix("sqlite:")
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url.removeprefix(prefix)
-    return url
 
 
 def plain_pg(url: str) -> str:
@@ -115,8 +108,8 @@ def start(
         limits = ["--rate-mutations", "0", "--rate-queries", "0", "--rate-subscribe", "0", "--rate-events", "0"]
         cmd = [*launcher, "serve", *common, "--db", db, "--broker", "memory://", "--no-graphiql", *limits]
     else:
-        env["BENCH_DB"] = sqlalchemy_url(db)
-        env["BENCH_READ_DB"] = sqlalchemy_url(read_db)
+        env["BENCH_DB"] = normalize_url(db)
+        env["BENCH_READ_DB"] = normalize_url(read_db)
         cmd = [sys.executable, "-m", "uvicorn", APPS[kind], "--app-dir", str(BENCH), *common]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
