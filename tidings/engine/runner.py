@@ -402,11 +402,11 @@ class Engine:
         args = get_argument_values(field, node, built.variable_values)
         render_key = (request.query, request.operation_name, orjson.dumps(request.variables or {}))
         if node.name.value == "presence":
-            joined = await self.channels.join(
+            joined = await self.channels.presence.join(
                 principal, args, executor=built, render_key=render_key, sink=sink, op_id=op_id
             )
             return Streaming(joined)
-        subscriber = await self.channels.subscribe_events(
+        subscriber = await self.channels.events.subscribe(
             principal,
             args,
             executor=built,

@@ -11,11 +11,10 @@ import logging
 import os
 import random
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from graphql.execution import Executor
 
 from tidings.auth.channel_rules import ChannelRules
 from tidings.auth.principal import Principal
@@ -23,9 +22,8 @@ from tidings.limits import Limits
 from tidings.pubsub import Broker
 from tidings.pubsub.channel_store import ChannelStore, split
 from tidings.pubsub.consumer import consume
-from tidings.realtime.channel_events import ChannelEvents, ChannelSubscriber
+from tidings.realtime.channel_events import ChannelEvents
 from tidings.realtime.channel_presence import ChannelPresence
-from tidings.realtime.group import Sink
 
 logger = logging.getLogger("tidings.realtime")
 
@@ -118,64 +116,6 @@ class Channels:
         ``account`` is the tenant whose ``channel`` it is (ignored for global namespaces).
         """
         return await self.events.publish(channel, type, data, sender=sender, account=account)
-
-    async def publish_as(
-        self,
-        principal: Principal,
-        channel: str,
-        type: str,  # noqa: A002
-        data: Any,
-        *,
-        client: Any,
-        echo: bool = True,
-    ) -> int:
-        """The ``publish`` mutation: rules and the size limit, then the rate limits (a refusal spends nothing)."""
-        return await self.events.publish_as(principal, channel, type, data, client=client, echo=echo)
-
-    async def subscribe_events(
-        self,
-        principal: Principal,
-        args: Mapping[str, Any],
-        *,
-        executor: Executor[Any],
-        render_key: Hashable,
-        sink: Sink,
-        op_id: str,
-        after_override: str | None = None,
-    ) -> ChannelSubscriber:
-        """The ``channelEvents`` subscription (replaying the history first with ``after``)."""
-        return await self.events.subscribe(
-            principal,
-            args,
-            executor=executor,
-            render_key=render_key,
-            sink=sink,
-            op_id=op_id,
-            after_override=after_override,
-        )
-
-    async def join(
-        self,
-        principal: Principal,
-        args: Mapping[str, Any],
-        *,
-        executor: Executor[Any],
-        render_key: Hashable,
-        sink: Sink,
-        op_id: str,
-    ) -> ChannelSubscriber:
-        """The ``presence`` subscription: join, send the member list, then the changes."""
-        return await self.presence.join(
-            principal, args, executor=executor, render_key=render_key, sink=sink, op_id=op_id
-        )
-
-    async def update(self, principal: Principal, channel: str, meta: Any, client: Any) -> bool:
-        """``updatePresence``: new meta for the caller's connection in ``channel``."""
-        return await self.presence.update(principal, channel, meta, client)
-
-    async def sweep(self) -> None:
-        """Drop the members of processes whose liveness expired (the heartbeat does it too)."""
-        await self.presence.sweep()
 
     # -- the broker ------------------------------------------------------------------
 

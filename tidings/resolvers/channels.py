@@ -70,7 +70,7 @@ async def publish(
     ctx: Context = info.context
     # Rate limits count per connection (WebSocket, SSE stream) or, on plain HTTP, per address.
     client = ctx.client if ctx.client is not None else getattr(getattr(ctx.request, "client", None), "host", None)
-    seq = await _channels(info).publish_as(ctx.principal, channel, type, data, client=client, echo=echo)
+    seq = await _channels(info).events.publish_as(ctx.principal, channel, type, data, client=client, echo=echo)
     return str(seq)
 
 
@@ -82,7 +82,7 @@ async def update_presence(info: Info, channel: str, meta: JSON | None = None) ->
             "(or graphql-sse single-connection reservation)",
             field="channel",
         )
-    return bool(await _channels(info).update(ctx.principal, channel, meta, ctx.client))
+    return bool(await _channels(info).presence.update(ctx.principal, channel, meta, ctx.client))
 
 
 async def channel_events(
