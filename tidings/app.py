@@ -232,6 +232,7 @@ class Tidings:
         await self.limits.close()
         await self.broker.close()
         await self.store.close()
+        self.documents.close()  # its thread: a document still parsing is dropped with the process
 
     async def publish(
         self,
