@@ -53,7 +53,6 @@ from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
 from tidings.schema.executor import Executor as FieldExecutor
 from tidings.schema.extensions import classify_all, finish_errors, log_unexpected, snapshot_extensions
-from tidings.schema.validation import Introspection, validation_rules
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,11 +104,8 @@ class Engine:
         dispatcher: Dispatcher,
         collections: list[Collection],
         *,
-        max_depth: int = 10,
-        max_aliases: int = 100,
-        documents: Documents | None = None,
+        documents: Documents,
         limits: Limits | None = None,
-        introspection: Introspection = Introspection.ON,
         suggestions: bool = True,
         live_max_rows: int = 1000,
         channels: Channels | None = None,
@@ -124,9 +120,7 @@ class Engine:
         self.by_field = {c.events_field: c for c in collections}
         self.channels = channels  # serves channelEvents and presence, when the app has channels
         self.system = SystemEvents(expiring_lead=expiring_lead)  # systemEvents, per connection
-        self.documents = documents or Documents(
-            validation_rules(max_depth=max_depth, max_aliases=max_aliases), introspection=introspection
-        )
+        self.documents = documents  # the app's one parser and validator, shared with Strawberry's view
         self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
         dispatcher.observers.append(self.live_hub.observe)
         self.live = LiveQueries(
