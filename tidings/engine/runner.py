@@ -143,9 +143,10 @@ class Engine:
         """Parse and validate a big document off the event loop, before a transport looks at it."""
         await self.documents.prepare(self.schema._schema, request.query)
 
-    def operation_type(self, request: Request, principal: Principal | None = None) -> OperationType | None:
+    async def operation_type(self, request: Request, principal: Principal | None = None) -> OperationType | None:
         """The type of the operation a request would run (None if it cannot run, for ``principal``
         when given; without, whoever asks: introspection is not judged)."""
+        await self.prepare(request)
         parsed = self._parse(request.query, principal)
         if parsed.document is None or parsed.errors:
             return None
@@ -176,8 +177,9 @@ class Engine:
             return None
         return parsed.document, op
 
-    def executable(self, request: Request, principal: Principal) -> OperationType | None:
+    async def executable(self, request: Request, principal: Principal) -> OperationType | None:
         """The type of a valid query or mutation ``execute`` can answer at once for ``principal``, else None."""
+        await self.prepare(request)
         runnable = self._runnable(request, principal)
         return runnable[1].operation if runnable is not None else None
 
@@ -250,7 +252,7 @@ class Engine:
         tracing = self.services.tracing
         if not tracing.enabled:
             return await self._run(request, principal, sink, op_id, connection, allow, after)
-        kind = self.operation_type(request)
+        kind = await self.operation_type(request)
         transport = getattr(getattr(sink, "stats", None), "transport", "sse")
         with tracing.operation(transport, kind.value if kind else "invalid", request.operation_name):
             return await self._run(request, principal, sink, op_id, connection, allow, after)

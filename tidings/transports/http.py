@@ -68,11 +68,12 @@ class HTTPView(GraphQL[Context, None]):
         # a client's mistake, answered 400 BAD_USER_INPUT rather than logged as a fault.
         query = request_data.query
         if query is not None:
-            await self.engine.prepare(Request(query))  # a big document: parsed off the event loop
+            # Before Strawberry's own parse, which runs on the loop: a big document parsed off it.
+            await self.engine.prepare(Request(query))
         if (
             query is not None
             and "subscription" in query
-            and self.engine.operation_type(Request(query, None, request_data.operation_name, None))
+            and await self.engine.operation_type(Request(query, None, request_data.operation_name, None))
             is OperationType.SUBSCRIPTION
         ):
             sub_response.status_code = 400
@@ -88,7 +89,7 @@ class HTTPView(GraphQL[Context, None]):
             return await super().execute_single(
                 request, request_adapter, sub_response, context, root_value, request_data
             )
-        kind = self.engine.operation_type(Request(query or "", None, request_data.operation_name, None))
+        kind = await self.engine.operation_type(Request(query or "", None, request_data.operation_name, None))
         with tracing.operation("http", kind.value if kind else "invalid", request_data.operation_name):
             return await super().execute_single(
                 request, request_adapter, sub_response, context, root_value, request_data
@@ -186,7 +187,7 @@ class HTTPTransport:
         if scope["method"] == "POST" and not declares_json(scope):
             await JSONResponse(unsupported_media_type(scope), 415)(scope, receive, send)
             return
-        if scope["method"] == "GET" and self._is_mutation(scope):
+        if scope["method"] == "GET" and await self._is_mutation(scope):
             # GraphQL over HTTP: 405 (Strawberry says 400); a GET must never change anything.
             refusal = {
                 "errors": [{"message": "Mutations need POST", "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]
@@ -219,8 +220,7 @@ class HTTPTransport:
             return
         if scope["method"] == "POST":
             request = Request(data["query"], data.get("variables"), data.get("operationName"), data.get("extensions"))
-            await self.engine.prepare(request)  # a big document: parsed off the event loop
-            if self.engine.executable(request, principal) is not None:
+            if await self.engine.executable(request, principal) is not None:
                 await self._execute(request, scope, receive, send)
                 return
         # Everything else (GET, batches, bodies Strawberry refuses, documents with errors,
@@ -235,7 +235,7 @@ class HTTPTransport:
         context = await self.view.get_context(http_request, sub_response)
         tracing = self.engine.services.tracing
         if tracing.enabled:
-            kind = self.engine.operation_type(request)
+            kind = await self.engine.operation_type(request)
             with tracing.operation("http", kind.value if kind else "invalid", request.operation_name):
                 result = await self.engine.execute(request, context)
         else:
@@ -257,12 +257,12 @@ class HTTPTransport:
         if sub_response.background is not None:
             await sub_response.background()
 
-    def _is_mutation(self, scope: Scope) -> bool:
+    async def _is_mutation(self, scope: Scope) -> bool:
         params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         query, name = params.get("query", [""])[0], params.get("operationName", [None])[0]
         if "mutation" not in query:
             return False
-        return self.engine.operation_type(Request(query, None, name, None)) is OperationType.MUTATION
+        return await self.engine.operation_type(Request(query, None, name, None)) is OperationType.MUTATION
 
     def http_principal(self, scope: Scope) -> Principal:
         principal = self.authenticator.optional(bearer(header(scope, b"authorization")))

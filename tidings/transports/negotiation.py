@@ -79,9 +79,7 @@ async def route(engine: Engine, scope: Scope, receive: Receive) -> Route:
     else:
         return Route(sse=False, media_type=media_type, receive=receive)
     # Cheap test first: the engine's parse is cached, but most requests are not subscriptions.
-    if "subscription" in query:
-        await engine.prepare(Request(query))  # a big document: parsed off the event loop
-    if "subscription" in query and engine.operation_type(Request(query, None, name, None)) is (
+    if "subscription" in query and await engine.operation_type(Request(query, None, name, None)) is (
         OperationType.SUBSCRIPTION
     ):
         return Route(sse=True, media_type=EVENT_STREAM, receive=receive)

@@ -414,8 +414,7 @@ class SSEEndpoint:
             if not op_id:
                 raise HTTPError(400, _graphql_error("extensions.operationId is required", "BAD_USER_INPUT"))
             stream_obj = self.single_streams.get(reservation)
-            await self.ctx.engine.prepare(request)  # a big document: parsed off the event loop
-            parsed_type = self.ctx.engine.operation_type(request, principal)
+            parsed_type = await self.ctx.engine.operation_type(request, principal)
             if parsed_type is None:
                 outcome = await self.ctx.engine.validate(request, principal)
                 raise HTTPError(400, {"errors": outcome})
@@ -448,8 +447,7 @@ class SSEEndpoint:
         method = scope["method"]
         body = await _read_body(receive, self.ctx.settings.max_message_size) if method == "POST" else None
         request = _request_from(params, body)
-        await self.ctx.engine.prepare(request)  # a big document: parsed off the event loop
-        if method == "GET" and self.ctx.engine.operation_type(request) is OperationType.MUTATION:
+        if method == "GET" and await self.ctx.engine.operation_type(request) is OperationType.MUTATION:
             await respond(
                 send, 405, _graphql_error("Mutations need POST", "BAD_USER_INPUT"), extra=[(b"allow", b"POST")]
             )
