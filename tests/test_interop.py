@@ -201,9 +201,10 @@ KINDS = {
 class Board:
     """Makes mutations over HTTP and works out which events the filter must let through."""
 
-    def __init__(self, http: httpx.AsyncClient, kind: Kind) -> None:
+    def __init__(self, http: httpx.AsyncClient, kind: Kind, epoch: str) -> None:
         self.http = http
         self.kind = kind
+        self.epoch = epoch  # the log's identity: an event's id is <Type>Event:<epoch>:<seq>
         self.seq = 0
         self.records: dict[str, dict[str, Any]] = {}
         self.expected: list[dict[str, Any]] = []
@@ -264,7 +265,7 @@ class Board:
                 "__typename": f"{self.kind.type}Event",
                 "operation": operation,
                 "seq": str(self.seq),
-                "id": record["id"],
+                "id": f"{self.kind.type}Event:{self.epoch}:{self.seq}",
                 "match": match,
                 "changedFields": changed,
                 "actor": None,
@@ -324,7 +325,7 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 async def test_client_receives_exactly_the_filtered_events(
     node: str, server: Server, http: httpx.AsyncClient, client: str, kind: str
 ) -> None:
-    board = Board(http, KINDS[kind])
+    board = Board(http, KINDS[kind], server.tidings.store.epoch)
     expected_count = {"task": 6, "message": 6}[kind]
     async with node_client(node, client, server, expected_count, kind) as run:
         await wait_ready(server, [run])
@@ -346,7 +347,7 @@ async def test_client_receives_exactly_the_filtered_events(
 
 
 async def test_all_clients_at_once_see_the_same_stream(node: str, server: Server, http: httpx.AsyncClient) -> None:
-    board = Board(http, KINDS["task"])
+    board = Board(http, KINDS["task"], server.tidings.store.epoch)
     async with contextlib.AsyncExitStack() as stack:
         runs = [await stack.enter_async_context(node_client(node, client, server, 6, "task")) for client in CLIENTS]
         await wait_ready(server, runs)

@@ -19,6 +19,8 @@ from strawberry.types.base import StrawberryObjectDefinition
 from tidings.engine.documents import Documents, DocumentsExtension
 from tidings.limits import RateLimit
 from tidings.model.collection import Collection
+from tidings.resolvers.aggregates import build_aggregate_field
+from tidings.resolvers.connections import build_connection_field
 from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
@@ -94,6 +96,7 @@ def build_schema(
     subscription_fields: list[Any] = list(extra_subscriptions)
     for t in types.values():
         query_fields += build_query_fields(t)
+        query_fields += [build_connection_field(t), build_aggregate_field(t)]
         mutation_fields += build_mutation_fields(t)
         subscription_fields += build_subscription_fields(t, Operation)
     # One parser, validator and cache for Strawberry's view and the engine (tidings.engine.documents).

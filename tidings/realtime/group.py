@@ -180,7 +180,9 @@ class Group:
             "operation": _OPERATIONS[event.operation],
             "seq": str(event.seq),
             "cursor": f"{self.selection.epoch}:{event.seq}",
-            "id": event.record_id,
+            # Its own id, unique across types (a normalizing cache such as Relay's keys records by
+            # id): the record's id is record { id }.
+            "id": f"{self.selection.collection.name}Event:{self.selection.epoch}:{event.seq}",
             "record": record,
             "previous": previous,
             "changed_fields": changed,

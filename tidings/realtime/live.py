@@ -15,7 +15,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from graphql import (
@@ -79,6 +79,19 @@ class LiveExecutor(Executor[Any]):
             return None
 
 
+class Kept(Protocol):
+    """A kept value that reads itself (a live connection, an aggregate): the protocol of
+    ``window.py``'s values, with the reads ``LiveSource`` makes for those."""
+
+    stale: bool
+
+    def needs(self) -> int: ...
+    def apply(self, event: ChangeEvent) -> bool: ...
+    def value(self) -> Any: ...
+    async def reload(self, reader: Reader) -> None: ...
+    async def fill(self, reader: Reader) -> None: ...
+
+
 class LiveSource:
     """One root field of a live query: what it keeps and how to read it."""
 
@@ -86,7 +99,7 @@ class LiveSource:
         self,
         key: str,
         collection: Collection,
-        kept: Window | Count | Single,
+        kept: Window | Count | Single | Kept,
         where: Filter,
         order: list[tuple[str, bool]] | None = None,
     ) -> None:
@@ -102,12 +115,17 @@ class LiveSource:
             kept.load(await reader.list(self.collection, self.where, self.order, kept.limit, kept.offset))
         elif isinstance(kept, Count):
             kept.load(await reader.count(self.collection, self.where))
-        else:
+        elif isinstance(kept, Single):
             kept.load(await reader.get(self.collection, kept.record_id, self.where))
+        else:
+            await kept.reload(reader)
 
     async def fill(self, reader: Reader) -> None:
         kept = self.kept
-        assert isinstance(kept, Window)
+        if not isinstance(kept, Window):
+            assert not isinstance(kept, Count | Single)  # they never need a fill
+            await kept.fill(reader)
+            return
         offset, limit = kept.fill_request()
         kept.fill(await reader.list(self.collection, self.where, self.order, limit, offset), limit)
 

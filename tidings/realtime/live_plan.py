@@ -15,9 +15,13 @@ from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput
 from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
 from tidings.model.collection import Collection
+from tidings.realtime.aggregate_window import AggregateWindow
+from tidings.realtime.connection_window import ConnectionWindow
 from tidings.realtime.group import Sink
 from tidings.realtime.live import LiveExecutor, LiveHub, LiveMember, LiveSource
 from tidings.realtime.window import Count, Single, Window
+from tidings.resolvers.aggregates import aggregate_field, aggregate_spec, requested
+from tidings.resolvers.connections import connection_field, paging
 from tidings.resolvers.convert import order_keys
 from tidings.resolvers.crud import count_field
 from tidings.store import Store
@@ -68,6 +72,8 @@ class LiveQueries:
         self.lists = {c.plural: c for c in collections}
         self.singles = {c.single_field: c for c in collections}
         self.counts = {count_field(c): c for c in collections}
+        self.connections = {connection_field(c): c for c in collections}
+        self.aggregates = {aggregate_field(c): c for c in collections}
 
     @property
     def authorizer(self) -> Authorizer:
@@ -97,13 +103,17 @@ class LiveQueries:
             key = node.alias.value if node.alias is not None else name
             if name == "__typename":
                 continue
-            coll = self.lists.get(name) or self.singles.get(name) or self.counts.get(name)
+            kind, coll = self._kind(name)
             if coll is None:
-                raise BadUserInput(f"{name} cannot be live: live queries keep lists, counts and records by id")
-            kind = "list" if name in self.lists else "single" if name in self.singles else "count"
+                raise BadUserInput(
+                    f"{name} cannot be live: live queries keep lists, connections, counts, aggregates and records by id"
+                )
             if coll.name not in guards:
                 guards[coll.name] = self.authorizer.guard(coll.name, principal, Action.READ)
-            plans.append((key, coll, kind, get_argument_values(query_type.fields[name], node, built.variable_values)))
+            args = get_argument_values(query_type.fields[name], node, built.variable_values)
+            if kind == "aggregate":
+                args["__wanted"] = requested(node, document)
+            plans.append((key, coll, kind, args))
         sources = [self._source(key, coll, kind, args, guards[coll.name]) for key, coll, kind, args in plans]
         account = self.authorizer.index_account(principal)
         # The grouping of event subscriptions (see Engine._subscribe): all that decides the
@@ -118,9 +128,25 @@ class LiveQueries:
         )
         return await self.hub.subscribe(group_key, lambda: (sources, built), account, sink, op_id)
 
+    def _kind(self, name: str) -> tuple[str, Collection | None]:
+        for kind, fields in (
+            ("list", self.lists),
+            ("single", self.singles),
+            ("count", self.counts),
+            ("connection", self.connections),
+            ("aggregate", self.aggregates),
+        ):
+            if name in fields:
+                return kind, fields[name]
+        return "", None
+
     def _source(self, key: str, coll: Collection, kind: str, args: dict[str, Any], guard: Filter) -> LiveSource:
         if kind == "single":
             return LiveSource(key, coll, Single(str(args["id"]), compile_predicate(guard)), guard)
+        if kind == "connection":
+            return self._connection(key, coll, args, guard)
+        if kind == "aggregate":
+            return self._aggregate(key, coll, args, guard)
         where = parse_filter(args.get("where"), coll.filter_fields)
         view = And((guard, where))
         exact = not reads_column(view, "updated_at")
@@ -142,3 +168,23 @@ class LiveQueries:
         exact = exact and all(column != "updated_at" for column, _ in order)
         window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
         return LiveSource(key, coll, window, view, order)
+
+    def _connection(self, key: str, coll: Collection, args: dict[str, Any], guard: Filter) -> LiveSource:
+        cap = min(self.max_rows, self.max_limit)
+        if args.get("first") is None and args.get("last") is None:
+            raise BadUserInput(
+                f"A live {connection_field(coll)} keeps at most {cap} rows: give first or last, at most that",
+                field="first",
+                maxRows=cap,
+            )
+        p = paging(coll, args, guard, cap)
+        exact = not reads_column(p.bounded, "updated_at") and all(column != "updated_at" for column, _ in p.order)
+        return LiveSource(key, coll, ConnectionWindow(coll, p, exact_before=exact), p.view)
+
+    def _aggregate(self, key: str, coll: Collection, args: dict[str, Any], guard: Filter) -> LiveSource:
+        view = And((guard, parse_filter(args.get("where"), coll.filter_fields)))
+        spec = aggregate_spec(coll, args.get("groupBy"), args["__wanted"])
+        kept = AggregateWindow(
+            coll, spec, view, exact_before=not reads_column(view, "updated_at"), max_groups=self.max_rows
+        )
+        return LiveSource(key, coll, kept, view)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tidings.events import ChangeEvent, Operation
 from tidings.filters import Predicate
+from tidings.store.reads import CREATION_ORDER
 from tidings.types import Record
 
 __all__ = ["Count", "Needs", "Single", "Window", "before_of"]
@@ -39,10 +40,11 @@ class _Desc:
         return hash(self.value)
 
 
-def sort_key(order: Sequence[tuple[str, bool]]) -> Any:
-    """The key function ordering records as SQL does: NULLs last either way, ``id`` last."""
+def sort_key(order: Sequence[tuple[str, bool]], *, backward: bool = False) -> Any:
+    """The key function ordering records as SQL does: NULLs last either way, ``id`` last
+    (``backward``: that order exactly reversed, as ``Reader.list(backward=True)`` reads)."""
 
-    def key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    def key(record: Mapping[str, Any]) -> Any:
         parts: list[Any] = []
         for column, descending in order:
             value = record.get(column)
@@ -53,6 +55,8 @@ def sort_key(order: Sequence[tuple[str, bool]]) -> Any:
         parts.append(record["id"])
         return tuple(parts)
 
+    if backward:
+        return lambda record: _Desc(key(record))
     return key
 
 
@@ -85,15 +89,17 @@ class Window:
         in_view: Predicate,
         *,
         exact_before: bool = True,
+        backward: bool = False,
     ) -> None:
-        self.order = tuple(order)
+        self.order = tuple(order) or CREATION_ORDER
         self.offset = offset
         self.limit = limit
         self.in_view = in_view
         # False when the order or filter reads updatedAt, whose value before an update no
         # event keeps: then a row outside the window cannot be placed before or after it.
         self.exact_before = exact_before
-        self.key = sort_key(self.order)
+        self.backward = backward  # rows kept from the order's end (a connection's last rows)
+        self.key = sort_key(self.order, backward=backward)
         self.rows: list[Record] = []
         self.keys: list[tuple[Any, ...]] = []
         self.exhausted = True  # no row of the view comes after the window's last

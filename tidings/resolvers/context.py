@@ -69,6 +69,7 @@ class Context:
     _reader_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     _closed: bool = False
     seq: int | None = None
+    truncated: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # see snapshot_extensions
 
     async def reader(self) -> Reader:
         """One read snapshot per request, opened on first use."""

@@ -27,6 +27,7 @@ from tidings.hooks import WriteInfo
 from tidings.model.collection import Collection, camel_case
 from tidings.resolvers.context import Context, transport_only
 from tidings.resolvers.convert import input_columns, order_keys
+from tidings.resolvers.truncation import read_capped
 from tidings.schema.types import CollectionTypes
 
 DIRECT = "tidings.direct"  # a field's metadata key: its resolver runs as graphql-core's, unwrapped
@@ -117,9 +118,9 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
         flt = parse_filter(where, coll.filter_fields)
         order = order_keys(orderBy, coll)
         reader = await ctx.reader()
-        return await reader.list(
-            coll, _guarded(flt, guard), order, limit if limit is not None else max_limit, offset or 0
-        )
+        if limit is not None:
+            return await reader.list(coll, _guarded(flt, guard), order, limit, offset or 0)
+        return await read_capped(ctx, info, reader.list(coll, _guarded(flt, guard), order, max_limit + 1, offset or 0))
 
     async def count(root: Any, info: Info, where: Where | None = None) -> int:  # type: ignore[valid-type]
         ctx: Context = info.context

@@ -79,11 +79,17 @@ def finish_errors(
 
 
 def snapshot_extensions(context: Any) -> dict[str, Any]:
-    """``extensions.seq`` and ``extensions.cursor``: the event-log position a closed read snapshot reflected."""
+    """``extensions.seq`` and ``extensions.cursor``: the event-log position a closed read snapshot reflected;
+    ``extensions.truncated``: the lists (by response path) cut at ``--max-limit``, each with that limit."""
     seq = getattr(context, "seq", None)
     if seq is None:
         return {}
-    return {"seq": str(seq), "cursor": f"{context.services.store.epoch}:{seq}"}
+    out: dict[str, Any] = {"seq": str(seq), "cursor": f"{context.services.store.epoch}:{seq}"}
+    truncated = getattr(context, "truncated", None)
+    if truncated:
+        # Lists without a limit that --max-limit cut: more rows exist than the answer holds.
+        out["truncated"] = truncated
+    return out
 
 
 class ErrorCodes(SchemaExtension):

@@ -102,7 +102,9 @@ class TypeFactory:
             description=(
                 f"One change to a {c.name}. seq is the event-log sequence (decimal digits); "
                 "cursor is seq with the log's identity (epoch:seq), to resume with after; "
-                "record is the state after the change (for DELETED, the last state)."
+                "record is the state after the change (for DELETED, the last state). "
+                f"id is the event's own, unique across types ({c.name}Event:<cursor>); "
+                "the record's id is record { id }."
             ),
         )
 

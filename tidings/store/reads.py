@@ -5,6 +5,7 @@ head it reflects, on a SQLite file's pool of threads (``SqliteReads``) or an asy
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import itertools
@@ -18,12 +19,15 @@ from tidings.errors import Unavailable
 from tidings.filters import MATCH_ALL, Filter, compile_sql
 from tidings.model.collection import Collection
 from tidings.store import sqlite
+from tidings.store.aggregate_query import AggregateRow, AggregateSpec, aggregate_query, decode_aggregate
 from tidings.store.faults import BACKOFF, is_disconnect
 from tidings.store.tables import Tables
 from tidings.types import Record
 
 _T = TypeVar("_T")
 SEQ_LABEL = "__tidings_seq"  # "__" names are GraphQL's own: no field has it
+CREATION_ORDER: tuple[tuple[str, bool], ...] = (("created_at", False),)
+"""The order of a list given no ``orderBy``: creation order (then ``id``, as every order ends)."""
 
 
 class Store(Protocol):
@@ -113,18 +117,25 @@ class Reader:
         order_by: Sequence[tuple[str, bool]] = (),
         limit: int | None = None,
         offset: int = 0,
+        *,
+        backward: bool = False,
     ) -> list[Record]:
+        """``backward``: the same order read from its end (every key reversed, NULLs first),
+        for the last rows of a connection."""
         table = self._store.tables.by_collection[coll.name]
         query = self._store.hide_deleted(coll, sa.select(table).where(compile_sql(where, table, self._store.dialect)))
-        for column, descending in order_by:
+        for column, descending in order_by or CREATION_ORDER:
             col: Any = table.c[column]
             if self._store.dialect == "postgresql" and isinstance(col.type, sa.String):
                 # Code point order, as SQLite sorts, the filters compare and live windows keep
                 # rows (whatever the database's collation).
                 col = col.collate("C")
-            query = query.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last())
+            if backward:
+                query = query.order_by(col.asc().nulls_first() if descending else col.desc().nulls_first())
+            else:
+                query = query.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last())
         id_col = table.c.id.collate("C") if self._store.dialect == "postgresql" else table.c.id
-        query = query.order_by(id_col.asc()).offset(offset)
+        query = query.order_by(id_col.desc() if backward else id_col.asc()).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return [self._store.decode_row(coll, row) for row in await self._rows(query)]
@@ -135,6 +146,13 @@ class Reader:
         query = sa.select(sa.func.count().label("count")).select_from(table)
         query = self._store.hide_deleted(coll, query.where(compile_sql(where, table, self._store.dialect)))
         return int((await self._rows(query))[0]["count"])
+
+    async def aggregate(self, coll: Collection, where: Filter, spec: AggregateSpec) -> builtins.list[AggregateRow]:
+        """Per group of ``spec.group_by`` (one group without it), what ``spec`` asks (tidings.store.aggregate_query)."""
+        table = self._store.tables.by_collection[coll.name]
+        query = aggregate_query(table, self._store.dialect, spec)
+        query = self._store.hide_deleted(coll, query.where(compile_sql(where, table, self._store.dialect)))
+        return [decode_aggregate(spec, row) for row in await self._rows(query)]
 
 
 class SqliteReads:

@@ -33,6 +33,7 @@ from tidings.model.collection import MISSING, Collection
 from tidings.store import sqlite
 from tidings.store.batch import LAST_SEQ
 from tidings.store.faults import Fault, WriteHealth
+from tidings.store.ids import new_id
 from tidings.store.insert import Insert, plain
 from tidings.store.reads import SEQ_LABEL, AsyncSnapshot, Reader, SqliteReads
 from tidings.store.tables import DELETED_AT, Tables
@@ -47,11 +48,6 @@ logger = logging.getLogger("tidings.store")
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def new_id() -> str:
-    """32 random hex digits (the form ``uuid4().hex`` had, without building a UUID)."""
-    return os.urandom(16).hex()
 
 
 def json_dumps(value: Any) -> str:

@@ -96,4 +96,6 @@ class Tables:
             if c.soft_delete:
                 # Set by a soft delete: the row stays (restore), hidden from every read, until purged.
                 columns.append(sa.Column(DELETED_AT, UTCDateTime(), nullable=True, index=True))
-            self.by_collection[c.name] = sa.Table(c.table_name, self.metadata, *columns)  # type: ignore[call-overload]
+            # The default order of lists and connections (creation order: createdAt, then id).
+            created = sa.Index(f"ix_{c.table_name}_created_at_id", "created_at", "id")
+            self.by_collection[c.name] = sa.Table(c.table_name, self.metadata, *columns, created)  # type: ignore[call-overload]
