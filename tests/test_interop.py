@@ -40,7 +40,7 @@ import pytest
 
 from tests.support.backends import unavailable
 from tests.support.browsers import offline_chromium, watched_page
-from tests.support.processes import serving
+from tests.support.processes import TIDINGS, serving
 from tests.support.servers import Server, free_port, wait_subscribers
 from tests.support.wsclient import WS
 from tests.test_readme import readme_blocks
@@ -883,3 +883,80 @@ async def test_chat_demo_two_users_join_type_send_and_leave(node: str, tmp_path:
         finally:
             await ws.close()
         assert server.problems() == []
+
+
+# -- cursor connections (urql, Apollo) and Relay ------------------------------------------
+
+
+async def _create_tasks(http: httpx.AsyncClient, status: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        body = (
+            await http.post(
+                "/graphql",
+                json={"query": CREATE_LIVE, "variables": {"i": {"title": f"t{i}", "status": status}}},
+            )
+        ).json()
+        assert "errors" not in body, body
+        ids.append(body["data"]["createTask"]["id"])
+    return ids
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("client", ["urql", "apollo"])
+async def test_connection_paged_through_by_the_npm_client_is_the_list_once(
+    node: str, server: Server, http: httpx.AsyncClient, client: str
+) -> None:
+    ids = await _create_tasks(http, "paged", 7)
+    async with node_script(
+        node, "connections.mjs", "--url", server.url, "--client", client, "--status", "paged", "--size", "3",
+        "--timeout", str(SCRIPT_TIMEOUT_MS),
+    ) as script:  # fmt: skip
+        pass
+    assert script.proc.returncode == 0 and script.lines[-1] == "DONE", script.describe()
+    result = json.loads(script.lines[0])
+    assert result["forward"] == result["backward"] == ids  # creation order, each once
+    assert result["totalCount"] == 7
+    if client == "apollo":
+        assert result["cacheTypename"] == "Task"
+
+
+@pytest.mark.timeout(60)
+async def test_relay_runs_a_query_a_mutation_and_a_subscription_with_a_clean_store(
+    node: str, server: Server, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """relay-compiler over `tidings export-schema`, then relay-runtime's Environment: no store
+    warnings, and the Task keeps its type although Relay adds ``id`` to every selection (an event's
+    id is its own, not the record's)."""
+    compiler = INTEROP / "node_modules" / ".bin" / "relay-compiler"
+    for folder in ("src", "__generated__"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(INTEROP / "relay" / "RelayTidings.js", tmp_path / "src")
+    sdl = await asyncio.create_subprocess_exec(TIDINGS, "export-schema", stdout=asyncio.subprocess.PIPE)
+    (tmp_path / "schema.graphql").write_bytes((await asyncio.wait_for(sdl.communicate(), 30))[0])
+    config = {
+        "src": "./src",
+        "schema": "./schema.graphql",
+        "language": "javascript",
+        "artifactDirectory": "./__generated__",
+    }
+    (tmp_path / "relay.config.json").write_text(json.dumps(config))
+    compiling = await asyncio.create_subprocess_exec(
+        str(compiler), cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output = (await asyncio.wait_for(compiling.communicate(), 30))[0].decode()
+    assert compiling.returncode == 0, output
+    ids = await _create_tasks(http, "relay", 2)
+    async with node_script(
+        node, "relay.mjs", "--url", server.url, "--artifacts", str(tmp_path / "__generated__"), "--status", "relay",
+        "--timeout", str(SCRIPT_TIMEOUT_MS), stdin=asyncio.subprocess.PIPE,
+    ) as script:  # fmt: skip
+        await script.until(lambda: "READY" in script.lines)
+        await wait_subscribers(server, 1)
+        script.go()
+    assert script.proc.returncode == 0 and script.lines[-1] == "DONE", script.describe()
+    assert json.loads(script.lines[0]) == {"query": ids}
+    store = json.loads(next(x for x in script.lines if x.startswith('{"store"')))["store"]
+    assert store["taskTypename"] == store["firstNodeTypename"] == "Task"
+    assert store["taskTitle"] == "made by relay" and store["eventRecordId"] == store["taskId"]
+    assert store["eventTypename"] == "TaskEvent" and store["eventId"].startswith("TaskEvent:")

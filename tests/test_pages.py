@@ -22,6 +22,7 @@ from tests.support.servers import Server, gql_post, make_server, wait_subscriber
 from tests.support.wsclient import WS
 from tests.test_auth import SECRET, call, create_note, token
 from tests.test_live import LiveClient
+from tests.test_readme import readme_blocks
 from tests.test_realtime_ws import create, delete, update
 
 MAX_LIMIT = 12
@@ -376,3 +377,13 @@ async def test_aggregates_and_connections_keep_to_read_rules_and_tenants(tmp_pat
         assert anonymous["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("section", ["Pagination", "Aggregates"])
+async def test_readme_queries_run_as_written(server: Server, http: httpx.AsyncClient, section: str) -> None:
+    await create(http, title="shown", status="open", priority=2, dueAt="2030-01-01T00:00:00+00:00")
+    blocks = readme_blocks(section, "graphql")
+    assert blocks
+    for block in blocks:
+        data = (await ok(http, block))["data"]
+        assert data and all(value is not None for value in data.values()), block

@@ -74,10 +74,12 @@ mutation Create{c.name} {{
 """
     plural = c.plural[0].upper() + c.plural[1:]
     query = f"""\
-# The response's extensions say which event-log position
-# it reflects: subscribe with after: it to miss nothing.
+# The newest ten first (lists are in creation order unless
+# orderBy says otherwise). The response's extensions say which
+# event-log position it reflects: subscribe with after: it
+# to miss nothing.
 query {plural} {{
-  {c.plural}(limit: 10) {{
+  {c.plural}(orderBy: [{{createdAt: DESC}}], limit: 10) {{
 {_selection(c, "    ")}
   }}
 }}
