@@ -57,6 +57,8 @@ def test_every_generated_query_and_mutation_runs_unwrapped() -> None:
         "sensor",
         "sensors",
         "sensorsCount",
+        "sensorsConnection",
+        "sensorsAggregate",
         "createSensor",
         "updateSensor",
         "deleteSensor",

@@ -23,6 +23,7 @@ from tidings.auth.rules import Action
 from tidings.filters import And, FieldKind, parse_filter
 from tidings.model.collection import Collection, Field
 from tidings.resolvers.context import Context
+from tidings.resolvers.crud import DIRECT
 from tidings.resolvers.truncation import response_path
 from tidings.schema.inputs import SCALARS
 from tidings.schema.types import CollectionTypes
@@ -30,7 +31,6 @@ from tidings.store.aggregate_query import AggregateRow, AggregateSpec
 
 __all__ = ["aggregate_field", "aggregate_spec", "build_aggregate_field", "group_value", "requested"]
 
-DIRECT = "tidings.direct"  # crud.DIRECT: the field's resolver runs as graphql-core's, unwrapped
 NUMERIC = (FieldKind.INT, FieldKind.FLOAT)
 ORDERED = (FieldKind.INT, FieldKind.FLOAT, FieldKind.STRING, FieldKind.DATETIME)
 AGGREGATES = ("sum", "avg", "min", "max")

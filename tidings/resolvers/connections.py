@@ -22,14 +22,13 @@ from tidings.filters import And, Filter, parse_filter
 from tidings.model.collection import Collection
 from tidings.resolvers.context import Context
 from tidings.resolvers.convert import order_keys
+from tidings.resolvers.crud import DIRECT
 from tidings.resolvers.keyset import Place, after, before, decode_cursor, encode_cursor, not_after, not_before
 from tidings.schema.types import CollectionTypes
 from tidings.store.reads import CREATION_ORDER
 from tidings.types import Record
 
 __all__ = ["PageInfo", "Paging", "build_connection_field", "connection_field", "page_value", "paging"]
-
-DIRECT = "tidings.direct"  # crud.DIRECT: the field's resolver runs as graphql-core's, unwrapped
 
 
 @strawberry.type(description="Where a page of a connection sits in the whole list (Relay's PageInfo).")
