@@ -342,7 +342,7 @@ async def test_filters_never_see_related_records_of_another_account(server: Serv
         assert probe
 
 
-MESSAGES = "query($r: ID!) { room(id: $r) { name } messages(where: {roomId: {eq: $r}}) { body room { name } } }"
+MESSAGES = "query($r: ID!) { room(id: $r) { name } messages(where: {roomId: {eq: $r}}, orderBy: [{createdAt: ASC}]) { body room { name } } }"
 POST = "mutation($r: ID!, $b: String!) { createMessage(input: {roomId: $r, body: $b}) { id body } }"
 
 
