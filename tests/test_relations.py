@@ -424,3 +424,64 @@ async def test_nested_reads_run_a_constant_number_of_selects_per_level(server: S
         # tasks, their projects, the projects' tasks: one SELECT each, whatever the page size; those
         # tasks' projects were loaded by the second already (one loader per collection and request).
         assert counts == [3, 3], counts
+
+
+# -- event subscriptions that follow relations ---------------------------------------------
+
+
+async def test_event_subscriptions_filter_through_relations_and_render_nested_records(server: Server) -> None:
+    async with client(server) as http:
+        live = await new(http, "Project", name="Live")
+        archived = await new(http, "Project", name="Shelved", archived=True)
+        ws = await authorized_ws(server)
+        try:
+            await ws.subscribe(
+                "s",
+                """subscription { taskEvents(where: {project: {archived: {eq: false}}}) {
+                  operation record { title project { name tasks(orderBy: [{title: ASC}], limit: 5) { title } } }
+                } }""",
+            )
+            await wait_subscribers(server, 1)
+            await new(http, "Task", title="hidden", projectId=archived)
+            await new(http, "Task", title="shown", projectId=live)
+            got = (await collect(ws, {"s": 1}))["s"][0]
+            assert got == {
+                "operation": "CREATED",
+                "record": {"title": "shown", "project": {"name": "Live", "tasks": [{"title": "shown"}]}},
+            }
+            assert await ws.no_message(0.2)
+        finally:
+            await ws.close()
+
+
+async def test_a_read_rule_through_a_relation_decides_who_gets_events_over_websocket_and_sse(server: Server) -> None:
+    async with client(server, "ann") as ann, client(server, "bob") as bob:
+        room = await new(ann, "Room", name="events-room")
+        await new(ann, "Membership", roomId=room, userId="ann")
+        member, outsider = await authorized_ws(server, "ann"), await authorized_ws(server, "bob")
+        sub = "subscription($r: ID) { messageEvents(where: {roomId: {eq: $r}}) { record { body room { name } } } }"
+        headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('bob', 'acme')}"}
+        try:
+            await member.subscribe("m", sub, {"r": room})
+            await outsider.subscribe("o", sub, {"r": room})
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client:
+                async with sse_client.stream("POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers) as stream:
+                    await wait_subscribers(server, 3)
+                    await ok(ann, POST, r=room, b="members only")
+                    got = (await collect(member, {"m": 1}))["m"][0]
+                    assert got == {"record": {"body": "members only", "room": {"name": "events-room"}}}
+                    assert await outsider.no_message(0.3)
+                    # bob joins: from now on his subscriptions get the room's messages.
+                    await new(ann, "Membership", roomId=room, userId="bob")
+                    await ok(bob, POST, r=room, b="hi all")
+                    assert (await collect(outsider, {"o": 1}))["o"][0]["record"]["body"] == "hi all"
+                    assert (await collect(member, {"m": 1}))["m"][0]["record"]["body"] == "hi all"
+                    text = ""
+                    async for chunk in stream.aiter_text():
+                        text += chunk
+                        if "hi all" in text:
+                            break
+                    assert "members only" not in text
+        finally:
+            await member.close()
+            await outsider.close()
