@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from tests.support.backends import fresh_database
-from tidings import collection
-from tidings.filters import MATCH_ALL, And, Compare, FieldKind, Filter, Op, compile_predicate, parse_filter
+from tidings import Many, Ref, collection, many, ref
+from tidings.filters import MATCH_ALL, Compare, FieldKind, Filter, Op, compile_predicate, parse_filter
 from tidings.model.collection import Collection, collections_from
-from tidings.model.relations import Many, Ref, many, ref
 from tidings.store import Store
 from tidings.store.relations import expand
 
@@ -24,15 +23,15 @@ from tidings.store.relations import expand
 class Team:
     name: str
     size: int | None = None
-    projects: Many["Venture"] = many(via="team")
+    projects: Many[Venture] = many(via="team")
 
 
 @collection(plural="ventures")
 class Venture:
     name: str
     archived: bool = False
-    team: Ref["Team"] | None = ref(on_delete="set_null")
-    jobs: Many["Job"] = many(via="venture")
+    team: Ref[Team] | None = ref(on_delete="set_null")
+    jobs: Many[Job] = many(via="venture")
 
 
 @collection
@@ -40,9 +39,9 @@ class Job:
     title: str
     status: str | None = None
     priority: int | None = None
-    venture: Ref["Venture"] | None = ref(on_delete="cascade")
-    parent: Ref["Job"] | None = ref(on_delete="set_null")
-    children: Many["Job"] = many(via="parent")
+    venture: Ref[Venture] | None = ref(on_delete="cascade")
+    parent: Ref[Job] | None = ref(on_delete="set_null")
+    children: Many[Job] = many(via="parent")
 
 
 COLLECTIONS: list[Collection] = collections_from([Team, Venture, Job])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,13 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.backends import fresh_database
-from tests.support.servers import Server, gql_post, make_server, until, wait_subscribers
+from tests.support.servers import Server, gql_post, make_server, wait_subscribers
 from tests.support.wsclient import WS
 from tests.test_auth import SECRET, token
-from tidings import Rules, collection
+from tidings import Many, Ref, Rules, collection, many, ref
 from tidings.errors import ConfigurationError
 from tidings.model.collection import collections_from
-from tidings.model.relations import Many, Ref, many, ref
 from tidings.model.toml import _collections
 
 MEMBER = {"members": {"some": {"userId": {"eq": "$sub"}}}}
@@ -30,8 +28,8 @@ MEMBER = {"members": {"some": {"userId": {"eq": "$sub"}}}}
 class Project:
     name: str
     archived: bool = False
-    tasks: Many["Task"] = many(via="project")
-    notes: Many["Note"] = many(via="project")
+    tasks: Many[Task] = many(via="project")
+    notes: Many[Note] = many(via="project")
 
 
 @collection
@@ -39,26 +37,26 @@ class Task:
     title: str
     status: str = "open"
     priority: int = 0
-    project: Ref["Project"] | None = ref(on_delete="cascade")
-    parent: Ref["Task"] | None = ref(on_delete="cascade")
+    project: Ref[Project] | None = ref(on_delete="cascade")
+    parent: Ref[Task] | None = ref(on_delete="cascade")
 
 
 @collection
 class Note:
     body: str
-    project: Ref["Project"] | None = ref(on_delete="set_null")
+    project: Ref[Project] | None = ref(on_delete="set_null")
 
 
 @collection
 class Client:
     name: str
-    invoices: Many["Invoice"] = many(via="client")
+    invoices: Many[Invoice] = many(via="client")
 
 
 @collection
 class Invoice:
     amount: int
-    client: Ref["Client"] = ref()  # restrict, the default; required
+    client: Ref[Client] = ref()  # restrict, the default; required
 
 
 OWNER_OR_MEMBER = {"OR": [{"owner": {"eq": "$sub"}}, MEMBER]}
@@ -68,22 +66,22 @@ OWNER_OR_MEMBER = {"OR": [{"owner": {"eq": "$sub"}}, MEMBER]}
 class Room:
     name: str
     owner: str | None = None
-    members: Many["Membership"] = many(via="room")
-    messages: Many["Message"] = many(via="room")
+    members: Many[Membership] = many(via="room")
+    messages: Many[Message] = many(via="room")
 
 
 # Only a room's owner adds and removes its members.
 @collection(rules=Rules(create={"room": {"owner": {"eq": "$sub"}}}, delete={"room": {"owner": {"eq": "$sub"}}}))
 class Membership:
     user_id: str
-    room: Ref["Room"] = ref(on_delete="cascade")
+    room: Ref[Room] = ref(on_delete="cascade")
 
 
 @collection(rules=Rules(read={"room": MEMBER}, create={"room": MEMBER}, update="owner:author", delete="owner:author"))
 class Message:
     body: str
     author: str | None = None
-    room: Ref["Room"] = ref(on_delete="cascade")
+    room: Ref[Room] = ref(on_delete="cascade")
 
 
 COLLECTIONS = [Project, Task, Note, Client, Invoice, Room, Membership, Message]
@@ -136,7 +134,7 @@ def test_wrong_relations_are_refused_where_declared(fields: dict[str, Any], mess
 def test_a_rule_through_an_unknown_relation_field_is_refused() -> None:
     @collection(rules=Rules(read={"room": {"members": {"some": {"nobody": {"eq": "$sub"}}}}}))
     class Post:
-        room: Ref["Room"] = ref()
+        room: Ref[Room] = ref()
 
     with pytest.raises(ConfigurationError, match="Post: read rule: Unknown filter field 'nobody'"):
         collections_from([Post, Room, Membership, Message])
