@@ -126,7 +126,7 @@ async def _play(
             event = maybe
         else:
             _, which = op
-            _, event = await store.delete(TASK, ids.pop(which % len(ids)), guard=MATCH_ALL, actor=None)
+            _, [event] = await store.delete(TASK, ids.pop(which % len(ids)), guard=MATCH_ALL, actor=None)
         position = event.seq
         group.receive(event)
         if group.busy:

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from tidings.events import ChangeEvent, Operation
-from tidings.filters import And, Compare, FieldKind, Filter, Op, compile_predicate
+from tidings.filters import And, Compare, Filter, Op, compile_predicate
 from tidings.model.collection import Collection
 from tidings.realtime.window import Needs, before_of
 from tidings.resolvers.aggregates import group_value
+from tidings.resolvers.keyset import column_kinds, compared_kind
 from tidings.store import Reader
 from tidings.store.aggregate_query import AggregateRow, AggregateSpec
 
@@ -52,8 +53,7 @@ class AggregateWindow:
         self.stale = True
         self.extreme_columns = sorted({*spec.mins, *spec.maxs})
         self.tracked = {*spec.group_by, *spec.sums, *self.extreme_columns}
-        kinds = {s.column: s.kind for s in collection.filter_fields.values()}
-        self.kinds = {c: FieldKind.STRING if kinds[c] in (FieldKind.ENUM, FieldKind.ID) else kinds[c] for c in kinds}
+        self.kinds = {c: compared_kind(kind) for c, kind in column_kinds(collection).items()}
 
     # -- reads -----------------------------------------------------------------------------
 

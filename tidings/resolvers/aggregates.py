@@ -22,8 +22,8 @@ from strawberry.types import Info
 from tidings.auth.rules import Action
 from tidings.filters import And, FieldKind, parse_filter
 from tidings.model.collection import Collection, Field
-from tidings.resolvers.context import Context
-from tidings.resolvers.crud import DIRECT
+from tidings.resolvers.context import DIRECT, Context
+from tidings.resolvers.relations import read_guard_for
 from tidings.resolvers.truncation import response_path
 from tidings.schema.inputs import SCALARS
 from tidings.schema.types import CollectionTypes
@@ -164,7 +164,7 @@ def build_aggregate_field(t: CollectionTypes) -> Any:
     ) -> Aggregate:  # type: ignore[valid-type]
         ctx: Context = info.context
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
-        view = And((guard, parse_filter(where, coll.filter_fields)))
+        view = And((guard, parse_filter(where, coll.filter_fields, guard_for=read_guard_for(ctx))))
         raw: Any = info  # graphql-core's GraphQLResolveInfo (see tidings.resolvers.crud)
         spec = aggregate_spec(coll, groupBy, requested(raw.field_nodes[0], raw.fragments))
         reader = await ctx.reader()

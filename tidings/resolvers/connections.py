@@ -20,10 +20,10 @@ from tidings.auth.rules import Action
 from tidings.errors import BadUserInput
 from tidings.filters import And, Filter, parse_filter
 from tidings.model.collection import Collection
-from tidings.resolvers.context import Context
+from tidings.resolvers.context import DIRECT, Context
 from tidings.resolvers.convert import order_keys
-from tidings.resolvers.crud import DIRECT
 from tidings.resolvers.keyset import Place, after, before, decode_cursor, encode_cursor, not_after, not_before
+from tidings.resolvers.relations import read_guard_for
 from tidings.schema.types import CollectionTypes
 from tidings.store.reads import CREATION_ORDER
 from tidings.types import Record
@@ -57,8 +57,9 @@ class Paging:
 
 
 def paging(
-    coll: Collection, args: Mapping[str, Any], guard: Filter, max_limit: int, max_name: str = "--max-limit"
+    coll: Collection, args: Mapping[str, Any], guard: Filter, max_limit: int, *, guard_for: Any = None
 ) -> Paging:
+    """``guard_for``: what the caller may read of each collection, for relation filters (parse_filter)."""
     first, last = args.get("first"), args.get("last")
     if first is not None and last is not None:
         raise BadUserInput("Give first or last, not both", field="last")
@@ -66,7 +67,7 @@ def paging(
         if value is not None and not 0 <= value <= max_limit:
             raise BadUserInput(f"{name} must be between 0 and {max_limit}, got {value}", field=name)
     order = tuple(order_keys(args.get("orderBy"), coll)) or CREATION_ORDER
-    view: Filter = And((guard, parse_filter(args.get("where"), coll.filter_fields)))
+    view: Filter = And((guard, parse_filter(args.get("where"), coll.filter_fields, guard_for=guard_for)))
     bounds: list[Filter] = []
     places: dict[str, Place] = {}
     for name in ("after", "before"):
@@ -152,7 +153,7 @@ def build_connection_field(t: CollectionTypes) -> Any:
         ctx: Context = info.context
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
         args = {"first": first, "after": after, "last": last, "before": before, "where": where, "orderBy": orderBy}
-        p = paging(coll, args, guard, ctx.services.max_limit)
+        p = paging(coll, args, guard, ctx.services.max_limit, guard_for=read_guard_for(ctx))
         reader = await ctx.reader()
         rows = await reader.list(coll, p.bounded, p.order, p.count + 1, backward=p.backward)
         beyond = p.outside is not None and bool(await reader.list(coll, And((p.view, p.outside)), p.order, 1))

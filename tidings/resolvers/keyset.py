@@ -20,10 +20,20 @@ import orjson
 
 from tidings.errors import BadUserInput
 from tidings.events import to_jsonable
-from tidings.filters import And, Compare, FieldKind, Filter, Not, Op, Or
+from tidings.filters import And, Compare, FieldKind, FieldSpec, Filter, Not, Op, Or
 from tidings.model.collection import Collection
 
-__all__ = ["Place", "after", "before", "decode_cursor", "encode_cursor", "not_after", "not_before"]
+__all__ = [
+    "Place",
+    "after",
+    "before",
+    "column_kinds",
+    "compared_kind",
+    "decode_cursor",
+    "encode_cursor",
+    "not_after",
+    "not_before",
+]
 
 Order = Sequence[tuple[str, bool]]
 Place = tuple[Any, ...]  # the values of the order's keys, then the id
@@ -52,7 +62,7 @@ def decode_cursor(cursor: str, order: Order, coll: Collection, argument: str) ->
         raise BadUserInput(
             f"{argument} is a cursor of another order: page with the orderBy it was made with", field=argument
         )
-    kinds = {spec.column: spec.kind for spec in coll.filter_fields.values()}
+    kinds = column_kinds(coll)
     place: list[Any] = []
     for (column, _), value in zip(order, values, strict=False):
         if value is not None and kinds[column] is FieldKind.DATETIME:
@@ -67,11 +77,19 @@ def decode_cursor(cursor: str, order: Order, coll: Collection, argument: str) ->
     return tuple(place)
 
 
-def _kind(coll: Collection, column: str) -> FieldKind:
-    # Enums and ids are text in every table: compared as strings, in code point order (the filter
-    # compiler collates strings "C" on PostgreSQL for lt/gt, as reads sort them).
-    kind = next(spec.kind for spec in coll.filter_fields.values() if spec.column == column)
+def column_kinds(coll: Collection) -> dict[str, FieldKind]:
+    """Each column's kind (the collection's own fields and system fields; relations have none)."""
+    return {spec.column: spec.kind for spec in coll.filter_fields.values() if isinstance(spec, FieldSpec)}
+
+
+def compared_kind(kind: FieldKind) -> FieldKind:
+    """The kind a column is compared as: enums and ids are text in every table, compared as strings
+    in code point order (the filter compiler collates strings "C" on PostgreSQL, as reads sort)."""
     return FieldKind.STRING if kind in (FieldKind.ENUM, FieldKind.ID) else kind
+
+
+def _kind(coll: Collection, column: str) -> FieldKind:
+    return compared_kind(column_kinds(coll)[column])
 
 
 def _is_null(column: str, kind: FieldKind, null: bool) -> Filter:
