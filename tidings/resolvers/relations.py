@@ -86,6 +86,7 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
         return _loader(ctx, ("one", target_coll.name), load).load(str(target_id))
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{ref.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(ref.name),
@@ -141,6 +142,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         return _loader(ctx, ("many", coll.name, back.name, arguments), load).load(str(parent))  # type: ignore[return-value]
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{back.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(back.name),
