@@ -62,7 +62,9 @@ async def seed(url: str, projects: int, tasks: int) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         ids = []
         for i in range(projects):
-            r = await client.post("/graphql", json={"query": f'mutation {{ createProject(input: {{name: "p{i}"}}) {{ id }} }}'})
+            r = await client.post(
+                "/graphql", json={"query": f'mutation {{ createProject(input: {{name: "p{i}"}}) {{ id }} }}'}
+            )
             ids.append(r.json()["data"]["createProject"]["id"])
         create = "mutation($t: String!, $p: ID) { createTask(input: {title: $t, projectId: $p}) { id } }"
         for i in range(tasks):
@@ -109,7 +111,7 @@ async def main() -> None:
                     print(f"  {name:8} {args.requests} requests in {time.monotonic() - started:.2f} s, "
                           f"server CPU {cpu:.2f} s")  # fmt: skip
             t, r = median(per["tidings"]), median(per["raw"])
-            print(f"nested read (50 tasks, their projects, 10 latest tasks each), server CPU per request:")
+            print("nested read (50 tasks, their projects, 10 latest tasks each), server CPU per request:")
             print(f"  tidings {t:.2f} ms, raw Starlette + 3 SELECTs + orjson {r:.2f} ms: x{t / r:.2f} (target <= 2)")
         finally:
             stop_process(tidings)

@@ -8,14 +8,14 @@ from tidings import Many, Ref, collection, many, ref
 @collection
 class Project:
     name: str
-    tasks: Many["Task"] = many(via="project")
+    tasks: Many[Task] = many(via="project")
 
 
 @collection
 class Task:
     title: str
     status: str = "open"
-    project: Ref["Project"] | None = ref(on_delete="cascade")
+    project: Ref[Project] | None = ref(on_delete="cascade")
 
 
 COLLECTIONS = [Project, Task]

@@ -48,7 +48,9 @@ def _nested(limit: int) -> bytes:
             ids,
         )
         for r in rows:
-            latest[r["project_id"]].append({"title": r["title"], "project": {"name": projects[r["project_id"]]["name"]}})
+            latest[r["project_id"]].append(
+                {"title": r["title"], "project": {"name": projects[r["project_id"]]["name"]}}
+            )
     finally:
         conn.execute("COMMIT")
     out = []

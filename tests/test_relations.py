@@ -195,7 +195,11 @@ async def test_nested_reads_both_ways_with_arguments(server: Server) -> None:
             ids=[apollo, gemini],
         )
         assert [(t["title"], t["project"]["name"]) for t in data["tasks"]] == [
-            ("a0", "Apollo"), ("a1", "Apollo"), ("a2", "Apollo"), ("a3", "Apollo"), ("g0", "Gemini"),
+            ("a0", "Apollo"),
+            ("a1", "Apollo"),
+            ("a2", "Apollo"),
+            ("a3", "Apollo"),
+            ("g0", "Gemini"),
         ]
         a, g = data["projects"]
         assert [t["title"] for t in a["open"]] == ["a3", "a1"]
@@ -203,7 +207,7 @@ async def test_nested_reads_both_ways_with_arguments(server: Server) -> None:
         assert [t["title"] for t in a["top"]] == ["a3", "a2"]
         assert [t["title"] for t in a["page"]] == ["a1", "a2"]
         assert [t["title"] for t in g["top"]] == ["g0"] and g["page"] == []
-        loose = await ok(http, "{ tasks(where: {title: {eq: \"loose\"}}) { project { name } } }")
+        loose = await ok(http, '{ tasks(where: {title: {eq: "loose"}}) { project { name } } }')
         assert loose["tasks"] == [{"project": None}]
 
 
@@ -229,7 +233,9 @@ async def test_a_reference_must_name_a_record_you_may_read(server: Server) -> No
         assert (await ok(http, "query($id: ID!) { project(id: $id) { name } }", id=theirs))["project"] is None
 
 
-TASK_EVENTS = "subscription($p: ID) { taskEvents(where: {projectId: {eq: $p}}) { operation seq record { id title projectId } } }"
+TASK_EVENTS = (
+    "subscription($p: ID) { taskEvents(where: {projectId: {eq: $p}}) { operation seq record { id title projectId } } }"
+)
 
 
 async def collect(ws: WS, counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
@@ -260,7 +266,11 @@ async def test_cascade_deletes_each_referencing_record_with_its_own_event(server
         try:
             await ws.subscribe("t", TASK_EVENTS, {"p": project})
             await ws.subscribe("all", "subscription { taskEvents(operations: [DELETED]) { seq record { id } } }")
-            await ws.subscribe("n", "subscription { noteEvents { operation seq changedFields record { id projectId } previous { projectId } } }")
+            await ws.subscribe(
+                "n",
+                "subscription { noteEvents { operation seq changedFields "
+                "record { id projectId } previous { projectId } } }",
+            )
             await wait_subscribers(server, 3)
             deleted = await ok(http, "mutation($id: ID!) { deleteProject(id: $id) { id name } }", id=project)
             assert deleted["deleteProject"] == {"id": project, "name": "Doomed"}
@@ -270,13 +280,19 @@ async def test_cascade_deletes_each_referencing_record_with_its_own_event(server
             assert [e["record"]["id"] for e in all_deleted] == [top, child]
             assert await ws.no_message(0.2)
             assert cleared["operation"] == "UPDATED" and cleared["changedFields"] == ["projectId"]
-            assert cleared["record"] == {"id": note, "projectId": None} and cleared["previous"] == {"projectId": project}
+            assert cleared["record"] == {"id": note, "projectId": None} and cleared["previous"] == {
+                "projectId": project
+            }
             # One transaction, consecutive seqs: the project's own event first.
             seqs = sorted(int(e["seq"]) for e in [*all_deleted, cleared])
             assert seqs == list(range(seqs[0], seqs[0] + 3))
         finally:
             await ws.close()
-        left = await ok(http, "query($ids: [ID!]) { tasks(where: {id: {in: $ids}}) { id } notes { id projectId } }", ids=[top, child, other])
+        left = await ok(
+            http,
+            "query($ids: [ID!]) { tasks(where: {id: {in: $ids}}) { id } notes { id projectId } }",
+            ids=[top, child, other],
+        )
         assert left["tasks"] == [{"id": other}]
         assert {"id": note, "projectId": None} in left["notes"]
 
@@ -308,11 +324,19 @@ async def test_filters_follow_references_and_back_references(server: Server) -> 
         mine = {"name": {"startsWith": tag}}
 
         async def projects(where: dict[str, Any]) -> list[str]:
-            data = await ok(http, "query($w: ProjectWhere) { projects(where: $w, orderBy: [{name: ASC}]) { name } }", w={**where, **mine})
+            data = await ok(
+                http,
+                "query($w: ProjectWhere) { projects(where: $w, orderBy: [{name: ASC}]) { name } }",
+                w={**where, **mine},
+            )
             return [p["name"].removeprefix(tag + "-") for p in data["projects"]]
 
         async def tasks(where: dict[str, Any]) -> list[str]:
-            data = await ok(http, "query($w: TaskWhere) { tasks(where: $w, orderBy: [{title: ASC}]) { title } }", w={**where, "title": {"startsWith": tag}})
+            data = await ok(
+                http,
+                "query($w: TaskWhere) { tasks(where: $w, orderBy: [{title: ASC}]) { title } }",
+                w={**where, "title": {"startsWith": tag}},
+            )
             return [t["title"].removeprefix(tag + "-") for t in data["tasks"]]
 
         assert await tasks({"project": {"name": {"eq": f"{tag}-Apollo"}}}) == ["a1", "a2"]
@@ -322,7 +346,9 @@ async def test_filters_follow_references_and_back_references(server: Server) -> 
         assert await projects({"tasks": {"none": {"status": {"eq": "open"}}}}) == ["Empty", "Gemini"]
         assert await projects({"tasks": {"every": {"status": {"eq": "done"}}}}) == ["Empty", "Gemini"]
         assert await projects({"tasks": {"some": {"project": {"archived": {"eq": True}}}}}) == ["Gemini"]
-        count = await ok(http, "query($w: ProjectWhere) { projectsCount(where: $w) }", w={"tasks": {"some": {}}, **mine})
+        count = await ok(
+            http, "query($w: ProjectWhere) { projectsCount(where: $w) }", w={"tasks": {"some": {}}, **mine}
+        )
         assert count["projectsCount"] == 2
         bad = await error(http, "query { projects(where: {tasks: {any: {}}}) { id } }")
         assert bad["extensions"]["code"] in ("BAD_USER_INPUT", "GRAPHQL_VALIDATION_FAILED")
@@ -335,12 +361,15 @@ async def test_filters_never_see_related_records_of_another_account(server: Serv
         await new(http, "Task", title="classified", projectId=secret, status="s3cret")
         probe = await new(eve, "Project", name="probe")
         # eve cannot point at ann's project, nor learn of its tasks through a filter.
-        data = await ok(eve, "query { projects(where: {tasks: {some: {status: {eq: \"s3cret\"}}}}) { id } }")
+        data = await ok(eve, 'query { projects(where: {tasks: {some: {status: {eq: "s3cret"}}}}) { id } }')
         assert data["projects"] == []
         assert probe
 
 
-MESSAGES = "query($r: ID!) { room(id: $r) { name } messages(where: {roomId: {eq: $r}}, orderBy: [{createdAt: ASC}]) { body room { name } } }"
+MESSAGES = (
+    "query($r: ID!) { room(id: $r) { name } "
+    "messages(where: {roomId: {eq: $r}}, orderBy: [{createdAt: ASC}]) { body room { name } } }"
+)
 POST = "mutation($r: ID!, $b: String!) { createMessage(input: {roomId: $r, body: $b}) { id body } }"
 
 
@@ -370,17 +399,23 @@ async def test_rules_through_a_relation_refuse_a_non_member_over_websocket_and_s
         # bob over graphql-transport-ws: the mutation is refused, the query reads nothing.
         ws = await authorized_ws(server, "bob")
         try:
-            await ws.send({"id": "1", "type": "subscribe", "payload": {"query": POST, "variables": {"r": room, "b": "ws"}}})
+            await ws.send(
+                {"id": "1", "type": "subscribe", "payload": {"query": POST, "variables": {"r": room, "b": "ws"}}}
+            )
             refused = await ws.recv()
-            assert refused["type"] == "next" and refused["payload"]["errors"][0]["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT")
+            assert refused["type"] == "next" and refused["payload"]["errors"][0]["extensions"]["code"] in (
+                "FORBIDDEN",
+                "BAD_USER_INPUT",
+            )
             assert (await ws.recv())["type"] == "complete"
         finally:
             await ws.close()
         # bob over graphql-sse (a POST answered as an event stream).
         headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('bob', 'acme')}"}
-        async with httpx.AsyncClient(base_url=server.url) as http:
-            async with http.stream("POST", "/graphql", json={"query": POST, "variables": {"r": room, "b": "sse"}}, headers=headers) as response:
-                text = "".join([chunk async for chunk in response.aiter_text()])
+        async with httpx.AsyncClient(base_url=server.url) as http, http.stream(
+            "POST", "/graphql", json={"query": POST, "variables": {"r": room, "b": "sse"}}, headers=headers
+        ) as response:
+            text = "".join([chunk async for chunk in response.aiter_text()])
         assert "FORBIDDEN" in text or "BAD_USER_INPUT" in text, text
         assert (await ok(ann, MESSAGES, r=room))["messages"] == []
 
@@ -391,7 +426,9 @@ def count_selects(server: Server) -> tuple[list[str], Any]:
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and ("FROM tasks" in statement or "FROM projects" in statement):
+        if statement.lstrip().upper().startswith("SELECT") and (
+            "FROM tasks" in statement or "FROM projects" in statement
+        ):
             seen.append(statement)  # (not the snapshot's read of the log's head)
 
     sa.event.listen(engine, "before_cursor_execute", record)
@@ -399,7 +436,9 @@ def count_selects(server: Server) -> tuple[list[str], Any]:
 
 
 NESTED = """query($w: TaskWhere, $n: Int) {
-  tasks(where: $w, limit: $n) { title project { name tasks(orderBy: [{createdAt: DESC}], limit: 10) { title project { name } } } }
+  tasks(where: $w, limit: $n) {
+    title project { name tasks(orderBy: [{createdAt: DESC}], limit: 10) { title project { name } } }
+  }
 }"""
 
 
@@ -462,24 +501,25 @@ async def test_a_read_rule_through_a_relation_decides_who_gets_events_over_webso
         try:
             await member.subscribe("m", sub, {"r": room})
             await outsider.subscribe("o", sub, {"r": room})
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client:
-                async with sse_client.stream("POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers) as stream:
-                    await wait_subscribers(server, 3)
-                    await ok(ann, POST, r=room, b="members only")
-                    got = (await collect(member, {"m": 1}))["m"][0]
-                    assert got == {"record": {"body": "members only", "room": {"name": "events-room"}}}
-                    assert await outsider.no_message(0.3)
-                    # bob joins: from now on his subscriptions get the room's messages.
-                    await new(ann, "Membership", roomId=room, userId="bob")
-                    await ok(bob, POST, r=room, b="hi all")
-                    assert (await collect(outsider, {"o": 1}))["o"][0]["record"]["body"] == "hi all"
-                    assert (await collect(member, {"m": 1}))["m"][0]["record"]["body"] == "hi all"
-                    text = ""
-                    async for chunk in stream.aiter_text():
-                        text += chunk
-                        if "hi all" in text:
-                            break
-                    assert "members only" not in text
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client, sse_client.stream(
+                "POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers
+            ) as stream:
+                await wait_subscribers(server, 3)
+                await ok(ann, POST, r=room, b="members only")
+                got = (await collect(member, {"m": 1}))["m"][0]
+                assert got == {"record": {"body": "members only", "room": {"name": "events-room"}}}
+                assert await outsider.no_message(0.3)
+                # bob joins: from now on his subscriptions get the room's messages.
+                await new(ann, "Membership", roomId=room, userId="bob")
+                await ok(bob, POST, r=room, b="hi all")
+                assert (await collect(outsider, {"o": 1}))["o"][0]["record"]["body"] == "hi all"
+                assert (await collect(member, {"m": 1}))["m"][0]["record"]["body"] == "hi all"
+                text = ""
+                async for chunk in stream.aiter_text():
+                    text += chunk
+                    if "hi all" in text:
+                        break
+                assert "members only" not in text
         finally:
             await member.close()
             await outsider.close()

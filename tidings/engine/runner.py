@@ -349,7 +349,7 @@ class Engine:
             self.schema._schema,
             document,
             node,
-            built.variable_values,
+            built.variable_values,  # type: ignore[arg-type]
             collection,
             store.collections,
             guard_for,

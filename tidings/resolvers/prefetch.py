@@ -28,7 +28,7 @@ from tidings.errors import BadUserInput
 from tidings.filters import MATCH_NONE, And, Filter, GuardFor, parse_filter
 from tidings.model.collection import Collection
 from tidings.model.names import camel_case
-from tidings.model.relations import Reference
+from tidings.model.relations import BackReference, Reference
 from tidings.resolvers.convert import order_keys
 from tidings.store import Reader
 from tidings.store.relations import by_ids, children
@@ -83,7 +83,8 @@ def plan(
     max_limit: int,
 ) -> tuple[Nested, ...]:
     """The relation fields under ``nodes`` (fields whose type is ``collection``'s record type)."""
-    relations = {camel_case(r.name): r for r in (*collection.references, *collection.back_references)}
+    both: tuple[Reference | BackReference, ...] = (*collection.references, *collection.back_references)
+    relations = {camel_case(r.name): r for r in both}
     if not relations:
         return ()
     plans: list[Nested] = []
@@ -101,7 +102,7 @@ def plan(
             if isinstance(relation, Reference):
                 plans.append(Nested(key, target, relation.column, None, guard_for(target.name), nested=nested))
                 continue
-            args = get_argument_values(field_def, node, variables)
+            args = get_argument_values(field_def, node, variables)  # type: ignore[arg-type]
             limit, offset = args.get("limit"), args.get("offset") or 0
             if limit is not None and not 0 <= limit <= max_limit:
                 raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
@@ -133,7 +134,7 @@ async def attach(reader: Reader, records: Sequence[dict[str, Any]], plans: Seque
             column = p.reference
             found: dict[str, Record] = {}
             if p.where != MATCH_NONE:
-                found = await by_ids(reader, p.target, [r.get(column) for r in records], p.where)
+                found = await by_ids(reader, p.target, [r[column] for r in records if r.get(column)], p.where)
             if p.nested and found:
                 await attach(reader, list(found.values()), p.nested)
             for r in records:
@@ -144,7 +145,7 @@ async def attach(reader: Reader, records: Sequence[dict[str, Any]], plans: Seque
             rows: dict[str, list[Record]] = {}
             if p.where != MATCH_NONE and records:
                 rows = await children(
-                    reader, p.target, p.via, [r["id"] for r in records], p.where, p.order, p.limit, p.offset
+                    reader, p.target, p.via, [str(r["id"]) for r in records], p.where, p.order, p.limit, p.offset
                 )
             if p.nested:
                 await attach(reader, [x for v in rows.values() for x in v], p.nested)
