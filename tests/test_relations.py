@@ -523,3 +523,27 @@ async def test_a_read_rule_through_a_relation_decides_who_gets_events_over_webso
         finally:
             await member.close()
             await outsider.close()
+
+
+def test_export_schema_shows_the_relations_of_a_toml_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    declared = tmp_path / "collections.toml"
+    declared.write_text(
+        '[collections.Project.fields]\nname = "String!"\ntasks = { many = "Task", via = "project" }\n'
+        '[collections.Task.fields]\ntitle = "String!"\nproject = { ref = "Project", on_delete = "cascade" }\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "tidings.cli", "export-schema", "--collections", str(declared)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    for line in (
+        "project: Project",
+        "projectId: ID",
+        "tasks(where: TaskWhere = null, orderBy: [TaskOrderBy!] = null, limit: Int = null, offset: Int = 0): [Task!]!",
+        "project: ProjectWhere = null",
+        "tasks: TaskListWhere = null",
+        "input TaskListWhere {",
+    ):
+        assert line in out, line
