@@ -413,9 +413,12 @@ async def test_rules_through_a_relation_refuse_a_non_member_over_websocket_and_s
             await ws.close()
         # bob over graphql-sse (a POST answered as an event stream).
         headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('bob', 'acme')}"}
-        async with httpx.AsyncClient(base_url=server.url) as http, http.stream(
-            "POST", "/graphql", json={"query": POST, "variables": {"r": room, "b": "sse"}}, headers=headers
-        ) as response:
+        async with (
+            httpx.AsyncClient(base_url=server.url) as http,
+            http.stream(
+                "POST", "/graphql", json={"query": POST, "variables": {"r": room, "b": "sse"}}, headers=headers
+            ) as response,
+        ):
             text = "".join([chunk async for chunk in response.aiter_text()])
         assert "FORBIDDEN" in text or "BAD_USER_INPUT" in text, text
         assert (await ok(ann, MESSAGES, r=room))["messages"] == []
@@ -502,9 +505,12 @@ async def test_a_read_rule_through_a_relation_decides_who_gets_events_over_webso
         try:
             await member.subscribe("m", sub, {"r": room})
             await outsider.subscribe("o", sub, {"r": room})
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client, sse_client.stream(
-                "POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers
-            ) as stream:
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client,
+                sse_client.stream(
+                    "POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers
+                ) as stream,
+            ):
                 await wait_subscribers(server, 3)
                 await ok(ann, POST, r=room, b="members only")
                 got = (await collect(member, {"m": 1}))["m"][0]
@@ -548,3 +554,76 @@ def test_export_schema_shows_the_relations_of_a_toml_file(tmp_path: Path) -> Non
         "input TaskListWhere {",
     ):
         assert line in out, line
+
+
+# -- live queries across relations -----------------------------------------------------------
+
+LIVE_PROJECT = """query($id: ID!) @live {
+  project(id: $id) { name tasks(orderBy: [{createdAt: DESC}], limit: 3) { title status } }
+}"""
+LIVE_ROOM = """query($r: ID!) @live {
+  messages(where: {room: {id: {eq: $r}}}, orderBy: [{createdAt: ASC}], limit: 10) { body room { name } }
+}"""
+
+
+async def live_client(server: Server, query: str, variables: dict[str, Any], sub: str = "ann") -> tuple[WS, Any]:
+    from tests.test_live import LiveClient
+
+    ws = await authorized_ws(server, sub)
+    await ws.subscribe("1", query, variables)
+    client = LiveClient()
+    client.take((await ws.recv())["payload"])
+    return ws, client
+
+
+async def follow(ws: WS, client: Any, expected: Any) -> None:
+    """Read patches until the live result equals ``expected`` (a fresh query's answer)."""
+    while client.data != expected:
+        message = await ws.recv()
+        assert message["type"] == "next" and message["id"] == "1", message
+        client.take(message["payload"])
+
+
+async def test_a_live_query_across_relations_equals_a_fresh_query_after_every_change(server: Server) -> None:
+    async with client(server) as http:
+        project = await new(http, "Project", name="Live")
+        other = await new(http, "Project", name="Other")
+        ws, live = await live_client(server, LIVE_PROJECT, {"id": project})
+        try:
+            steps = [
+                lambda: new(http, "Task", title="one", projectId=project),
+                lambda: new(http, "Task", title="two", projectId=project),
+                lambda: new(http, "Task", title="elsewhere", projectId=other),
+                lambda: ok(
+                    http, 'mutation($id: ID!) { updateProject(id: $id, input: {name: "Renamed"}) { id } }', id=project
+                ),
+                lambda: new(http, "Task", title="three", projectId=project),
+                lambda: new(http, "Task", title="four", projectId=project),
+            ]
+            for step in steps:
+                await step()
+                expected = await ok(http, LIVE_PROJECT.replace(" @live", ""), id=project)
+                await follow(ws, live, expected)
+            assert [t["title"] for t in live.data["project"]["tasks"]] == ["four", "three", "two"]
+            assert live.data["project"]["name"] == "Renamed"
+        finally:
+            await ws.close()
+
+
+async def test_a_live_query_under_a_membership_rule_follows_membership(server: Server) -> None:
+    async with client(server, "ann") as ann, client(server, "bob") as bob:
+        room = await new(ann, "Room", name="live-room")
+        await new(ann, "Membership", roomId=room, userId="ann")
+        await ok(ann, POST, r=room, b="before bob")
+        ws, live = await live_client(server, LIVE_ROOM, {"r": room}, sub="bob")
+        try:
+            assert live.data == {"messages": []}
+            membership = await new(ann, "Membership", roomId=room, userId="bob")
+            await follow(ws, live, {"messages": [{"body": "before bob", "room": {"name": "live-room"}}]})
+            await ok(bob, POST, r=room, b="hello")
+            await follow(ws, live, await ok(bob, LIVE_ROOM.replace(" @live", ""), r=room))
+            assert len(live.data["messages"]) == 2
+            await ok(ann, "mutation($id: ID!) { deleteMembership(id: $id) { id } }", id=membership)
+            await follow(ws, live, {"messages": []})
+        finally:
+            await ws.close()

@@ -349,7 +349,7 @@ class Engine:
             self.schema._schema,
             document,
             node,
-            built.variable_values,  # type: ignore[arg-type]
+            built.variable_values,
             collection,
             store.collections,
             guard_for,

@@ -35,7 +35,7 @@ def nested_plan(
     schema: GraphQLSchema,
     document: DocumentNode,
     root: FieldNode,
-    variables: Mapping[str, Any],
+    variables: Any,  # graphql-core's coerced variable values
     collection: Collection,
     collections: Mapping[str, Collection],
     guard_for: GuardFor,

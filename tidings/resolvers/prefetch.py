@@ -76,7 +76,7 @@ def plan(
     nodes: Sequence[FieldNode],
     record_type: GraphQLObjectType,
     fragments: Mapping[str, FragmentDefinitionNode],
-    variables: Mapping[str, Any],
+    variables: Any,  # graphql-core's coerced variable values
     collection: Collection,
     collections: Mapping[str, Collection],
     guard_for: GuardFor,
@@ -102,7 +102,7 @@ def plan(
             if isinstance(relation, Reference):
                 plans.append(Nested(key, target, relation.column, None, guard_for(target.name), nested=nested))
                 continue
-            args = get_argument_values(field_def, node, variables)  # type: ignore[arg-type]
+            args = get_argument_values(field_def, node, variables)
             limit, offset = args.get("limit"), args.get("offset") or 0
             if limit is not None and not 0 <= limit <= max_limit:
                 raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
