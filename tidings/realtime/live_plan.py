@@ -6,14 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from graphql import DocumentNode, FieldNode, GraphQLError, GraphQLSchema, OperationDefinitionNode
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    get_named_type,
+)
 from graphql.execution import get_argument_values
 
 from tidings.auth.permissions import Permissions
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput
-from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
+from tidings.filters import And, Compare, Filter, GuardFor, Not, Or, Related, compile_predicate, parse_filter
 from tidings.model.collection import Collection
 from tidings.realtime.aggregate_window import AggregateWindow
 from tidings.realtime.connection_window import ConnectionWindow
@@ -24,6 +33,7 @@ from tidings.resolvers.aggregates import aggregate_field, aggregate_spec, reques
 from tidings.resolvers.connections import connection_field, paging
 from tidings.resolvers.convert import order_keys
 from tidings.resolvers.crud import count_field
+from tidings.resolvers.prefetch import Nested, plan
 from tidings.store import Store
 
 __all__ = ["LiveQueries", "order_keys", "reads_column"]
@@ -74,6 +84,7 @@ class LiveQueries:
         self.counts = {count_field(c): c for c in collections}
         self.connections = {connection_field(c): c for c in collections}
         self.aggregates = {aggregate_field(c): c for c in collections}
+        self.collections = {c.name: c for c in collections}
 
     @property
     def authorizer(self) -> Authorizer:
@@ -97,6 +108,7 @@ class LiveQueries:
         query_type = self.schema.query_type
         assert query_type is not None
         plans: list[tuple[str, Collection, str, dict[str, Any]]] = []
+        nodes: list[FieldNode] = []
         guards: dict[str, Filter] = {}
         for node in root_fields(operation):
             name = node.name.value
@@ -114,7 +126,20 @@ class LiveQueries:
             if kind == "aggregate":
                 args["__wanted"] = requested(node, document)
             plans.append((key, coll, kind, args))
-        sources = [self._source(key, coll, kind, args, guards[coll.name]) for key, coll, kind, args in plans]
+            nodes.append(node)
+        guard_for = self.authorizer.read_guards(principal)
+        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        sources = []
+        for (key, coll, kind, args), node in zip(plans, nodes, strict=True):
+            nested: tuple[Nested, ...] = ()
+            if kind in ("list", "single"):  # records at the root: their nested relations are read with them
+                record_type = get_named_type(query_type.fields[node.name.value].type)
+                assert isinstance(record_type, GraphQLObjectType)
+                variables_ = built.variable_values
+                nested = plan(
+                    [node], record_type, fragments, variables_, coll, self.collections, guard_for, self.max_limit
+                )
+            sources.append(self._source(key, coll, kind, args, guards[coll.name], guard_for, nested))
         account = self.authorizer.index_account(principal)
         # The grouping of event subscriptions (see Engine._subscribe): all that decides the
         # result is in the key, the read guards with their substituted values included.
@@ -125,6 +150,7 @@ class LiveQueries:
             orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS),
             tuple(sorted((name, repr(g)) for name, g in guards.items())),
             account,
+            tuple(repr((s.where, s.nested)) for s in sources if s.refetch),  # relations: their guards too
         )
         return await self.hub.subscribe(group_key, lambda: (sources, built), account, sink, op_id)
 
@@ -140,18 +166,31 @@ class LiveQueries:
                 return kind, fields[name]
         return "", None
 
-    def _source(self, key: str, coll: Collection, kind: str, args: dict[str, Any], guard: Filter) -> LiveSource:
+    def _source(
+        self,
+        key: str,
+        coll: Collection,
+        kind: str,
+        args: dict[str, Any],
+        guard: Filter,
+        guard_for: GuardFor,
+        nested: tuple[Nested, ...],
+    ) -> LiveSource:
         if kind == "single":
-            return LiveSource(key, coll, Single(str(args["id"]), compile_predicate(guard)), guard)
+            depends = _depends(guard, nested) - {coll.name}
+            return LiveSource(
+                key, coll, Single(str(args["id"]), compile_predicate(guard)), guard, nested=nested, depends=depends
+            )
         if kind == "connection":
-            return self._connection(key, coll, args, guard)
+            return self._connection(key, coll, args, guard, guard_for)
         if kind == "aggregate":
-            return self._aggregate(key, coll, args, guard)
-        where = parse_filter(args.get("where"), coll.filter_fields)
+            return self._aggregate(key, coll, args, guard, guard_for)
+        where = parse_filter(args.get("where"), coll.filter_fields, guard_for=guard_for)
         view = And((guard, where))
+        depends = _depends(view, nested) - {coll.name}
         exact = not reads_column(view, "updated_at")
         if kind == "count":
-            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view)
+            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view, depends=depends)
         limit, offset = args.get("limit"), args.get("offset") or 0
         if limit is None or limit > self.max_rows:
             raise BadUserInput(
@@ -167,9 +206,11 @@ class LiveQueries:
         order = order_keys(args.get("orderBy"), coll)
         exact = exact and all(column != "updated_at" for column, _ in order)
         window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
-        return LiveSource(key, coll, window, view, order)
+        return LiveSource(key, coll, window, view, order, nested=nested, depends=depends)
 
-    def _connection(self, key: str, coll: Collection, args: dict[str, Any], guard: Filter) -> LiveSource:
+    def _connection(
+        self, key: str, coll: Collection, args: dict[str, Any], guard: Filter, guard_for: GuardFor
+    ) -> LiveSource:
         cap = min(self.max_rows, self.max_limit)
         if args.get("first") is None and args.get("last") is None:
             raise BadUserInput(
@@ -177,14 +218,48 @@ class LiveQueries:
                 field="first",
                 maxRows=cap,
             )
-        p = paging(coll, args, guard, cap)
+        p = paging(coll, args, guard, cap, guard_for=guard_for)
         exact = not reads_column(p.bounded, "updated_at") and all(column != "updated_at" for column, _ in p.order)
-        return LiveSource(key, coll, ConnectionWindow(coll, p, exact_before=exact), p.view)
+        kept = ConnectionWindow(coll, p, exact_before=exact)
+        return LiveSource(key, coll, kept, p.view, depends=_depends(p.view, ()) - {coll.name})
 
-    def _aggregate(self, key: str, coll: Collection, args: dict[str, Any], guard: Filter) -> LiveSource:
-        view = And((guard, parse_filter(args.get("where"), coll.filter_fields)))
+    def _aggregate(
+        self, key: str, coll: Collection, args: dict[str, Any], guard: Filter, guard_for: GuardFor
+    ) -> LiveSource:
+        view = And((guard, parse_filter(args.get("where"), coll.filter_fields, guard_for=guard_for)))
         spec = aggregate_spec(coll, args.get("groupBy"), args["__wanted"])
         kept = AggregateWindow(
             coll, spec, view, exact_before=not reads_column(view, "updated_at"), max_groups=self.max_rows
         )
-        return LiveSource(key, coll, kept, view)
+        return LiveSource(key, coll, kept, view, depends=_depends(view, ()) - {coll.name})
+
+
+def _depends(f: Filter, nested: tuple[Nested, ...]) -> frozenset[str]:
+    """The collections a filter's relations and a selection's nested relations read."""
+    found: set[str] = set()
+    stack: list[Filter] = [f]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Related):
+            found.add(node.target)
+            stack.extend((node.guard, node.item))
+        elif isinstance(node, Not):
+            stack.append(node.item)
+        elif isinstance(node, And | Or):
+            stack.extend(node.items)
+    plans = list(nested)
+    while plans:
+        p = plans.pop()
+        found.add(p.target.name)
+        stack = [p.where]
+        while stack:  # the nested relation's own filter may follow relations too
+            node = stack.pop()
+            if isinstance(node, Related):
+                found.add(node.target)
+                stack.extend((node.guard, node.item))
+            elif isinstance(node, Not):
+                stack.append(node.item)
+            elif isinstance(node, And | Or):
+                stack.extend(node.items)
+        plans.extend(p.nested)
+    return frozenset(found)

@@ -71,8 +71,8 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
     Target = target.record  # noqa: N806
 
     def resolve(root: Any, info: Info) -> Target | None:  # type: ignore[valid-type]
-        if type(root) is dict and (key := "$" + info.path.key) in root:  # type: ignore[attr-defined]
-            return root[key]
+        if type(root) is dict and (key := f"${info.path.key}") in root:
+            return root[key]  # type: ignore[no-any-return]
         target_id = root.get(column) if type(root) is dict else getattr(root, column, None)
         if target_id is None:
             return None
@@ -86,6 +86,7 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
         return _loader(ctx, ("one", target_coll.name), load).load(str(target_id))
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{ref.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(ref.name),
@@ -108,7 +109,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         limit: int | None = None,
         offset: int | None = 0,
     ) -> list[Target]:  # type: ignore[valid-type]
-        if type(root) is dict and (key := "$" + info.path.key) in root:  # type: ignore[attr-defined]
+        if type(root) is dict and (key := f"${info.path.key}") in root:
             return root[key]  # type: ignore[no-any-return]
         ctx: Context = info.context
         max_limit = ctx.services.max_limit
@@ -141,6 +142,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         return _loader(ctx, ("many", coll.name, back.name, arguments), load).load(str(parent))  # type: ignore[return-value]
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{back.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(back.name),
