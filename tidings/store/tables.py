@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidings.filters import FieldKind
-from tidings.model.collection import Collection
+from tidings.model.collection import MISSING, Collection
 
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
@@ -52,6 +52,10 @@ def _column_type(kind: FieldKind) -> sa.types.TypeEngine[Any]:
     return sa.JSON(none_as_null=True)
 
 
+def _info(default: Any) -> dict[str, Any]:
+    return {} if default is MISSING else {"default": default}
+
+
 DELETED_AT = "deleted_at"
 SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -92,7 +96,10 @@ class Tables:
                 sa.Column("updated_at", UTCDateTime(), nullable=False),
                 sa.Column("version", sa.BigInteger(), nullable=False),
             ]
-            columns += [sa.Column(f.name, _column_type(f.kind), nullable=f.nullable) for f in c.fields]
+            # A field's default rides along for migrations: what existing rows get when it is added.
+            columns += [
+                sa.Column(f.name, _column_type(f.kind), nullable=f.nullable, info=_info(f.default)) for f in c.fields
+            ]
             if c.soft_delete:
                 # Set by a soft delete: the row stays (restore), hidden from every read, until purged.
                 columns.append(sa.Column(DELETED_AT, UTCDateTime(), nullable=True, index=True))
