@@ -209,6 +209,8 @@ class Tidings:
         await self.broker.start()
         await self.limits.start()
         await self.dispatcher.start()
+        if await self.store.migrator.claim_schema():  # this process brought a new schema: the others hear it
+            await self.dispatcher.announce_schema()
         await self.channels.start()
         await self.admin.start()
         await self.hooks.start()

@@ -17,7 +17,7 @@ import dataclasses
 import enum
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import produce_migrations, render_python_code
 from alembic.operations import Operations, ops
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tidings.errors import ConfigurationError
 from tidings.store import migration_files, sqlite
@@ -115,7 +115,8 @@ class Migrator:
         if mode is Mode.OFF:
             return []
         async with self._locked() as conn:
-            return await conn.run_sync(self._migrate, mode)
+            done: list[str] = await conn.run_sync(self._migrate, mode)
+            return done
 
     async def plan(self) -> Plan:
         async with self.engine.connect() as conn:
@@ -210,10 +211,15 @@ class Migrator:
     def _compare(self, conn: sa.Connection) -> list[Change]:
         return [classify(op, conn.dialect) for op in _flatten(self._upgrade_ops(conn))]
 
-    def render(self, conn: sa.Connection) -> str:
+    async def render(self) -> str:
         """The differences as the body of an ``upgrade()``, as Alembic renders a revision."""
-        code = render_python_code(self._upgrade_ops(conn), render_as_batch=True)
-        return code
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(self._render)
+
+    def _render(self, conn: sa.Connection) -> str:
+        if not sa.inspect(conn).has_table(self.tables.meta.name):
+            return "pass  # a new database: tidings creates the declared tables"
+        return render_python_code(self._upgrade_ops(conn), render_as_batch=True)
 
     # -- applying ------------------------------------------------------------------
 
@@ -230,21 +236,24 @@ class Migrator:
             if not alters:
                 continue
             # A required field with a default: added nullable, filled, then made required.
-            filled = [op for op in alters if isinstance(op, ops.AddColumnOp) and not op.column.nullable]
+            # A field with a default: existing rows get it (as old events read it); a required one is
+            # added nullable, filled, then made required.
+            filled = [op for op in alters if isinstance(op, ops.AddColumnOp) and "default" in op.column.info]
             staged = [_added(op, nullable=op in filled) if isinstance(op, ops.AddColumnOp) else op for op in alters]
             self._batch(operations, table, staged)
             for op in filled:
                 column = sa.column(op.column.name, op.column.type)
                 default = plain(op.column.info["default"])
                 conn.execute(sa.table(table, column).update().values({op.column.name: default}))
-            if filled:
-                required = [
-                    ops.AlterColumnOp(table, op.column.name, existing_type=op.column.type, modify_nullable=False)
-                    for op in filled
-                ]
+            required = [
+                ops.AlterColumnOp(table, op.column.name, existing_type=op.column.type, modify_nullable=False)
+                for op in filled
+                if not op.column.nullable
+            ]
+            if required:
                 self._batch(operations, table, required)
 
-    def _batch(self, operations: Operations, table: str, changes: list[ops.MigrateOperation]) -> None:
+    def _batch(self, operations: Operations, table: str, changes: Sequence[ops.MigrateOperation]) -> None:
         with operations.batch_alter_table(table) as batch:
             for op in changes:
                 batch.invoke(op)
@@ -297,7 +306,7 @@ class _Lock:
         self._engine: AsyncEngine | None = None
         self._cm: Any = None
 
-    async def __aenter__(self) -> sa.ext.asyncio.AsyncConnection:
+    async def __aenter__(self) -> AsyncConnection:
         m = self.migrator
         engine = m.engine
         database = engine.url.database
@@ -312,7 +321,7 @@ class _Lock:
         if m.dialect == "postgresql":
             await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT * 1000)}ms'"))
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
-        return conn  # type: ignore[no-any-return]
+        return conn
 
     async def __aexit__(self, *exc: Any) -> None:
         try:
@@ -357,19 +366,23 @@ def classify(op: ops.MigrateOperation, dialect: sa.Dialect) -> Change:
     if isinstance(op, ops.CreateTableOp):
         return Change(op, table, f"create table {table}", additive=True)
     if isinstance(op, ops.DropTableOp):
-        return Change(op, table, f"drop table {table} (no collection declares it)", additive=False, harmless=True)
+        return Change(op, table, f"drop table {table}: no collection declares it", additive=False, harmless=True)
     if isinstance(op, ops.AddColumnOp):
         column = op.column
         text = f"add column {table}.{column.name} ({column.type.compile(dialect=dialect)}"
-        if column.nullable:
-            return Change(op, table, text + ", null in existing rows)", additive=True)
         if "default" in column.info:
             return Change(op, table, text + f", {column.info['default']!r} in existing rows)", additive=True)
-        return Change(op, table, text + ": required without a default, existing rows have no value)", additive=False)
+        if column.nullable:
+            return Change(op, table, text + ", null in existing rows)", additive=True)
+        return Change(op, table, text + "): required without a default, existing rows have no value", additive=False)
     if isinstance(op, ops.DropColumnOp):
         column = op.to_column()
         return Change(
-            op, table, f"drop column {table}.{op.column_name} (no field declares it)", False, harmless=column.nullable
+            op,
+            table,
+            f"drop column {table}.{op.column_name}: no field declares it",
+            False,
+            harmless=bool(column.nullable),
         )
     if isinstance(op, ops.AlterColumnOp):
         if op.modify_type is not None:
