@@ -44,7 +44,7 @@ async def _migrate(settings: Settings, collections: list[Collection], action: st
         assert name is not None  # the parser requires it for `new`
         plan = await store.migrator.plan()
         body = await store.migrator.render()
-        notes = [line.lstrip("+!> ") for line in plan.lines()] if not plan.new_database else []
+        notes = [c.text for c in plan.changes if not c.additive]
         path = migration_files.write(settings.migrations_directory(), name, _indent(body), notes)
         return [
             f"Wrote {path}: review and edit it, then commit it.",

@@ -13,11 +13,12 @@ database that tidings never made is never compared, so never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ class Migrator:
         """Bring the database to the declared tables as ``mode`` allows; the lines of what was done."""
         if mode is Mode.OFF:
             return []
-        async with self._locked() as conn:
+        async with _locked(self) as conn:
             done: list[str] = await conn.run_sync(self._migrate, mode)
             return done
 
@@ -138,9 +139,6 @@ class Migrator:
             if known is None:
                 await conn.execute(meta.insert().values(key=SCHEMA_KEY, value=mine))
         return False
-
-    def _locked(self) -> Any:
-        return _Lock(self)
 
     def _migrate(self, conn: sa.Connection, mode: Mode) -> list[str]:
         plan = self._plan(conn)
@@ -219,7 +217,17 @@ class Migrator:
     def _render(self, conn: sa.Connection) -> str:
         if not sa.inspect(conn).has_table(self.tables.meta.name):
             return "pass  # a new database: tidings creates the declared tables"
-        return render_python_code(self._upgrade_ops(conn), render_as_batch=True)
+        # Only what needs a person: tidings applies the additive changes itself after the files.
+        upgrade = self._upgrade_ops(conn)
+        kept: list[ops.MigrateOperation] = []
+        for op in upgrade.ops:
+            if isinstance(op, ops.ModifyTableOps):
+                inner = [o for o in op.ops if not classify(o, conn.dialect).additive]
+                if inner:
+                    kept.append(ops.ModifyTableOps(op.table_name, inner, schema=op.schema))
+            elif not classify(op, conn.dialect).additive:
+                kept.append(op)
+        return render_python_code(ops.UpgradeOps(kept), render_as_batch=True)
 
     # -- applying ------------------------------------------------------------------
 
@@ -298,37 +306,26 @@ class Migrator:
             conn.execute(meta.delete().where(meta.c.key.in_([TABLE_PREFIX + name for name in gone])))
 
 
-class _Lock:
-    """``async with``: a connection in a transaction that holds the database's migration lock."""
-
-    def __init__(self, migrator: Migrator) -> None:
-        self.migrator = migrator
-        self._engine: AsyncEngine | None = None
-        self._cm: Any = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        m = self.migrator
-        engine = m.engine
-        database = engine.url.database
-        if m.dialect == "sqlite" and database and database != ":memory:":
-            # Its own connection: BEGIN IMMEDIATE takes the write lock, waited for up to LOCK_WAIT;
-            # foreign keys off, as SQLite asks of a table rebuild (batch mode drops the old table).
-            engine = self._engine = create_async_engine(engine.url)
-            sa.event.listen(engine.sync_engine, "connect", _migration_pragmas)
-            sa.event.listen(engine.sync_engine, "begin", sqlite.begin_immediate)
-        self._cm = engine.begin()
-        conn = await self._cm.__aenter__()
-        if m.dialect == "postgresql":
-            await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT * 1000)}ms'"))
-            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
-        return conn
-
-    async def __aexit__(self, *exc: Any) -> None:
-        try:
-            await self._cm.__aexit__(*exc)
-        finally:
-            if self._engine is not None:
-                await self._engine.dispose()
+@contextlib.asynccontextmanager
+async def _locked(migrator: Migrator) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction that holds the database's migration lock."""
+    engine, own = migrator.engine, None
+    database = engine.url.database
+    if migrator.dialect == "sqlite" and database and database != ":memory:":
+        # Its own connection: BEGIN IMMEDIATE takes the write lock, waited for up to LOCK_WAIT;
+        # foreign keys off, as SQLite asks of a table rebuild (batch mode drops the old table).
+        engine = own = create_async_engine(engine.url)
+        sa.event.listen(engine.sync_engine, "connect", _migration_pragmas)
+        sa.event.listen(engine.sync_engine, "begin", sqlite.begin_immediate)
+    try:
+        async with engine.begin() as conn:
+            if migrator.dialect == "postgresql":
+                await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT * 1000)}ms'"))
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
+            yield conn
+    finally:
+        if own is not None:
+            await own.dispose()
 
 
 def _migration_pragmas(dbapi_conn: Any, record: Any) -> None:
