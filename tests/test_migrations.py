@@ -345,7 +345,7 @@ async def test_a_newcomer_adds_a_field_restarts_scripts_serve_and_uses_it_with_o
     toml = declare(tmp_path, '[collections.Note.fields]\ntext = "String!"\n')
     db = f"sqlite:///{tmp_path / 'app.db'}"
 
-    async def serve() -> tuple[Any, str]:
+    async def serve() -> tuple[Any, str, list[str]]:
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             "bash", str(root / "scripts" / "serve"), "--collections", toml, "--db", db, "--port", str(port),
@@ -358,9 +358,9 @@ async def test_a_newcomer_adds_a_field_restarts_scripts_serve_and_uses_it_with_o
             while not (line := (await proc.stderr.readline()).decode()).startswith("INFO:     Uvicorn running on"):
                 assert line, f"scripts/serve exited: {lines}"
                 lines.append(line)
-        return proc, f"http://127.0.0.1:{port}"
+        return proc, f"http://127.0.0.1:{port}", lines
 
-    proc, url = await serve()
+    proc, url, _ = await serve()
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             created = await gql_post(http, 'mutation { createNote(input: {text: "old"}) { id } }')
@@ -370,7 +370,11 @@ async def test_a_newcomer_adds_a_field_restarts_scripts_serve_and_uses_it_with_o
     Path(toml).write_text(
         '[collections.Note.fields]\ntext = "String!"\npinned = { type = "Boolean!", default = false }\n'
     )
-    proc, url = await serve()
+    proc, url, lines = await serve()
+    assert any(
+        line.endswith("INFO tidings.migrate: Migrated: add column notes.pinned (BOOLEAN, False in existing rows)\n")
+        for line in lines
+    ), lines
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             made = await gql_post(http, 'mutation { createNote(input: {text: "new", pinned: true}) { id } }')
