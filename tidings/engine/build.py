@@ -20,6 +20,7 @@ from tidings.engine.documents import Documents, DocumentsExtension
 from tidings.limits import RateLimit
 from tidings.model.collection import Collection
 from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
+from tidings.resolvers.relations import relation_field
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
@@ -88,7 +89,7 @@ def build_schema(
     """The schema; ``introspection`` says who may select ``__schema``/``__type`` (unless ``documents`` is
     given: its own policy), ``suggestions`` off drops "Did you mean"."""
     factory = TypeFactory()
-    types = {c.name: factory.build(c) for c in collections}
+    types = factory.build_all(collections, relation_field)
     query_fields: list[Any] = list(extra_queries)
     mutation_fields: list[Any] = list(extra_mutations)
     subscription_fields: list[Any] = list(extra_subscriptions)

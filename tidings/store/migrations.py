@@ -405,12 +405,10 @@ def classify(op: ops.MigrateOperation, dialect: sa.Dialect) -> Change:
 
 
 def _added(op: ops.AddColumnOp, *, nullable: bool) -> ops.AddColumnOp:
-    """``op`` without the column's own index (autogenerate gives it its own operation), and nullable
-    when asked: Alembic's add_column would create an ``index=True`` column's index a second time."""
-    column = op.column._copy()
-    column.index = None
-    if nullable:
-        column.nullable = True
+    """``op``'s column without its index and foreign key (autogenerate gives each its own operation,
+    which Alembic's add_column would duplicate), and nullable when asked."""
+    source = op.column
+    column = sa.Column(source.name, source.type, nullable=nullable or source.nullable, info=dict(source.info))
     return ops.AddColumnOp(op.table_name, column, schema=op.schema)
 
 
