@@ -49,6 +49,14 @@ title = "String!"
 status = { type = "String!", default = "open" }
 notes = "String"
 """
+# A relation: a new collection, and a reference to it (a nullable column, its foreign key and index).
+V2_RELATION = (
+    V2
+    + """project = { ref = "Project" }
+[collections.Project.fields]
+name = "String!"
+"""
+)
 DATABASES = ["sqlite", "postgresql"]
 
 
@@ -126,6 +134,29 @@ async def test_additive_changes_apply_to_a_table_with_rows_and_old_events_read_a
     s = await started(tmp_path, db, V2, Mode.CHECK)
     assert s.migrated == []
     await s.close()
+
+    # A relation is additive too: the table with rows gets a nullable reference, its foreign key and index.
+    s = await started(tmp_path, db, V2_RELATION)
+    try:
+        assert s.migrated == [
+            "create table projects",
+            "create index ix_projects_account on projects (account)",
+            "add column tasks.project_id (TEXT, null in existing rows)",
+            "create index ix_tasks_project_id on tasks (project_id)",
+            "add foreign key tasks (project_id) -> projects",
+        ]
+        task, project = s.collections["Task"], s.collections["Project"]
+        p, _ = await s.create(project, {"name": "p"}, account=None, actor=None)
+        await s.update(task, rows[0]["id"], {"project_id": p["id"]}, expected_version=None, guard=s_all(), actor=None)
+        row = await s.get(task, rows[0]["id"])
+        assert row is not None and (row["title"], row["project_id"]) == ("a2", p["id"])
+        assert [e.record.get("project_id") for e in await s.read_events(0) if e.collection == "Task"][:3] == [None] * 3
+        async with s.engine.connect() as conn:  # a real foreign key, reflected from the database
+            keys = await conn.run_sync(lambda c: sa.inspect(c).get_foreign_keys("tasks"))
+        assert [(k["constrained_columns"], k["referred_table"]) for k in keys] == [(["project_id"], "projects")]
+        assert (await s.migrator.plan()).empty
+    finally:
+        await s.close()
 
 
 def s_all() -> Any:
