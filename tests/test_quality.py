@@ -25,10 +25,13 @@ def test_public_api_is_what_the_readme_documents() -> None:
             "Field",
             "Forbidden",
             "Hooks",
+            "Many",
+            "OnDelete",
             "Operation",
             "OperationInfo",
             "Principal",
             "PublishInfo",
+            "Ref",
             "Rules",
             "Settings",
             "Tidings",
@@ -38,6 +41,8 @@ def test_public_api_is_what_the_readme_documents() -> None:
             "create_app",
             "export_schema",
             "load_toml",
+            "many",
+            "ref",
         ]
     )
     for name in tidings.__all__:

@@ -9,6 +9,7 @@ from tidings.errors import BadUserInput, ErrorCode, Forbidden, TidingsError
 from tidings.events import ChangeEvent, Operation
 from tidings.hooks import ConnectionInfo, Hooks, OperationInfo, PublishInfo, WriteInfo
 from tidings.model.collection import JSON, Collection, Field, collection
+from tidings.model.relations import Many, OnDelete, Ref, many, ref
 from tidings.model.toml import load_toml
 
 __all__ = [
@@ -22,10 +23,13 @@ __all__ = [
     "Field",
     "Forbidden",
     "Hooks",
+    "Many",
+    "OnDelete",
     "Operation",
     "OperationInfo",
     "Principal",
     "PublishInfo",
+    "Ref",
     "Rules",
     "Settings",
     "Tidings",
@@ -35,6 +39,8 @@ __all__ = [
     "create_app",
     "export_schema",
     "load_toml",
+    "many",
+    "ref",
 ]
 
 __version__ = "0.1.0"

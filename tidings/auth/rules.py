@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tidings.auth.principal import ANY_ACCOUNT, Principal
 from tidings.errors import BadUserInput, ConfigurationError, Forbidden, Unauthenticated
 from tidings.filters import (
     MATCH_ALL,
+    MATCH_NONE,
     And,
     Compare,
     FieldKind,
@@ -225,6 +226,23 @@ class Authorizer:
                 coll = self.collections[collection]
                 parts.append(parse_filter(_substitute(rule.where, principal), coll.filter_fields))
         return And(tuple(parts)) if parts else MATCH_ALL
+
+    def read_guards(self, principal: Principal) -> Callable[[str], Filter]:
+        """Collection name -> what ``principal`` may read of it; nothing (not an error) where a
+        rule refuses them outright: what relations and relation filters reach through."""
+        cache: dict[str, Filter] = {}
+
+        def guard_for(name: str) -> Filter:
+            found = cache.get(name)
+            if found is None:
+                try:
+                    found = self.guard(name, principal, Action.READ)
+                except (Forbidden, Unauthenticated):
+                    found = MATCH_NONE
+                cache[name] = found
+            return found
+
+        return guard_for
 
     def account_for_new(self, principal: Principal) -> str | None:
         return principal.account if self.multi_tenant else None

@@ -1,6 +1,7 @@
 """The demo collections that ``tidings serve`` runs with no arguments.
 
-``Task`` and ``Message`` are the board and the messages the tests and benches use;
+``Task`` and ``Message`` are the board and the messages the tests and benches use; a
+``Task`` may belong to a ``Project`` (``Task.project``, ``Project.tasks``: relations);
 ``Room`` and ``ChatMessage`` (with the ``room:*`` namespace in ``CHANNELS``) are the
 chat demo at /playground/chat: each committed ``ChatMessage`` is also published to
 its room's channel, beside the room's typing events and presence.
@@ -12,11 +13,21 @@ import datetime as dt
 
 from tidings.auth.channel_rules import Channel
 from tidings.model.collection import JSON, collection
+from tidings.model.relations import Many, Ref, many, ref
+
+
+@collection
+class Project:
+    """A project; its tasks are Task records whose project is this one."""
+
+    name: str
+    archived: bool = False
+    tasks: Many[Task] = many(via="project")
 
 
 @collection
 class Task:
-    """A task on a shared board."""
+    """A task on a shared board, in a project or none."""
 
     title: str
     status: str = "pending"
@@ -24,6 +35,7 @@ class Task:
     assigned_to: str | None = None
     due_at: dt.datetime | None = None
     tags: JSON | None = None
+    project: Ref[Project] | None = ref(on_delete="set_null")
 
 
 @collection
@@ -51,7 +63,7 @@ class ChatMessage:
     body: str
 
 
-COLLECTIONS = [Task, Message, Room, ChatMessage]
+COLLECTIONS = [Task, Project, Message, Room, ChatMessage]
 
 # The chat's channels: typing events and presence per room. The default rules (public
 # in demo mode, authenticated with tokens) let any signed-in user of an account join

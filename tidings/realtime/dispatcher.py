@@ -253,7 +253,7 @@ class Dispatcher:
             if seq <= self.position:
                 return
             if seq == self.position + 1 and event is not None:
-                self._dispatch(event)
+                await self._dispatch(event)
                 return
             # A gap (lost or reordered doorbell) or no event body: read the log.
             while self.position < seq:
@@ -267,21 +267,30 @@ class Dispatcher:
                     break
                 self.gaps_filled += 1
                 for ev in events:
-                    self._dispatch(ev)
+                    await self._dispatch(ev)
                 if events[-1].seq >= seq:
                     break
                 # The next page starts after what we dispatched; holes below are skipped.
 
-    def _dispatch(self, event: ChangeEvent) -> None:
-        self.position = event.seq
-        self.dispatched += 1
+    async def _dispatch(self, event: ChangeEvent) -> None:
         candidates: set[Group] = set()
         for key in ((event.collection, event.account), (event.collection, ANY_ACCOUNT)):
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.candidates(event, candidates)
+        # Groups that follow relations read related rows first. A read that fails (the database
+        # is down) raises before anything of this event went out: it is dispatched again, whole.
+        related: dict[Group, tuple[Match, str] | None] = {}
         for group in candidates:
-            self._deliver(group, event)
+            if group.related is not None:
+                related[group] = await group.outcome(event)
+        self.position = event.seq
+        self.dispatched += 1
+        for group in candidates:
+            if group.related is None:
+                self._deliver(group, event)
+            elif (outcome := related.get(group)) is not None and group.key in self.groups:
+                self._send(group, event, outcome[1])
         for observe in self.observers:
             observe(event)
 
@@ -306,6 +315,9 @@ class Dispatcher:
         except Exception:
             logger.exception("Rendering seq %s for a subscription group failed", event.seq)
             return
+        self._send(group, event, payload)
+
+    def _send(self, group: Group, event: ChangeEvent, payload: str) -> None:
         members = list(group.members.values())
         for member in members:
             member.push(event.seq, payload)

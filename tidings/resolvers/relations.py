@@ -5,8 +5,8 @@ read rules at every level: a related record the caller may not read is null (to 
 
 No ``from __future__ import annotations``: Strawberry reads the resolvers' annotations as objects.
 
-A record that already carries its related rows (``"@project"``: events, whose related rows are
-read once per event and group) answers from them, without a load.
+A record that already carries its related rows at ``"$" + response key`` (an event: its related
+rows are read once per event and group, tidings.realtime.related) answers from them, without a load.
 """
 
 from collections.abc import Awaitable, Callable, Hashable
@@ -18,7 +18,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
 from tidings.auth.rules import Action
-from tidings.errors import BadUserInput, Forbidden, Unauthenticated
+from tidings.errors import BadUserInput
 from tidings.filters import MATCH_NONE, And, Filter, GuardFor, parse_filter
 from tidings.model.collection import Collection
 from tidings.model.names import camel_case
@@ -34,20 +34,10 @@ __all__ = ["read_guard_for", "relation_field", "write_checks"]
 
 def read_guard_for(ctx: Context) -> GuardFor:
     """Collection name -> what the caller may read of it (nothing, rather than an error)."""
-    authorizer, principal = ctx.services.authorizer, ctx.principal
-    cache: dict[str, Filter] = {}
-
-    def guard_for(name: str) -> Filter:
-        found = cache.get(name)
-        if found is None:
-            try:
-                found = authorizer.guard(name, principal, Action.READ)
-            except (Forbidden, Unauthenticated):
-                found = MATCH_NONE
-            cache[name] = found
-        return found
-
-    return guard_for
+    guards: GuardFor | None = ctx.loaders.get("read_guards")
+    if guards is None:
+        guards = ctx.loaders["read_guards"] = ctx.services.authorizer.read_guards(ctx.principal)
+    return guards
 
 
 def write_checks(ctx: Context, coll: Collection, guard: Filter | None, action: Action) -> WriteChecks:
@@ -77,12 +67,12 @@ def relation_field(coll: Collection, relation: Reference | BackReference, target
 
 def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) -> Any:
     target_coll = target.collection
-    column, key = ref.column, "@" + camel_case(ref.name)
+    column = ref.column
     Target = target.record  # noqa: N806
 
     def resolve(root: Any, info: Info) -> Target | None:  # type: ignore[valid-type]
-        if type(root) is dict and key in root:
-            return root[key]
+        if type(root) is dict and (key := f"${info.path.key}") in root:
+            return root[key]  # type: ignore[no-any-return]
         target_id = root.get(column) if type(root) is dict else getattr(root, column, None)
         if target_id is None:
             return None
@@ -96,6 +86,7 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
         return _loader(ctx, ("one", target_coll.name), load).load(str(target_id))
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{ref.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(ref.name),
@@ -108,7 +99,6 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
 def _back_reference_field(coll: Collection, back: BackReference, target: CollectionTypes) -> Any:
     target_coll = target.collection
     via = next(r for r in target_coll.references if r.name == back.via)
-    key = "@" + camel_case(back.name)
     Target, Where, OrderBy = target.record, target.where, target.order_by  # noqa: N806
 
     def resolve(
@@ -119,7 +109,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         limit: int | None = None,
         offset: int | None = 0,
     ) -> list[Target]:  # type: ignore[valid-type]
-        if type(root) is dict and key in root:
+        if type(root) is dict and (key := f"${info.path.key}") in root:
             return root[key]  # type: ignore[no-any-return]
         ctx: Context = info.context
         max_limit = ctx.services.max_limit
@@ -152,6 +142,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         return _loader(ctx, ("many", coll.name, back.name, arguments), load).load(str(parent))  # type: ignore[return-value]
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{back.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(back.name),

@@ -30,11 +30,13 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + _CHUNK]
 
 
-async def by_ids(reader: Reader, coll: Collection, ids: Iterable[str], guard: Filter = MATCH_ALL) -> dict[str, Record]:
+async def by_ids(
+    reader: Reader, coll: Collection, ids: Iterable[str | None], guard: Filter = MATCH_ALL
+) -> dict[str, Record]:
     """id -> record, for the ``ids`` that exist, are not deleted and match ``guard``."""
     store = reader.store
     table = store.tables.by_collection[coll.name]
-    wanted = sorted({i for i in ids if i is not None})
+    wanted = sorted({str(i) for i in ids if i is not None})
     found: dict[str, Record] = {}
     for chunk in _chunks(wanted):
         query = sa.select(table).where(table.c.id.in_(list(chunk)), store.where(guard, table))
