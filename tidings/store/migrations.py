@@ -37,6 +37,7 @@ logger = logging.getLogger("tidings.migrate")
 
 TABLE_PREFIX = "table:"  # tidings_meta keys of the tables tidings made
 SCHEMA_KEY = "schema"  # tidings_meta: the fingerprint of the declared schema last served
+MIGRATED_KEY = "migrated"  # tidings_meta: the fingerprint of the declared schema last migrated to
 LOCK_WAIT = 300.0  # seconds a process waits for another one's migration before it gives up
 _PG_LOCK = 0x7469_6D69_6772  # the advisory lock key: "timigr"
 
@@ -113,11 +114,25 @@ class Migrator:
 
     async def migrate(self, mode: Mode) -> list[str]:
         """Bring the database to the declared tables as ``mode`` allows; the lines of what was done."""
-        if mode is Mode.OFF:
+        if mode is Mode.OFF or await self._current():
             return []
         async with _locked(self) as conn:
             done: list[str] = await conn.run_sync(self._migrate, mode)
             return done
+
+    async def _current(self) -> bool:
+        """Whether the database was migrated to these very declarations and has run every file: then
+        there is nothing to compare (a start, a worker, a restart cost one query, not a reflection)."""
+        meta = self.tables.meta
+        files = migration_files.find(self.directory)
+        keys = [MIGRATED_KEY, *(migration_files.PREFIX + f.name for f in files)]
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(sa.select(meta.c.key, meta.c.value).where(meta.c.key.in_(keys)))).all()
+        except sa.exc.DBAPIError:
+            return False  # no tidings_meta yet: a new database
+        found = dict(rows)
+        return found.get(MIGRATED_KEY) == fingerprint(self.tables) and len(found) == len(keys)
 
     async def plan(self) -> Plan:
         async with self.engine.connect() as conn:
@@ -294,8 +309,12 @@ class Migrator:
         conn.execute(self.tables.meta.insert().values(key=migration_files.PREFIX + f.name, value=1))
 
     def _register(self, conn: sa.Connection) -> None:
-        """Keep ``table:`` keys for the tables tidings made and that still exist."""
+        """Keep ``table:`` keys for the tables tidings made and that still exist, and the fingerprint
+        of the declarations the database was brought to."""
         meta = self.tables.meta
+        mine = fingerprint(self.tables)
+        if not conn.execute(meta.update().where(meta.c.key == MIGRATED_KEY).values(value=mine)).rowcount:
+            conn.execute(meta.insert().values(key=MIGRATED_KEY, value=mine))
         existing = set(sa.inspect(conn).get_table_names())
         registered = self._registered(conn)
         wanted = (registered | set(self.tables.metadata.tables)) & existing
