@@ -20,18 +20,19 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic.autogenerate import produce_migrations, render_python_code
-from alembic.operations import Operations, ops
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tidings.errors import ConfigurationError
 from tidings.store import migration_files, sqlite
 from tidings.store.insert import plain
 from tidings.store.tables import Tables
+
+if TYPE_CHECKING:  # Alembic is imported when a comparison runs: a start with nothing to compare needs none of it
+    from alembic.operations import Operations, ops
+    from alembic.runtime.migration import MigrationContext
 
 logger = logging.getLogger("tidings.migrate")
 
@@ -207,6 +208,8 @@ class Migrator:
         return Plan(False, pending, tuple(self._compare(conn)))
 
     def _context(self, conn: sa.Connection) -> MigrationContext:
+        from alembic.runtime.migration import MigrationContext
+
         owned = set(self.tables.metadata.tables) | self._registered(conn)
 
         def include_name(name: str | None, kind: str, _parents: Any) -> bool:
@@ -217,6 +220,8 @@ class Migrator:
         )
 
     def _upgrade_ops(self, conn: sa.Connection) -> ops.UpgradeOps:
+        from alembic.autogenerate import produce_migrations
+
         script = produce_migrations(self._context(conn), self.tables.metadata)
         assert script.upgrade_ops is not None  # produce_migrations always makes one
         return script.upgrade_ops
@@ -230,6 +235,9 @@ class Migrator:
             return await conn.run_sync(self._render)
 
     def _render(self, conn: sa.Connection) -> str:
+        from alembic.autogenerate import render_python_code
+        from alembic.operations import ops
+
         if not sa.inspect(conn).has_table(self.tables.meta.name):
             return "pass  # a new database: tidings creates the declared tables"
         # Only what needs a person: tidings applies the additive changes itself after the files.
@@ -247,6 +255,8 @@ class Migrator:
     # -- applying ------------------------------------------------------------------
 
     def _apply(self, conn: sa.Connection, changes: list[Change]) -> None:
+        from alembic.operations import Operations, ops
+
         operations = Operations(self._context(conn))
         by_table: dict[str, list[Change]] = {}
         for c in changes:
@@ -282,6 +292,8 @@ class Migrator:
                 batch.invoke(op)
 
     def _run_file(self, conn: sa.Connection, f: migration_files.MigrationFile) -> None:
+        from alembic.operations import Operations
+
         module = f.load()
         with Operations.context(self._context(conn)):
             try:
@@ -359,6 +371,8 @@ def _migration_pragmas(dbapi_conn: Any, record: Any) -> None:
 
 
 def _flatten(upgrade: ops.UpgradeOps) -> Iterator[ops.MigrateOperation]:
+    from alembic.operations import ops
+
     for op in upgrade.ops:
         if isinstance(op, ops.ModifyTableOps):
             yield from op.ops
@@ -378,6 +392,8 @@ def _table_of(op: ops.MigrateOperation) -> str:
 
 def classify(op: ops.MigrateOperation, dialect: sa.Dialect) -> Change:
     """What ``op`` does, in one line, and whether it is additive (safe to run unattended)."""
+    from alembic.operations import ops
+
     table = _table_of(op)
     if isinstance(op, ops.CreateTableOp):
         return Change(op, table, f"create table {table}", additive=True)
@@ -426,6 +442,8 @@ def classify(op: ops.MigrateOperation, dialect: sa.Dialect) -> Change:
 def _added(op: ops.AddColumnOp, *, nullable: bool) -> ops.AddColumnOp:
     """``op``'s column without its index and foreign key (autogenerate gives each its own operation,
     which Alembic's add_column would duplicate), and nullable when asked."""
+    from alembic.operations import ops
+
     source = op.column
     column = sa.Column(source.name, source.type, nullable=nullable or source.nullable, info=dict(source.info))
     return ops.AddColumnOp(op.table_name, column, schema=op.schema)
