@@ -627,3 +627,63 @@ async def test_a_live_query_under_a_membership_rule_follows_membership(server: S
             await follow(ws, live, {"messages": []})
         finally:
             await ws.close()
+
+
+async def test_a_nested_list_is_bounded_for_all_its_parents_together(tmp_path: Path) -> None:
+    # --max-limit 12: a list takes at most 12 rows, a nested list at most 10 x 12 for all its parents
+    # (12 parents of 12 rows each would be 144).
+    server = make_server(tmp_path, [Project, Task, Note], max_limit=12)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for p in range(12):
+                project = await new(http, "Project", name=f"p{p:02}")
+                for t in range(11):
+                    await new(http, "Task", title=f"t{t}", projectId=project)
+            query = "query($n: Int) { projects(limit: 12) { name tasks(limit: $n) { title } } }"
+            small = await ok(http, query, n=5)
+            assert [len(p["tasks"]) for p in small["projects"]] == [5] * 12
+            full = await ok(http, query, n=10)  # 12 parents x 10 rows: exactly the bound
+            assert sum(len(p["tasks"]) for p in full["projects"]) == 120
+            for over_query in (
+                "{ projects(limit: 12) { tasks { title } } }",  # 132 rows
+                "{ tasks(limit: 12, orderBy: [{title: ASC}]) { project { tasks { title } } } }",  # one level down
+            ):
+                over = await error(http, over_query)
+                assert over["extensions"]["code"] == "BAD_USER_INPUT", over
+                assert over["extensions"]["maxRows"] == 120, over
+    finally:
+        server.stop()
+
+
+# -- the rooms example: `tidings serve` of a TOML file whose rules follow relations ---------------
+
+
+async def test_the_rooms_example_admits_members_only(tmp_path: Path) -> None:
+    from tests.support.processes import serving
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rooms" / "collections.toml"
+    async with serving(tmp_path, tmp_path / "rooms.db", "--collections", str(example), "--jwt-secret", SECRET) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+
+        def as_user(sub: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token(sub, 'acme')}"})
+
+        async with as_user("ann") as ann, as_user("bob") as bob, as_user("cy") as cy:
+            room = await new(ann, "Room", name="lobby")
+            await new(ann, "Membership", roomId=room, userId="bob")
+            adding = await error(
+                bob, 'mutation($r: ID!) { createMembership(input: {roomId: $r, userId: "cy"}) { id } }', r=room
+            )
+            assert adding["extensions"]["code"] == "FORBIDDEN"  # only the owner adds members
+            await ok(bob, 'mutation($r: ID!) { createMessage(input: {roomId: $r, body: "hi"}) { id } }', r=room)
+            read = "query($r: ID!) { room(id: $r) { name messages { body author } } }"
+            assert (await ok(bob, read, r=room))["room"] == {
+                "name": "lobby",
+                "messages": [{"body": "hi", "author": "bob"}],
+            }
+            assert (await ok(cy, read, r=room))["room"] is None
+            refused = await error(
+                cy, 'mutation($r: ID!) { createMessage(input: {roomId: $r, body: "x"}) { id } }', r=room
+            )
+            assert refused["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT")
+            assert (await ok(cy, "{ messages { id } }"))["messages"] == []

@@ -124,6 +124,7 @@ class Engine:
         self.documents = documents  # the app's one parser and validator, shared with Strawberry's view
         self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
         dispatcher.observers.append(self.live_hub.observe)
+        dispatcher.schema_listeners.append(self.system.schema_updated)
         self.live = LiveQueries(
             schema._schema,
             services.store,

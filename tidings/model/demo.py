@@ -1,7 +1,6 @@
 """The demo collections that ``tidings serve`` runs with no arguments.
 
-``Task`` and ``Message`` are the board and the messages the tests and benches use; a
-``Task`` may belong to a ``Project`` (``Task.project``, ``Project.tasks``: relations);
+``Task`` and ``Message`` are the board and the messages the tests and benches use;
 ``Room`` and ``ChatMessage`` (with the ``room:*`` namespace in ``CHANNELS``) are the
 chat demo at /playground/chat: each committed ``ChatMessage`` is also published to
 its room's channel, beside the room's typing events and presence.
@@ -13,21 +12,11 @@ import datetime as dt
 
 from tidings.auth.channel_rules import Channel
 from tidings.model.collection import JSON, collection
-from tidings.model.relations import Many, Ref, many, ref
-
-
-@collection
-class Project:
-    """A project; its tasks are Task records whose project is this one."""
-
-    name: str
-    archived: bool = False
-    tasks: Many[Task] = many(via="project")
 
 
 @collection
 class Task:
-    """A task on a shared board, in a project or none."""
+    """A task on a shared board."""
 
     title: str
     status: str = "pending"
@@ -35,7 +24,6 @@ class Task:
     assigned_to: str | None = None
     due_at: dt.datetime | None = None
     tags: JSON | None = None
-    project: Ref[Project] | None = ref(on_delete="set_null")
 
 
 @collection
@@ -63,7 +51,7 @@ class ChatMessage:
     body: str
 
 
-COLLECTIONS = [Task, Project, Message, Room, ChatMessage]
+COLLECTIONS = [Task, Message, Room, ChatMessage]
 
 # The chat's channels: typing events and presence per room. The default rules (public
 # in demo mode, authenticated with tokens) let any signed-in user of an account join

@@ -37,6 +37,7 @@ from tidings.realtime.replay import Replayer
 from tidings.schema.inputs import Match
 from tidings.store import Store
 from tidings.store.faults import is_disconnect
+from tidings.store.migrations import fingerprint
 from tidings.tracing import Tracing
 
 
@@ -105,6 +106,9 @@ class Dispatcher:
         self._wake = asyncio.Event()  # wakes the gap check early, e.g. after resubscribing
         # Called with every event, in seq order, after the groups (live queries: LiveHub.observe).
         self.observers: list[Callable[[ChangeEvent], None]] = []
+        # Called when another process announces that it migrated the database to another schema.
+        self.schema = fingerprint(store.tables)
+        self.schema_listeners: list[Callable[[], object]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -173,7 +177,20 @@ class Dispatcher:
         finally:
             self._subscribed = False
 
+    async def announce_schema(self) -> None:
+        """Tell every process that the database now has this process's schema (it migrated it)."""
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await self.broker.publish(self.channel, doorbell.encode_schema(self.position, self.schema))
+        except Exception as exc:
+            self._broker_lost(exc)
+
     async def _handle_doorbell(self, message: bytes) -> None:
+        schema = doorbell.announced_schema(message)
+        if schema is not None and schema != self.schema:
+            logger.warning("The database's schema changed: another process migrated it; this one serves the old one")
+            for listener in self.schema_listeners:
+                listener()
         try:
             seq, event = doorbell.decode(message, self.store.collections)
             await self._advance(seq, event)

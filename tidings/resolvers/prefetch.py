@@ -23,6 +23,7 @@ from graphql import (
     get_named_type,
 )
 from graphql.execution import get_argument_values
+from graphql.execution.values import VariableValues
 
 from tidings.errors import BadUserInput
 from tidings.filters import MATCH_NONE, And, Filter, GuardFor, parse_filter
@@ -34,7 +35,10 @@ from tidings.store import Reader
 from tidings.store.relations import by_ids, children
 from tidings.types import Record
 
-__all__ = ["Nested", "attach", "fields_of", "plan"]
+__all__ = ["NESTED_ROWS", "Nested", "attach", "fields_of", "plan"]
+
+NESTED_ROWS = 10
+"""A nested list reads at most this many times ``--max-limit`` rows for all its parents together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class Nested:
     limit: int | None = None
     offset: int = 0
     nested: tuple[Nested, ...] = field(default=())
+    budget: int | None = None  # the most rows a to-many read may return for all its parents
 
 
 def fields_of(
@@ -82,7 +87,12 @@ def plan(
     guard_for: GuardFor,
     max_limit: int,
 ) -> tuple[Nested, ...]:
-    """The relation fields under ``nodes`` (fields whose type is ``collection``'s record type)."""
+    """The relation fields under ``nodes`` (fields whose type is ``collection``'s record type).
+
+    ``variables``: the executor's ``VariableValues``, or a resolver's ``info.variable_values`` (the
+    coerced values alone, which graphql-core 3.3's ``get_argument_values`` takes wrapped)."""
+    if isinstance(variables, dict):
+        variables = VariableValues({}, variables)
     both: tuple[Reference | BackReference, ...] = (*collection.references, *collection.back_references)
     relations = {camel_case(r.name): r for r in both}
     if not relations:
@@ -121,6 +131,7 @@ def plan(
                     limit if limit is not None else max_limit,
                     offset,
                     nested,
+                    NESTED_ROWS * max_limit,
                 )
             )
     return tuple(plans)
@@ -144,8 +155,9 @@ async def attach(reader: Reader, records: Sequence[dict[str, Any]], plans: Seque
             assert p.via is not None
             rows: dict[str, list[Record]] = {}
             if p.where != MATCH_NONE and records:
+                parents = [str(r["id"]) for r in records]
                 rows = await children(
-                    reader, p.target, p.via, [str(r["id"]) for r in records], p.where, p.order, p.limit, p.offset
+                    reader, p.target, p.via, parents, p.where, p.order, p.limit, p.offset, budget=p.budget
                 )
             if p.nested:
                 await attach(reader, [x for v in rows.values() for x in v], p.nested)

@@ -25,6 +25,7 @@ from tidings.model.names import camel_case
 from tidings.model.relations import BackReference, Reference
 from tidings.resolvers.context import DIRECT, Context
 from tidings.resolvers.convert import order_keys
+from tidings.resolvers.prefetch import NESTED_ROWS
 from tidings.schema.types import CollectionTypes
 from tidings.store.relations import by_ids, children
 from tidings.store.store import WriteChecks
@@ -135,6 +136,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
                 order,
                 limit if limit is not None else max_limit,
                 offset or 0,
+                budget=NESTED_ROWS * max_limit,
             )
             return [rows.get(p, []) for p in parent_ids]
 
