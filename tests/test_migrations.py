@@ -141,6 +141,7 @@ async def test_additive_changes_apply_to_a_table_with_rows_and_old_events_read_a
         assert s.migrated == [
             "create table projects",
             "create index ix_projects_account on projects (account)",
+            "create index ix_projects_created_at_id on projects (created_at, id)",
             "add column tasks.project_id (TEXT, null in existing rows)",
             "create index ix_tasks_project_id on tasks (project_id)",
             "add foreign key tasks (project_id) -> projects",
