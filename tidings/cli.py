@@ -9,8 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from tidings.config import Settings, env_name
+from tidings.declaration import load_app
 from tidings.errors import ConfigurationError
-from tidings.model.loading import load_channels, load_collections
+from tidings.model.loading import load_collections
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from tidings.app import create_app
+    from tidings.launch import build_app
     from tidings.logs import configure_logging
     from tidings.redaction import install_redaction
     from tidings.server import run
@@ -52,8 +53,7 @@ def serve(settings: Settings) -> None:
 
         check_workers(settings)
     configure_logging(settings)
-    collections = load_collections(settings.collections)
-    app = create_app([*collections, *load_channels(settings.collections)], settings)
+    app, collections = build_app(settings)
     check_dependencies(settings, collections)
     # The schema, types and tables live as long as the process: move them out of the
     # cyclic collector's view, so its passes under load walk only what requests made.
@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_settings(serve_parser)
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--collections", default=None, help="module:attr or file.toml (default: the demo)")
+    export.add_argument("--app", default=None, help="module:attr of a tidings.App (or a create_app app)")
     token = sub.add_parser("token", help="mint a development JWT (needs TIDINGS_JWT_SECRET or --jwt-secret)")
     token.add_argument("--sub", required=True)
     token.add_argument("--account", default=None)
@@ -95,7 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export-schema":
             from tidings.app import export_schema
 
-            print(export_schema(load_collections(args.collections)))
+            if args.app is not None:
+                if args.collections is not None:
+                    raise ConfigurationError("--app and --collections: give one (an App declares its collections)")
+                print(export_schema(app=load_app(args.app)))
+            else:
+                print(export_schema(load_collections(args.collections)))
         else:
             from tidings.auth.tokens import Authenticator
 

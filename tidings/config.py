@@ -63,6 +63,9 @@ class Settings:
         AT_LEAST_0,
     )
     collections: str | None = _field(None, "module:attr or file.toml of collections (default: the demo)")
+    app: str | None = _field(
+        None, "module:attr of a tidings.App (or a create_app app): collections, hooks and your own Strawberry code"
+    )
     graphiql: bool = _field(True, "serve GraphiQL on GET /graphql from a browser")
     legacy_ws: bool = _field(True, "accept the legacy graphql-ws subprotocol (subscriptions-transport-ws)")
     # auth
