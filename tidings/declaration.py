@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tidings.errors import ConfigurationError
 from tidings.hooks import Hooks
@@ -37,6 +37,8 @@ class App:
     mutations: Sequence[Any] = ()
     subscriptions: Sequence[Any] = ()
     types: Sequence[Any] = ()
+
+    is_tidings_app: ClassVar[bool] = True  # how ``--collections`` tells an app from collections
 
 
 def load_app(spec: str) -> App:

@@ -107,15 +107,19 @@ def build_schema(
     factory = TypeFactory()
     types = {c.name: factory.build(c) for c in collections}
     yours = your_code or YourCode()
-    query_fields: list[Any] = [*your_fields(root_fields(yours.queries), types), *extra_queries]
-    mutation_fields: list[Any] = [*your_fields(root_fields(yours.mutations), types), *extra_mutations]
-    subscription_fields: list[Any] = [*your_fields(root_fields(yours.subscriptions), types), *extra_subscriptions]
+    your_queries = your_fields(root_fields(yours.queries), types)
+    your_mutations = your_fields(root_fields(yours.mutations), types)
+    your_subscriptions = your_fields(root_fields(yours.subscriptions), types)
+    query_fields: list[Any] = [*your_queries, *extra_queries]
+    mutation_fields: list[Any] = [*your_mutations, *extra_mutations]
+    subscription_fields: list[Any] = [*your_subscriptions, *extra_subscriptions]
     for t in types.values():
         query_fields += build_query_fields(t)
         mutation_fields += build_mutation_fields(t)
         subscription_fields += build_subscription_fields(t, Operation)
-    for kind, fields in (("Query", query_fields), ("Mutation", mutation_fields), ("Subscription", subscription_fields)):
-        check_unique(kind, fields)
+    check_unique("Query", query_fields, your_queries)
+    check_unique("Mutation", mutation_fields, your_mutations)
+    check_unique("Subscription", subscription_fields, your_subscriptions)
     # One parser, validator and cache for Strawberry's view and the engine (tidings.engine.documents).
     if documents is None:
         documents = Documents(

@@ -92,7 +92,7 @@ async def start_stream(
         context_value=context,
         variable_values=variables,
         operation_name=operation_name,
-        execution_context_class=FieldExecutor,
+        executor_class=FieldExecutor,
     )
     if isawaitable(started):
         started = await started

@@ -79,26 +79,28 @@ def your_fields(fields: Sequence[StrawberryField], types_by_name: Mapping[str, C
     return list(fields)
 
 
-def check_unique(kind: str, fields: Sequence[Any]) -> None:
-    """One field per name in a root type; a clash fails start-up with one line saying whose."""
+def check_unique(kind: str, fields: Sequence[Any], yours: Sequence[Any]) -> None:
+    """One field per name in a root type; a clash fails start-up with one line saying whose.
+    ``yours``: the fields of your code among ``fields`` (the others are tidings')."""
+    mine = {id(f) for f in yours}
     seen: dict[str, Any] = {}
     for field in fields:
         name = _NAMES.get_graphql_name(field)
         other = seen.get(name)
         if other is not None:
+            owners = " and by ".join(_owner(f, id(f) in mine) for f in (other, field))
             raise ConfigurationError(
-                f"{kind} field {name!r} is defined twice: by {_owner(other)} and by {_owner(field)}; rename yours "
-                "(strawberry.field(name=...))"
+                f"{kind} field {name!r} is defined twice: by {owners}; rename yours (strawberry.field(name=...))"
             )
         seen[name] = field
 
 
-def _owner(field: Any) -> str:
-    origin = getattr(field, "origin", None)
-    module = getattr(origin, "__module__", "") or ""
-    if module.startswith("tidings."):
+def _owner(field: Any, yours: bool) -> str:
+    if not yours:
         return "tidings' generated API"
-    return f"your code ({module}.{getattr(origin, '__qualname__', field.python_name)})"
+    origin = getattr(field, "origin", None)
+    where = f"{getattr(origin, '__module__', '?')}.{getattr(origin, '__qualname__', '?')}"
+    return f"your code ({where}.{field.python_name})"
 
 
 class _Rewriter:
