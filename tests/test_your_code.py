@@ -5,9 +5,11 @@ subscriber, rules and errors inside transactions, your own subscriptions on ever
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from tests.support.servers import Server, free_port, gql_post, make_server, unti
 from tests.support.wsclient import WS
 from tests.test_auth import SECRET, token
 from tests.test_live import LiveClient
+from tests.test_readme import the_block
 from tests.test_realtime_sse import read_events
 from tidings.cli import main
 from tidings.errors import ConfigurationError
@@ -471,3 +474,34 @@ async def test_serve_app_with_workers_builds_it_in_every_process(tmp_path: Path)
         assert await served.exit_status(20) == 0
     finally:
         served.kill()
+
+
+async def test_the_readmes_example_runs_as_written(tmp_path: Path) -> None:
+    (tmp_path / "board.py").write_text(the_block("Your own code", "python", "tidings.App("))
+    spec = importlib.util.spec_from_file_location("readme_board", tmp_path / "board.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    server = make_server(tmp_path, app=module.app)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            ids = []
+            for n in range(3):
+                made = await ok(
+                    http,
+                    "mutation($i: CreateCardInput!) { addCard(input: $i) { id } }",
+                    i={"columnId": "c", "title": f"t{n}", "position": n},
+                )
+                ids.append(made["addCard"]["id"])
+            moved = await ok(http, "mutation($id: ID!) { moveCard(id: $id, position: 0) { id position } }", id=ids[2])
+            assert moved["moveCard"] == [
+                {"id": ids[2], "position": 0},
+                {"id": ids[0], "position": 1},
+                {"id": ids[1], "position": 2},
+            ]
+            column = await ok(http, '{ column(id: "c") { id } }')
+            assert [c["id"] for c in column["column"]] == [ids[2], ids[0], ids[1]]
+    finally:
+        server.stop()
+        del sys.modules[spec.name]
