@@ -93,8 +93,9 @@ async def run_burst(store: Store, ops: list[tuple[str, int]]) -> None:
                 TASK, "missing", {"priority": 1}, expected_version=None, guard=MATCH_ALL, actor=None
             )
         else:
-            write = lambda: store.delete(TASK, seeded[n]["id"], guard=MATCH_ALL, actor=None)  # noqa: E731
-        _record, event = await write()
+            write = lambda: store.delete(TASK, seeded[n]["id"], guard=MATCH_ALL, actor=None)  # type: ignore[assignment,return-value]  # noqa: E731
+        _record, written = await write()
+        event = written[0] if isinstance(written, list) else written  # a delete: its own event first
         if event is not None:
             # Acknowledged only once committed: another connection sees it now.
             seen = await store.read_events(event.seq - 1, event.seq)

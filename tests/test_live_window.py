@@ -165,7 +165,7 @@ async def _run(url: str, window: tuple[Any, ...], ops: list[tuple[Any, ...]]) ->
                 event = maybe
             else:
                 _, which = op
-                _, event = await store.delete(TASK, ids.pop(which % len(ids)), guard=MATCH_ALL, actor=None)
+                _, [event] = await store.delete(TASK, ids.pop(which % len(ids)), guard=MATCH_ALL, actor=None)
             position = event.seq
             group.receive(event)
             if group.busy:

@@ -38,10 +38,13 @@ def test_public_api_is_what_the_readme_documents() -> None:
             "Field",
             "Forbidden",
             "Hooks",
+            "Many",
+            "OnDelete",
             "Operation",
             "OperationInfo",
             "Principal",
             "PublishInfo",
+            "Ref",
             "Rules",
             "Settings",
             "Tidings",
@@ -51,6 +54,8 @@ def test_public_api_is_what_the_readme_documents() -> None:
             "create_app",
             "export_schema",
             "load_toml",
+            "many",
+            "ref",
         ]
     )
     for name in tidings.__all__:

@@ -75,7 +75,7 @@ async def test_store_soft_delete_hides_and_restore_brings_back_as_it_was(store: 
     record, _ = await store.create(TASK, {"title": "a"}, account=None, actor=None)
     other, _ = await store.create(TASK, {"title": "b"}, account=None, actor=None)
     rid = record["id"]
-    deleted, gone = await store.delete(TASK, rid, guard=MATCH_ALL, actor="ann")
+    deleted, [gone] = await store.delete(TASK, rid, guard=MATCH_ALL, actor="ann")
     assert deleted == record and "deleted_at" not in deleted
     assert gone.operation is Operation.DELETED and gone.record == record
     assert await store.get(TASK, rid) is None

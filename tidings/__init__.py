@@ -10,6 +10,7 @@ from tidings.errors import BadUserInput, Conflict, ErrorCode, Forbidden, NotFoun
 from tidings.events import ChangeEvent, Operation
 from tidings.hooks import ConnectionInfo, Hooks, OperationInfo, PublishInfo, WriteInfo
 from tidings.model.collection import JSON, Collection, Field, collection
+from tidings.model.relations import Many, OnDelete, Ref, many, ref
 from tidings.model.toml import load_toml
 from tidings.resolvers.context import Context
 from tidings.resolvers.transactions import Info, Staged, Transaction, record, records, transaction
@@ -31,11 +32,14 @@ __all__ = [
     "Forbidden",
     "Hooks",
     "Info",
+    "Many",
     "NotFound",
+    "OnDelete",
     "Operation",
     "OperationInfo",
     "Principal",
     "PublishInfo",
+    "Ref",
     "Rules",
     "Settings",
     "Staged",
@@ -49,8 +53,10 @@ __all__ = [
     "create_app",
     "export_schema",
     "load_toml",
+    "many",
     "record",
     "records",
+    "ref",
     "transaction",
 ]
 

@@ -15,12 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tidings.auth.principal import ANY_ACCOUNT, Principal
 from tidings.errors import BadUserInput, ConfigurationError, Forbidden, Unauthenticated
-from tidings.filters import MATCH_ALL, And, Compare, FieldKind, Filter, Op, compile_predicate, parse_filter
+from tidings.filters import (
+    MATCH_ALL,
+    MATCH_NONE,
+    And,
+    Compare,
+    FieldKind,
+    Filter,
+    Op,
+    compile_predicate,
+    parse_filter,
+    relations_in,
+)
 
 __all__ = ["Action", "Authorizer", "Rules", "check_rules"]
 
@@ -216,11 +227,32 @@ class Authorizer:
                 parts.append(parse_filter(_substitute(rule.where, principal), coll.filter_fields))
         return And(tuple(parts)) if parts else MATCH_ALL
 
+    def read_guards(self, principal: Principal) -> Callable[[str], Filter]:
+        """Collection name -> what ``principal`` may read of it; nothing (not an error) where a
+        rule refuses them outright: what relations and relation filters reach through."""
+        cache: dict[str, Filter] = {}
+
+        def guard_for(name: str) -> Filter:
+            found = cache.get(name)
+            if found is None:
+                try:
+                    found = self.guard(name, principal, Action.READ)
+                except (Forbidden, Unauthenticated):
+                    found = MATCH_NONE
+                cache[name] = found
+            return found
+
+        return guard_for
+
     def account_for_new(self, principal: Principal) -> str | None:
         return principal.account if self.multi_tenant else None
 
-    def prepare_create(self, collection: Any, principal: Principal, values: dict[str, Any]) -> None:
+    def prepare_create(self, collection: Any, principal: Principal, values: dict[str, Any]) -> Filter | None:
         """Fill the owner fields, then raise ``Forbidden`` unless the new record passes the create rule.
+
+        A create rule that follows relations (only a room's members may write in it) cannot be
+        decided from the values alone: it is returned, for the store to check in SQL in the
+        write's own transaction (tidings.store.WriteChecks); otherwise None.
 
         An owner field (one an ``owner:<field>`` rule names, for any action) is always the
         creator's ``sub``: naming another owner is refused, except for the admin role.
@@ -233,6 +265,8 @@ class Authorizer:
             elif given != principal.sub and not self.is_admin(principal):
                 raise Forbidden(f"{collection.name}: {_field_name(collection, column)} must be your own id")
         guard = self.guard(collection.name, principal, Action.CREATE)
+        if relations_in(guard):
+            return guard
         record = {
             **{f.name: f.default for f in collection.fields},
             **values,
@@ -240,6 +274,12 @@ class Authorizer:
         }
         if not compile_predicate(guard)(record):
             raise Forbidden(f"{collection.name}: not allowed to create this record")
+        return None
+
+    def guard_in_sql(self, collection: str, principal: Principal) -> Filter | None:
+        """The update rule, when it follows relations: checked in SQL after the write (else None)."""
+        guard = self.guard(collection, principal, Action.UPDATE)
+        return guard if relations_in(guard) else None
 
     def check_write_result(
         self, collection: Any, principal: Principal, record: Mapping[str, Any], previous: Mapping[str, Any]
@@ -254,7 +294,7 @@ class Authorizer:
                 if column in previous and record.get(column) != principal.sub:
                     raise Forbidden(f"{collection.name}: only you can be the new {_field_name(collection, column)}")
         guard = self.guard(collection.name, principal, Action.UPDATE)
-        if not compile_predicate(guard)(record):
+        if not relations_in(guard) and not compile_predicate(guard)(record):  # else in SQL: guard_in_sql
             raise Forbidden(f"{collection.name}: the change would put the record out of your reach")
 
     def index_account(self, principal: Principal) -> object:

@@ -23,6 +23,7 @@ from tidings.errors import ConfigurationError
 from tidings.limits import RateLimit
 from tidings.model.collection import Collection
 from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
+from tidings.resolvers.relations import relation_field
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
@@ -105,7 +106,7 @@ def build_schema(
     given: its own policy), ``suggestions`` off drops "Did you mean". ``your_code``: the app's own
     Strawberry operations and types, merged beside the generated ones (``tidings.schema.merge``)."""
     factory = TypeFactory()
-    types = {c.name: factory.build(c) for c in collections}
+    types = factory.build_all(collections, relation_field)
     yours = your_code or YourCode()
     your_queries = your_fields(root_fields(yours.queries), types)
     your_mutations = your_fields(root_fields(yours.mutations), types)

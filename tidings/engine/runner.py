@@ -41,7 +41,7 @@ from tidings.engine.documents import Documents, Parsed
 from tidings.engine.streams import StreamSubscriber, start_stream
 from tidings.errors import BadUserInput, CursorInvalid, TidingsError
 from tidings.events import Operation
-from tidings.filters import parse_filter
+from tidings.filters import And, parse_filter
 from tidings.limits import Limits, refuse_operation
 from tidings.model.collection import Collection
 from tidings.realtime.channel_events import ChannelSubscriber
@@ -50,6 +50,7 @@ from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Selection, Sink, Subscriber
 from tidings.realtime.live import LiveHub, LiveMember, is_live
 from tidings.realtime.live_plan import LiveQueries
+from tidings.realtime.related import RelatedRows, nested_plan
 from tidings.realtime.system import SystemEvents, SystemSubscriber
 from tidings.resolvers.context import Context, Services
 from tidings.schema.executor import Executor as FieldExecutor
@@ -349,7 +350,20 @@ class Engine:
         args = get_argument_values(subscription_type.fields[node.name.value], node, built.variable_values)
         authorizer = self.services.authorizer
         guard = authorizer.guard(collection.name, principal, Action.READ)
-        where = parse_filter(args.get("where"), collection.filter_fields)
+        guard_for = authorizer.read_guards(principal)
+        where = parse_filter(args.get("where"), collection.filter_fields, guard_for=guard_for)
+        store = self.services.store
+        nested = nested_plan(
+            self.schema._schema,
+            document,
+            node,
+            built.variable_values,
+            collection,
+            store.collections,
+            guard_for,
+            self.services.max_limit,
+        )
+        related = RelatedRows(store, collection, And((guard, where)), nested)
         ops = args.get("operations")
         after = await self._check_cursor(args.get("after") if after_override is None else after_override)
         record_id = args.get("id")
@@ -362,6 +376,7 @@ class Engine:
             guard=guard,
             epoch=self.services.store.epoch,
             changed_fields=changed_fields,
+            related=related if related.needed else None,
         )
         account = authorizer.index_account(principal)
         # Members of a group share every decision and every byte, so the key holds all
@@ -379,6 +394,7 @@ class Engine:
             orjson.dumps(variables, option=orjson.OPT_SORT_KEYS),
             repr(guard),
             account,
+            related.scope if related.needed else None,
         )
         subscriber = await self.dispatcher.subscribe(
             key=key,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -39,6 +40,47 @@ class FieldSpec:
     kind: FieldKind
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class RelationSpec:
+    """A relation as a filter field: ``where: {project: {...}}`` (to one) or ``{tasks: {some: {...}}}`` (to many).
+
+    The related rows are those of ``target`` whose ``target_column`` equals this row's
+    ``local_column`` (a reference: ``project_id`` -> ``id``; a back reference: ``id`` ->
+    ``project_id``). ``fields`` are the target's own filter fields (relations included).
+    """
+
+    name: str
+    many: bool
+    local_column: str
+    target: str
+    target_column: str
+    fields: Mapping[str, FieldSpec | RelationSpec]
+    soft_delete: bool = False
+
+
+class Quantifier(enum.Enum):
+    """How a relation filter reads its related rows."""
+
+    ONE = "one"  # to one: the related record exists (and may be read) and matches
+    SOME = "some"  # to many: at least one readable related record matches
+    NONE = "none"  # to many: no readable related record matches
+    EVERY = "every"  # to many: every readable related record matches
+
+
+@dataclass(frozen=True, slots=True)
+class Related:
+    """A filter on related records: ``item`` over the rows of ``target`` that ``guard`` lets the caller read."""
+
+    relation: str  # the relation's GraphQL name; a predicate reads the related rows at "@" + relation
+    quantifier: Quantifier
+    local_column: str
+    target: str
+    target_column: str
+    soft_delete: bool
+    guard: Filter
+    item: Filter
+
+
 @dataclass(frozen=True, slots=True)
 class Compare:
     column: str
@@ -62,8 +104,9 @@ class Not:
     item: Filter
 
 
-Filter: TypeAlias = Compare | And | Or | Not
+Filter: TypeAlias = Compare | And | Or | Not | Related
 MATCH_ALL: Filter = And(())
+MATCH_NONE: Filter = Or(())
 
 _EQUALITY = frozenset({Op.EQ, Op.NE, Op.IN, Op.NOT_IN, Op.IS_NULL})
 _ORDERED = _EQUALITY | {Op.LT, Op.LTE, Op.GT, Op.GTE}

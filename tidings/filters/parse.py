@@ -5,11 +5,28 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tidings.errors import BadUserInput
-from tidings.filters.ast import MATCH_ALL, OPS_BY_KIND, And, Compare, FieldKind, FieldSpec, Filter, Not, Op, Or
+from tidings.filters.ast import (
+    MATCH_ALL,
+    OPS_BY_KIND,
+    And,
+    Compare,
+    FieldKind,
+    FieldSpec,
+    Filter,
+    Not,
+    Op,
+    Or,
+    Quantifier,
+    Related,
+    RelationSpec,
+)
+
+GuardFor = Callable[[str], Filter]
+"""A collection's name -> the filter its rows must match to be read (the caller's read guard)."""
 
 MAX_DEPTH = 16
 
@@ -57,8 +74,19 @@ def _scalar(spec: FieldSpec, op: Op, value: Any) -> Any:
     return value
 
 
-def parse_filter(where: Mapping[str, Any] | None, fields: Mapping[str, FieldSpec], _depth: int = 0) -> Filter:
-    """The AST of a ``where`` input; ``BadUserInput`` naming the field on bad input."""
+def parse_filter(
+    where: Mapping[str, Any] | None,
+    fields: Mapping[str, FieldSpec | RelationSpec],
+    _depth: int = 0,
+    *,
+    guard_for: GuardFor | None = None,
+) -> Filter:
+    """The AST of a ``where`` input; ``BadUserInput`` naming the field on bad input.
+
+    A relation's related rows are only those ``guard_for(target)`` lets the caller read: a filter
+    never tells about records the caller may not see. Rules are parsed without it (they are the
+    guards themselves: trusted, and free to look at any related row).
+    """
     if not where:
         return MATCH_ALL
     if _depth > MAX_DEPTH:
@@ -70,14 +98,17 @@ def parse_filter(where: Mapping[str, Any] | None, fields: Mapping[str, FieldSpec
         if key in ("AND", "OR"):
             if not isinstance(value, (list, tuple)):
                 raise BadUserInput(f"{key} takes a list of filters", field=key)
-            parts = tuple(parse_filter(v, fields, _depth + 1) for v in value)
+            parts = tuple(parse_filter(v, fields, _depth + 1, guard_for=guard_for) for v in value)
             items.append(And(parts) if key == "AND" else Or(parts))
         elif key == "NOT":
-            items.append(Not(parse_filter(value, fields, _depth + 1)))
+            items.append(Not(parse_filter(value, fields, _depth + 1, guard_for=guard_for)))
         else:
             spec = fields.get(key)
             if spec is None:
                 raise BadUserInput(f"Unknown filter field '{key}'", field=key)
+            if isinstance(spec, RelationSpec):
+                items.append(_related(spec, value, _depth, guard_for))
+                continue
             if not isinstance(value, Mapping):
                 raise BadUserInput(f"Filter on '{key}' must be an object of operators", field=key)
             for op_name, operand in value.items():
@@ -96,6 +127,48 @@ def parse_filter(where: Mapping[str, Any] | None, fields: Mapping[str, FieldSpec
     if len(items) == 1:
         return items[0]
     return And(tuple(items))
+
+
+def _related(spec: RelationSpec, value: Any, depth: int, guard_for: GuardFor | None) -> Filter:
+    if not isinstance(value, Mapping):
+        raise BadUserInput(f"Filter on '{spec.name}' must be an object", field=spec.name)
+    guard = guard_for(spec.target) if guard_for is not None else MATCH_ALL
+
+    def related(quantifier: Quantifier, inner: Any) -> Related:
+        item = parse_filter(inner, spec.fields, depth + 1, guard_for=guard_for)
+        return Related(
+            spec.name, quantifier, spec.local_column, spec.target, spec.target_column, spec.soft_delete, guard, item
+        )
+
+    if not spec.many:
+        return related(Quantifier.ONE, value)
+    parts: list[Filter] = []
+    for name, inner in value.items():
+        if inner is None:
+            continue
+        try:
+            quantifier = Quantifier(name)
+        except ValueError:
+            raise BadUserInput(
+                f"Filter on '{spec.name}' takes some, none or every, got '{name}'", field=spec.name
+            ) from None
+        if quantifier is Quantifier.ONE:
+            raise BadUserInput(f"Filter on '{spec.name}' takes some, none or every, got '{name}'", field=spec.name)
+        if not isinstance(inner, Mapping):
+            raise BadUserInput(f"'{spec.name}.{name}' must be an object of filters", field=spec.name)
+        parts.append(related(quantifier, inner))
+    return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def relations_in(f: Filter) -> bool:
+    """Whether ``f`` follows a relation anywhere (its predicate then needs ``expand``ed records)."""
+    if isinstance(f, Related):
+        return True
+    if isinstance(f, Not):
+        return relations_in(f.item)
+    if isinstance(f, And | Or):
+        return any(relations_in(i) for i in f.items)
+    return False
 
 
 def equality_terms(f: Filter) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tidings.filters.ast import And, Compare, Filter, Not, Op, Or
+from tidings.filters.ast import And, Compare, Filter, Not, Op, Or, Quantifier, Related
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -40,7 +40,29 @@ def compile_predicate(f: Filter) -> Predicate:
     if isinstance(f, Not):
         inner = compile_predicate(f.item)
         return lambda r: not inner(r)
+    if isinstance(f, Related):
+        return _related(f)
     return _leaf(f)
+
+
+def _related(f: Related) -> Predicate:
+    """Over a record ``expand``ed for the relation: its related rows at ``"@" + relation`` (one
+    record or None to one, a list to many; soft-deleted ones left out), each expanded in turn."""
+    key = "@" + f.relation
+    guard, item = compile_predicate(f.guard), compile_predicate(f.item)
+    quantifier = f.quantifier
+    if quantifier is Quantifier.ONE:
+
+        def one(r: Mapping[str, Any]) -> bool:
+            related = r.get(key)
+            return related is not None and guard(related) and item(related)
+
+        return one
+    if quantifier is Quantifier.SOME:
+        return lambda r: any(guard(x) and item(x) for x in r.get(key) or ())
+    if quantifier is Quantifier.NONE:
+        return lambda r: not any(guard(x) and item(x) for x in r.get(key) or ())
+    return lambda r: all(item(x) for x in r.get(key) or () if guard(x))
 
 
 def _leaf(c: Compare) -> Predicate:

@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
-from tidings.filters.ast import And, Compare, FieldKind, Filter, Not, Op, Or
+from tidings.filters.ast import And, Compare, FieldKind, Filter, Not, Op, Or, Quantifier, Related
+
+DELETED_AT = "deleted_at"  # a soft-deleted row's column (tidings.store.tables)
 
 
-def compile_sql(f: Filter, table: sa.Table, dialect: str) -> sa.ColumnElement[bool]:
+def compile_sql(
+    f: Filter, table: sa.FromClause, dialect: str, tables: Mapping[str, sa.Table] | None = None
+) -> sa.ColumnElement[bool]:
+    """``f`` over ``table``'s rows; ``tables`` (collection name -> table) for the relations it follows."""
     if isinstance(f, And):
         if not f.items:
             return sa.true()
-        return sa.and_(*(compile_sql(i, table, dialect) for i in f.items))
+        return sa.and_(*(compile_sql(i, table, dialect, tables) for i in f.items))
     if isinstance(f, Or):
         if not f.items:
             return sa.false()
-        return sa.or_(*(compile_sql(i, table, dialect) for i in f.items))
+        return sa.or_(*(compile_sql(i, table, dialect, tables) for i in f.items))
     if isinstance(f, Not):
-        return sa.not_(compile_sql(f.item, table, dialect))
+        return sa.not_(compile_sql(f.item, table, dialect, tables))
+    if isinstance(f, Related):
+        return _related(f, table, dialect, tables)
     return _leaf(f, table.c[f.column], dialect)
+
+
+def _related(f: Related, table: sa.FromClause, dialect: str, tables: Mapping[str, sa.Table] | None) -> Any:
+    """EXISTS over the related rows (an alias each time: a relation may lead back to its own table)."""
+    if tables is None:
+        raise ValueError(f"The filter follows the relation {f.relation!r}: compile it with the tables")
+    target = tables[f.target].alias()
+    item = compile_sql(f.item, target, dialect, tables)
+    conditions = [target.c[f.target_column] == table.c[f.local_column], compile_sql(f.guard, target, dialect, tables)]
+    if f.soft_delete:
+        conditions.append(target.c[DELETED_AT].is_(None))
+    if f.quantifier is Quantifier.EVERY:
+        return sa.not_(sa.exists().where(*conditions, sa.not_(item)))
+    exists = sa.exists().where(*conditions, item)
+    return sa.not_(exists) if f.quantifier is Quantifier.NONE else exists
 
 
 def _leaf(c: Compare, col: Any, dialect: str) -> sa.ColumnElement[bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import inspect
 import re
 import types
 import typing
@@ -18,8 +19,10 @@ from typing import Any, TypeVar, overload
 
 from tidings.auth.rules import Rules, check_rules
 from tidings.errors import ConfigurationError
-from tidings.filters import FieldKind, FieldSpec
+from tidings.filters import FieldKind, FieldSpec, RelationSpec
 from tidings.model.defaults import check_default
+from tidings.model.names import camel_case
+from tidings.model.relations import NO_DEFAULT, BackReference, Reference, link, relation_from_annotation
 
 __all__ = ["JSON", "MISSING", "SYSTEM_FIELDS", "Collection", "Field", "camel_case", "collection"]
 
@@ -37,12 +40,6 @@ MISSING: Any = _Missing()
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"id", "created_at", "updated_at", "version", "account", "deleted_at"}
-
-
-def camel_case(name: str) -> str:
-    """The SDL name of a Python name: ``assigned_to`` -> ``assignedTo``."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 def _snake_case(name: str) -> str:
@@ -84,9 +81,13 @@ class Collection:
     """Delete hides a record (a ``deleted_at`` column) that ``restore<Name>`` brings back."""
     channels: tuple[str, ...] = ()
     """Channel templates (``"room:{room}"``): each committed change is also published there (``task.created``...)."""
+    references: tuple[Reference, ...] = ()
+    """Many-to-one relations; each one's column (``<name>_id``) is among ``fields``."""
+    back_references: tuple[BackReference, ...] = ()
+    """One-to-many relations, through a reference of another collection."""
     # Lookups every request makes, made once (read-only: callers must not change them).
     _field_map: dict[str, Field] = dataclasses.field(init=False, repr=False, compare=False)
-    _filter_fields: dict[str, FieldSpec] = dataclasses.field(init=False, repr=False, compare=False)
+    _filter_fields: dict[str, FieldSpec | RelationSpec] = dataclasses.field(init=False, repr=False, compare=False)
     _columns: dict[str, str] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,9 +103,20 @@ class Collection:
         return self._field_map
 
     @property
-    def filter_fields(self) -> dict[str, FieldSpec]:
-        """GraphQL name -> FieldSpec, system fields included, for ``where`` inputs."""
+    def filter_fields(self) -> dict[str, FieldSpec | RelationSpec]:
+        """GraphQL name -> FieldSpec, system fields included, for ``where`` inputs; and once the
+        collections are linked (``relations.link``), a RelationSpec per relation."""
         return self._filter_fields
+
+    def link_relations(self, relations: Mapping[str, RelationSpec]) -> None:
+        """Add the relations' filter entries (in place: other collections' specs share this mapping)."""
+        for name in [n for n, spec in self._filter_fields.items() if isinstance(spec, RelationSpec)]:
+            del self._filter_fields[name]
+        self._filter_fields.update(relations)
+
+    @property
+    def reference_by_column(self) -> dict[str, Reference]:
+        return {r.column: r for r in self.references}
 
     @property
     def columns_by_graphql_name(self) -> dict[str, str]:
@@ -174,11 +186,25 @@ def build_collection(
     description: str | None = None,
     soft_delete: bool = False,
     channels: Sequence[str] = (),
+    references: Sequence[Reference] = (),
+    back_references: Sequence[BackReference] = (),
 ) -> Collection:
-    """Check a collection's declaration and build it."""
+    """Check a collection's declaration and build it (its relations' targets are checked by ``link``)."""
     validate_name("Collection", name)
-    if not fields:
+    if not fields and not references and not back_references:
         raise ConfigurationError(f"Collection {name!r} declares no fields")
+    names = [f.name for f in fields] + [r.name for r in references] + [b.name for b in back_references]
+    for r in references:
+        validate_name("Reference", r.name)
+        names.append(r.column)
+    for b in back_references:
+        validate_name("Back reference", b.name)
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigurationError(
+            f"Collection {name!r}: {clash[0]!r} is declared twice (a field, a relation or its column)"
+        )
+    fields = [*fields, *(Field(r.column, FieldKind.ID, r.nullable) for r in references)]
     checked = []
     for f in fields:
         validate_name("Field", f.name)
@@ -198,8 +224,11 @@ def build_collection(
         description=description,
         soft_delete=soft_delete,
         channels=tuple(channels),
+        references=tuple(references),
+        back_references=tuple(back_references),
     )
-    check_rules(built)  # here, so every command that loads declarations refuses the same ones
+    if not references and not back_references:
+        check_rules(built)  # here, so every command that loads declarations refuses the same ones (else in link)
     return built
 
 
@@ -236,7 +265,24 @@ def collection(
     """
 
     def wrap(cls: T) -> T:
-        hints = typing.get_type_hints(cls)
+        references: list[Reference] = []
+        back_references: list[BackReference] = []
+        relation_names: set[str] = set()
+        own = inspect.get_annotations(cls)
+        for attr, annotation in own.items():
+            relation = relation_from_annotation(attr, annotation, cls.__dict__.get(attr, NO_DEFAULT))
+            if relation is not None:
+                relation_names.add(attr)
+                (references if isinstance(relation, Reference) else back_references).append(relation)
+        # Relations name their targets by name (forward references): the other hints are evaluated
+        # on a stand-in without them.
+        plain_cls = cls
+        if relation_names:
+            annotations = {k: v for k, v in own.items() if k not in relation_names}
+            plain_cls = type(
+                cls.__name__, cls.__bases__, {"__annotations__": annotations, "__module__": cls.__module__}
+            )
+        hints = typing.get_type_hints(plain_cls)
         fields = [
             _field_from_annotation(attr, hint, cls.__dict__.get(attr, MISSING))
             for attr, hint in hints.items()
@@ -250,6 +296,8 @@ def collection(
             description=cls.__doc__,
             soft_delete=soft_delete,
             channels=channels,
+            references=references,
+            back_references=back_references,
         )
         cls.__tidings_collection__ = built  # type: ignore[attr-defined]
         return cls
@@ -273,4 +321,5 @@ def collections_from(objs: Mapping[str, Any] | list[Any] | tuple[Any, ...]) -> l
     names = [c.name for c in result]
     if len(set(names)) != len(names):
         raise ConfigurationError(f"Collection names must be unique, got {names}")
+    link(result)
     return result

@@ -8,6 +8,10 @@ title = "String!"                     # '!' = required
 status = { type = "String!", default = "pending" }
 priority = { type = "Int", default = 0 }
 level = { type = "Enum", values = ["LOW", "HIGH"], default = "LOW" }
+project = { ref = "Project", on_delete = "cascade" }   # a reference (column project_id); "Project!": required
+[collections.Project.fields]
+name = "String!"
+tasks = { many = "Task", via = "project" }            # a back reference through Task.project
 [collections.Task.rules]              # optional; see tidings.auth.rules
 read = "authenticated"
 update = "owner:assignedTo"
@@ -29,6 +33,7 @@ from tidings.auth.rules import Rules
 from tidings.errors import ConfigurationError
 from tidings.filters import FieldKind
 from tidings.model.collection import MISSING, Collection, Field, build_collection
+from tidings.model.relations import BackReference, OnDelete, Reference, link, on_delete_policy
 
 _KINDS = {
     "String": FieldKind.STRING,
@@ -43,6 +48,8 @@ _KINDS = {
 
 _COLLECTION_KEYS = ("fields", "plural", "description", "rules", "soft_delete")
 _FIELD_KEYS = ("type", "default", "values")
+_REF_KEYS = ("ref", "on_delete")
+_MANY_KEYS = ("many", "via")
 
 
 def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -52,6 +59,24 @@ def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> 
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigurationError(f"{where}: unknown key {key!r}; {hint}expected {', '.join(allowed)}")
+
+
+def _relation(collection: str, name: str, spec: dict[str, Any]) -> Reference | BackReference:
+    where = f"field {collection}.{name}"
+    if "ref" in spec:
+        _check_keys(spec, _REF_KEYS, where)
+        target = spec["ref"]
+        if not isinstance(target, str) or not target.rstrip("!"):
+            raise ConfigurationError(f"{where}: ref names a collection, got {target!r}")
+        policy = on_delete_policy(spec.get("on_delete", OnDelete.RESTRICT.value), where)
+        return Reference(name, target.rstrip("!"), nullable=not target.endswith("!"), on_delete=policy)
+    _check_keys(spec, _MANY_KEYS, where)
+    target, via = spec["many"], spec.get("via")
+    if not isinstance(target, str) or not isinstance(via, str):
+        raise ConfigurationError(
+            f'{where}: expected {{ many = "<Collection>", via = "<its reference>" }}, got {spec!r}'
+        )
+    return BackReference(name, target, via)
 
 
 def _field(collection: str, name: str, spec: Any) -> Field:
@@ -108,16 +133,21 @@ def _collections(data: dict[str, Any]) -> list[Collection]:
             raise ConfigurationError(
                 f"collection {name}: rules: expected a [collections.{name}.rules] table, got {rules!r}"
             )
+        plain = {k: v for k, v in fields.items() if not (isinstance(v, dict) and ("ref" in v or "many" in v))}
+        relations = [_relation(name, k, v) for k, v in fields.items() if k not in plain]
         result.append(
             build_collection(
                 name,
-                [_field(name, fname, fspec) for fname, fspec in fields.items()],
+                [_field(name, fname, fspec) for fname, fspec in plain.items()],
+                references=[r for r in relations if isinstance(r, Reference)],
+                back_references=[r for r in relations if isinstance(r, BackReference)],
                 plural=spec.get("plural"),
                 description=spec.get("description"),
                 rules=None if rules is None else _rules(name, rules),
                 soft_delete=soft_delete,
             )
         )
+    link(result)
     return result
 
 

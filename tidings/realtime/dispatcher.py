@@ -246,14 +246,14 @@ class Dispatcher:
         async with self._lock:
             if seq <= self.position:
                 return
-            try:
-                if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
-                    for event in events:
-                        self._dispatch(event)
-                    return
+            if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
+                for event in events:
+                    await self._dispatch(event)
+            else:
                 await self._read_up_to(seq)
-            finally:
-                self._flush()
+            # Not when a pass fails midway (a related read): what observers applied of a commit
+            # waits for the pass that dispatches its rest again.
+            self._flush()
 
     async def _read_up_to(self, seq: int) -> None:
         """A gap (lost or reordered doorbell) or no event body: read the log up to ``seq``."""
@@ -268,7 +268,7 @@ class Dispatcher:
                 break
             self.gaps_filled += 1
             for ev in events:
-                self._dispatch(ev)
+                await self._dispatch(ev)
             if events[-1].seq >= seq:
                 break
             # The next page starts after what we dispatched; holes below are skipped.
@@ -280,16 +280,25 @@ class Dispatcher:
             except Exception:
                 logger.exception("Ending a dispatch pass failed")
 
-    def _dispatch(self, event: ChangeEvent) -> None:
-        self.position = event.seq
-        self.dispatched += 1
+    async def _dispatch(self, event: ChangeEvent) -> None:
         candidates: set[Group] = set()
         for key in ((event.collection, event.account), (event.collection, ANY_ACCOUNT)):
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.candidates(event, candidates)
+        # Groups that follow relations read related rows first. A read that fails (the database
+        # is down) raises before anything of this event went out: it is dispatched again, whole.
+        related: dict[Group, tuple[Match, str] | None] = {}
         for group in candidates:
-            self._deliver(group, event)
+            if group.related is not None:
+                related[group] = await group.outcome(event)
+        self.position = event.seq
+        self.dispatched += 1
+        for group in candidates:
+            if group.related is None:
+                self._deliver(group, event)
+            elif (outcome := related.get(group)) is not None and group.key in self.groups:
+                self._send(group, event, outcome[1])
         for observe in self.observers:
             observe(event)
 
@@ -314,6 +323,9 @@ class Dispatcher:
         except Exception:
             logger.exception("Rendering seq %s for a subscription group failed", event.seq)
             return
+        self._send(group, event, payload)
+
+    def _send(self, group: Group, event: ChangeEvent, payload: str) -> None:
         members = list(group.members.values())
         for member in members:
             member.push(event.seq, payload)

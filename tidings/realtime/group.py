@@ -64,6 +64,7 @@ class Selection:
     guard: Filter  # the subscriber's read permission, account scope included
     epoch: str = ""  # the event log's identity, the first half of each event's cursor
     changed_fields: frozenset[str] | None = None  # columns; an update that STAYED in view must change one
+    related: Any = None  # tidings.realtime.related.RelatedRows: when its filter or selection follows relations
 
 
 class Subscriber:
@@ -138,7 +139,25 @@ class Group:
         self._in_view: Callable[[Mapping[str, Any]], bool] = compile_predicate(And((selection.guard, selection.where)))
         self.graphql_names = {f.name: f.graphql_name for f in selection.collection.fields}
 
-    def match(self, event: ChangeEvent) -> Match | None:
+    @property
+    def related(self) -> Any:
+        """The group's related rows per event (tidings.realtime.related), or None: all is in the event."""
+        return self.selection.related
+
+    async def outcome(self, event: ChangeEvent) -> tuple[Match, str] | None:
+        """``match`` and ``render`` for a group whose filter or selection follows relations: the
+        related rows are read first (may raise: the caller delivers nothing of the event then)."""
+        related = self.selection.related
+        before, after = await related.views(event)
+        match = self.match(event, (before, after))
+        if match is None:
+            return None
+        record, previous, changed = self._shown(event, match, after)
+        return match, self._payload(event, match, await related.render(record), previous, changed)
+
+    def match(
+        self, event: ChangeEvent, views: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None] | None = None
+    ) -> Match | None:
         """How ``event`` relates to this group's view, or None if it is not for it.
 
         A record is in view when the subscriber may read it and it matches the
@@ -153,7 +172,7 @@ class Group:
             return None
         if sel.record_id is not None and event.record_id != sel.record_id:
             return None
-        before, after = event.before(), event.after()
+        before, after = views if views is not None else (event.before(), event.after())
         was = before is not None and self._in_view(before)
         now = after is not None and self._in_view(after)
         if now:
@@ -168,14 +187,30 @@ class Group:
 
     def render(self, event: ChangeEvent, match: Match) -> str:
         """Execute the selection set for ``event`` and serialize it, once."""
+        record, previous, changed = self._shown(event, match, event.after())
+        return self._payload(event, match, record, previous, changed)
+
+    def _shown(
+        self, event: ChangeEvent, match: Match, after: Mapping[str, Any] | None
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any], list[str]]:
+        """What the subscriber is shown of the record: its state, previous values, changed fields."""
         record: Mapping[str, Any] = event.record
         previous: Mapping[str, Any] = event.previous
         changed = [self.graphql_names.get(name, name) for name in event.changed_fields]
-        after = event.after()
         if match is Match.LEFT and after is not None and not self._guard(after):
             # Left because the subscriber may no longer read it: never show the
             # new contents, only the state it was allowed to see.
             record, previous, changed = event.before() or record, {}, []
+        return record, previous, changed
+
+    def _payload(
+        self,
+        event: ChangeEvent,
+        match: Match,
+        record: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        changed: list[str],
+    ) -> str:
         view = {
             "operation": _OPERATIONS[event.operation],
             "seq": str(event.seq),

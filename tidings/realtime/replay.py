@@ -192,6 +192,12 @@ class Replayer:
     async def _render(self, group: Group, page: Page) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
         for n, event in enumerate(page.events, 1):
+            if group.related is not None:
+                rendered = await group.outcome(event)
+                if rendered is not None:
+                    out.append((event.seq, rendered[1]))
+                    self.renders += 1
+                continue
             match = group.match(event)
             if match is not None:
                 out.append((event.seq, group.render(event, match)))

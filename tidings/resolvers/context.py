@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from tidings.store import Reader, Store
 
 
+DIRECT = "tidings.direct"  # a field's metadata key: its resolver runs as graphql-core's, unwrapped
+
+
 def transport_only() -> NotFound:
     """Raised by a subscription field's resolver: the transports' engine serves subscriptions, not execution."""
     return NotFound("Subscriptions are served over graphql-transport-ws, graphql-ws and graphql-sse")
@@ -74,6 +77,7 @@ class Context:
     _reader_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     _closed: bool = False
     seq: int | None = None
+    loaders: dict[Any, Any] = dataclasses.field(default_factory=dict)  # relation loaders (tidings.resolvers.relations)
 
     async def reader(self) -> Reader:
         """One read snapshot per request, opened on first use."""

@@ -25,11 +25,11 @@ from tidings.events import ChangeEvent
 from tidings.filters import And, Filter, parse_filter
 from tidings.hooks import WriteInfo
 from tidings.model.collection import Collection, camel_case
-from tidings.resolvers.context import Context, transport_only
+from tidings.resolvers.context import DIRECT, Context, transport_only
 from tidings.resolvers.convert import input_columns, order_keys
+from tidings.resolvers.relations import read_guard_for, write_checks
 from tidings.schema.types import CollectionTypes
 
-DIRECT = "tidings.direct"  # a field's metadata key: its resolver runs as graphql-core's, unwrapped
 _DIRECT = {DIRECT: True}
 
 
@@ -114,7 +114,7 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
         if offset is not None and offset < 0:
             raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
-        flt = parse_filter(where, coll.filter_fields)
+        flt = parse_filter(where, coll.filter_fields, guard_for=read_guard_for(ctx))
         order = order_keys(orderBy, coll)
         reader = await ctx.reader()
         return await reader.list(
@@ -124,7 +124,7 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
     async def count(root: Any, info: Info, where: Where | None = None) -> int:  # type: ignore[valid-type]
         ctx: Context = info.context
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
-        flt = parse_filter(where, coll.filter_fields)
+        flt = parse_filter(where, coll.filter_fields, guard_for=read_guard_for(ctx))
         reader = await ctx.reader()
         return await reader.count(coll, _guarded(flt, guard))
 
@@ -164,11 +164,15 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         values = input_columns(coll, input)
         _check_input(coll, values, creating=True)
         authorizer = ctx.services.authorizer
-        authorizer.prepare_create(coll, ctx.principal, values)
+        in_sql = authorizer.prepare_create(coll, ctx.principal, values)
         await _before_write(ctx, coll, Action.CREATE, values)
         with ctx.services.tracing.commit(coll.name, "create") as span:
             record, event = await ctx.services.store.create(
-                coll, values, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
+                coll,
+                values,
+                account=authorizer.account_for_new(ctx.principal),
+                actor=ctx.principal.sub,
+                checks=write_checks(ctx, coll, in_sql, Action.CREATE),
             )
             _committed(ctx, span, event)
         await ctx.services.publisher.publish(event)
@@ -197,6 +201,7 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
                     guard=guard,
                     actor=ctx.principal.sub,
                     check=lambda new, previous: authorizer.check_write_result(coll, ctx.principal, new, previous),
+                    checks=write_checks(ctx, coll, authorizer.guard_in_sql(coll.name, ctx.principal), Action.UPDATE),
                 )
                 _committed(ctx, span, event)
         except NotFound:
@@ -212,12 +217,14 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         await _before_write(ctx, coll, Action.DELETE, {}, str(id))
         try:
             with ctx.services.tracing.commit(coll.name, "delete") as span:
-                record, event = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
-                _committed(ctx, span, event)
+                record, events = await ctx.services.store.delete(coll, str(id), guard=guard, actor=ctx.principal.sub)
+                _committed(ctx, span, events[-1])
         except NotFound:
             await _forbidden_if_readable(ctx, coll, str(id), Action.DELETE)
             raise
-        await ctx.services.publisher.publish(event)
+        # The record's, then one per record its references' on_delete changed: one commit, one doorbell,
+        # so subscribers get them in one dispatch pass and a live result never shows half a cascade.
+        await ctx.services.publisher.publish_batch(events)
         return record
 
     _rename(create, f"create_{coll.table_name}")

@@ -29,6 +29,7 @@ from tidings.model.collection import Collection
 from tidings.resolvers.context import Context
 from tidings.resolvers.convert import order_keys
 from tidings.resolvers.crud import _before_write, _check_input, _forbidden_if_readable, _write_guard
+from tidings.resolvers.relations import write_checks
 from tidings.types import Record
 
 __all__ = ["Info", "Staged", "Transaction", "TransactionError", "context_of", "record", "records", "transaction"]
@@ -43,16 +44,17 @@ class TransactionError(RuntimeError):
 
 @dataclasses.dataclass(slots=True)
 class Staged:
-    """One write of a transaction: ``id`` at once; ``record`` and ``event`` once it committed.
+    """One write of a transaction: ``id`` at once; ``record`` and ``events`` once it committed.
 
-    ``event`` is None for an update that changed nothing (nothing was written for it).
+    ``events``: its own event first, then (for a delete) one per record its references'
+    ``on_delete`` changed; none for an update that changed nothing (nothing was written for it).
     """
 
     collection: str
     action: str
     id: str
     _record: Record | None = None
-    _event: ChangeEvent | None = None
+    _events: list[ChangeEvent] = dataclasses.field(default_factory=list)
     _done: bool = False
 
     @property
@@ -63,16 +65,16 @@ class Staged:
         return self._record
 
     @property
-    def event(self) -> ChangeEvent | None:
+    def events(self) -> list[ChangeEvent]:
         if not self._done:
             raise TransactionError(f"The {self.action} of {self.collection} {self.id!r} has not committed yet")
-        return self._event
+        return self._events
 
 
 @dataclasses.dataclass(slots=True)
 class _Write:
     staged: Staged
-    body: Callable[[sa.Connection], tuple[Record, ChangeEvent | None]]
+    body: Callable[[sa.Connection], tuple[Record, list[ChangeEvent]]]
     coll: Collection
     action: Action
 
@@ -176,14 +178,18 @@ class Transaction:
         columns = _columns(coll, values)
         _check_input(coll, columns, creating=True)
         authorizer = ctx.services.authorizer
-        authorizer.prepare_create(coll, ctx.principal, columns)
+        in_sql = authorizer.prepare_create(coll, ctx.principal, columns)
         await _before_write(ctx, coll, Action.CREATE, columns)
         record, body = ctx.services.store.create_body(
-            coll, columns, account=authorizer.account_for_new(ctx.principal), actor=ctx.principal.sub
+            coll,
+            columns,
+            account=authorizer.account_for_new(ctx.principal),
+            actor=ctx.principal.sub,
+            checks=write_checks(ctx, coll, in_sql, Action.CREATE),
         )
 
-        def created(conn: sa.Connection) -> tuple[Record, ChangeEvent | None]:
-            return record, body(conn)
+        def created(conn: sa.Connection) -> tuple[Record, list[ChangeEvent]]:
+            return record, [body(conn)]
 
         return self._stage(_Write(Staged(coll.name, "create", record["id"]), created, coll, Action.CREATE))
 
@@ -206,11 +212,18 @@ class Transaction:
             guard=guard,
             actor=principal.sub,
             check=lambda new, previous: authorizer.check_write_result(coll, principal, new, previous),
+            checks=write_checks(ctx, coll, authorizer.guard_in_sql(coll.name, principal), Action.UPDATE),
         )
-        return self._stage(_Write(Staged(coll.name, "update", record_id), body, coll, Action.UPDATE))
+
+        def updated(conn: sa.Connection) -> tuple[Record, list[ChangeEvent]]:
+            record, event = body(conn)
+            return record, [] if event is None else [event]
+
+        return self._stage(_Write(Staged(coll.name, "update", record_id), updated, coll, Action.UPDATE))
 
     async def delete(self, collection: Any, record_id: str) -> Staged:
-        """Stage a delete (a soft delete for collections that have it)."""
+        """Stage a delete (a soft delete for collections that have it), with what its references'
+        ``on_delete`` do (CONFLICT for ``restrict`` while records point at it)."""
         ctx, coll, record_id = self.ctx, self._collection(collection), str(record_id)
         guard = await _write_guard(ctx, coll, record_id, Action.DELETE)
         await _before_write(ctx, coll, Action.DELETE, {}, record_id)
@@ -249,10 +262,9 @@ class Transaction:
             self._state = "rolled back"
             raise
         events: list[ChangeEvent] = []
-        for write, (record, event) in zip(writes, results, strict=True):
-            write.staged._record, write.staged._event, write.staged._done = record, event, True
-            if event is not None:
-                events.append(event)
+        for write, (record, written) in zip(writes, results, strict=True):
+            write.staged._record, write.staged._events, write.staged._done = record, written, True
+            events.extend(written)
         self.events = events
         if events:
             await self.ctx.services.publisher.publish_batch(events)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.errors import Unavailable
-from tidings.filters import MATCH_ALL, Filter, compile_sql
+from tidings.filters import MATCH_ALL, Filter
 from tidings.model.collection import Collection
 from tidings.store import sqlite
 from tidings.store.faults import BACKOFF, is_disconnect
@@ -36,6 +36,7 @@ class Store(Protocol):
     seq_column: sa.Label[Any]
 
     def get_query(self, coll: Collection, guard: Filter) -> sa.Select[Any]: ...
+    def where(self, f: Filter, table: sa.FromClause) -> sa.ColumnElement[bool]: ...
     def hide_deleted(self, coll: Collection, query: sa.Select[Any]) -> sa.Select[Any]: ...
     def decode_row(self, coll: Collection, row: Mapping[Any, Any]) -> Record: ...
     def last_seq_sync(self, conn: sa.Connection) -> int: ...
@@ -70,6 +71,14 @@ class Reader:
         self._run = run
         self._lock = asyncio.Lock()  # root fields resolve concurrently; one connection
         self._seq = seq
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    async def rows(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Sequence[sa.RowMapping]:
+        """``query``'s rows, read in this snapshot."""
+        return await self._rows(query, params)
 
     async def _rows(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Sequence[sa.RowMapping]:
         async with self._lock:
@@ -115,16 +124,8 @@ class Reader:
         offset: int = 0,
     ) -> list[Record]:
         table = self._store.tables.by_collection[coll.name]
-        query = self._store.hide_deleted(coll, sa.select(table).where(compile_sql(where, table, self._store.dialect)))
-        for column, descending in order_by:
-            col: Any = table.c[column]
-            if self._store.dialect == "postgresql" and isinstance(col.type, sa.String):
-                # Code point order, as SQLite sorts, the filters compare and live windows keep
-                # rows (whatever the database's collation).
-                col = col.collate("C")
-            query = query.order_by(col.desc().nulls_last() if descending else col.asc().nulls_last())
-        id_col = table.c.id.collate("C") if self._store.dialect == "postgresql" else table.c.id
-        query = query.order_by(id_col.asc()).offset(offset)
+        query = self._store.hide_deleted(coll, sa.select(table).where(self._store.where(where, table)))
+        query = query.order_by(*order_clauses(table, order_by, self._store.dialect)).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return [self._store.decode_row(coll, row) for row in await self._rows(query)]
@@ -133,8 +134,22 @@ class Reader:
         """How many records match ``where`` (the ``<plural>Count`` query field)."""
         table = self._store.tables.by_collection[coll.name]
         query = sa.select(sa.func.count().label("count")).select_from(table)
-        query = self._store.hide_deleted(coll, query.where(compile_sql(where, table, self._store.dialect)))
+        query = self._store.hide_deleted(coll, query.where(self._store.where(where, table)))
         return int((await self._rows(query))[0]["count"])
+
+
+def order_clauses(table: sa.FromClause, order_by: Sequence[tuple[str, bool]], dialect: str) -> list[Any]:
+    """ORDER BY ``order_by`` (column, descending), then id: the one order of lists and windows."""
+    clauses: list[Any] = []
+    for column, descending in order_by:
+        col: Any = table.c[column]
+        if dialect == "postgresql" and isinstance(col.type, sa.String):
+            # Code point order, as SQLite sorts, the filters compare and live windows keep
+            # rows (whatever the database's collation).
+            col = col.collate("C")
+        clauses.append(col.desc().nulls_last() if descending else col.asc().nulls_last())
+    clauses.append((table.c.id.collate("C") if dialect == "postgresql" else table.c.id).asc())
+    return clauses
 
 
 class SqliteReads:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -26,10 +27,12 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from tidings.errors import Conflict, NotFound, Unavailable
+from tidings.errors import BadUserInput, Conflict, Forbidden, NotFound, Unavailable
 from tidings.events import ChangeEvent, Operation, to_jsonable
 from tidings.filters import MATCH_ALL, FieldKind, Filter, compile_sql
 from tidings.model.collection import MISSING, Collection
+from tidings.model.names import camel_case
+from tidings.model.relations import OnDelete, Reference
 from tidings.store import sqlite
 from tidings.store.batch import LAST_SEQ
 from tidings.store.faults import Fault, WriteHealth
@@ -40,6 +43,24 @@ from tidings.store.writers import MemoryWriter, PostgresWriter, SqliteWriter, Wr
 from tidings.types import Record
 
 _T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriteChecks:
+    """What a create or update checks inside its transaction, beside the store's own checks.
+
+    ``references``: reference column -> the rows of its target the writer may point at (their
+    read guard): an id outside them is BAD_USER_INPUT naming the field, as if it did not exist.
+    ``guard``: a rule that follows relations, which the written row must match (in SQL, after
+    the write, in the same transaction), else FORBIDDEN and nothing is written.
+    """
+
+    references: Mapping[str, Filter] = dataclasses.field(default_factory=dict)
+    guard: Filter | None = None
+    action: str = "write"
+
+
+NO_CHECKS = WriteChecks()
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
 READ_CONNECTIONS = 10  # a SQLite file's read snapshots open at once (the async engine's pool held 5 + 10)
 logger = logging.getLogger("tidings.store")
@@ -84,6 +105,11 @@ class Store:
         self.health = WriteHealth()  # whether writes succeed: /readyz, the metrics
         self.collections = {c.name: c for c in collections}
         self.tables = Tables(collections)
+        # Collection name -> the references that point at it, with their collection: what its delete follows.
+        self.referrers: dict[str, list[tuple[Collection, Reference]]] = {}
+        for c in collections:
+            for ref in c.references:
+                self.referrers.setdefault(ref.target, []).append((c, ref))
         json_options: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, **json_options)
         self.dialect = self.engine.dialect.name
@@ -179,14 +205,16 @@ class Store:
         finally:
             await snapshot.close()
 
+    def where(self, f: Filter, table: sa.FromClause) -> sa.ColumnElement[bool]:
+        """``f`` over ``table`` in SQL, the relations it follows included."""
+        return compile_sql(f, table, self.dialect, self.tables.by_collection)
+
     def get_query(self, coll: Collection, guard: Filter) -> sa.Select[Any]:
         """The SELECT of one record by ``:record_id`` within ``guard`` (without a guard, built once)."""
         query = self._get_queries.get(coll.name) if guard == MATCH_ALL else None
         if query is None:
             table = self.tables.by_collection[coll.name]
-            query = sa.select(table).where(
-                table.c.id == sa.bindparam("record_id"), compile_sql(guard, table, self.dialect)
-            )
+            query = sa.select(table).where(table.c.id == sa.bindparam("record_id"), self.where(guard, table))
             query = self.hide_deleted(coll, query)
             if guard == MATCH_ALL:
                 self._get_queries[coll.name] = query
@@ -302,13 +330,25 @@ class Store:
         await self._transaction(work)
 
     async def create(
-        self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
+        self,
+        coll: Collection,
+        values: Mapping[str, Any],
+        *,
+        account: str | None,
+        actor: str | None,
+        checks: WriteChecks = NO_CHECKS,
     ) -> tuple[Record, ChangeEvent]:
-        record, work = self.create_body(coll, values, account=account, actor=actor)
+        record, work = self.create_body(coll, values, account=account, actor=actor, checks=checks)
         return record, await self._transaction(work)
 
     def create_body(
-        self, coll: Collection, values: Mapping[str, Any], *, account: str | None, actor: str | None
+        self,
+        coll: Collection,
+        values: Mapping[str, Any],
+        *,
+        account: str | None,
+        actor: str | None,
+        checks: WriteChecks = NO_CHECKS,
     ) -> tuple[Record, Callable[[sa.Connection], ChangeEvent]]:
         """The record ``create`` writes and its transaction body (a transaction runs several such bodies)."""
         table = self.tables.by_collection[coll.name]
@@ -322,7 +362,9 @@ class Store:
         changed = tuple(f.name for f in coll.fields)
 
         def work(conn: sa.Connection) -> ChangeEvent:
+            self._check_references(conn, coll, record, checks)
             self._insert(conn, table, record)
+            self._check_guard(conn, coll, record["id"], checks)
             return self._append(conn, coll, Operation.CREATED, record, {}, changed, actor)
 
         return record, work
@@ -337,13 +379,21 @@ class Store:
         guard: Filter,
         actor: str | None,
         check: Callable[[Record, Record], None] | None = None,
+        checks: WriteChecks = NO_CHECKS,
     ) -> tuple[Record, ChangeEvent | None]:
         """Apply ``values``; a change that alters nothing writes nothing (event None).
 
         ``check(record, previous)`` sees the new record and the changed fields' old values.
         """
         work = self.update_body(
-            coll, record_id, values, expected_version=expected_version, guard=guard, actor=actor, check=check
+            coll,
+            record_id,
+            values,
+            expected_version=expected_version,
+            guard=guard,
+            actor=actor,
+            check=check,
+            checks=checks,
         )
         return await self._transaction(work)
 
@@ -357,6 +407,7 @@ class Store:
         guard: Filter,
         actor: str | None,
         check: Callable[[Record, Record], None] | None = None,
+        checks: WriteChecks = NO_CHECKS,
     ) -> Callable[[sa.Connection], tuple[Record, ChangeEvent | None]]:
         """``update``'s transaction body."""
         table = self.tables.by_collection[coll.name]
@@ -375,33 +426,36 @@ class Store:
             record = {**current, **changes, "updated_at": utcnow(), "version": current["version"] + 1}
             if check is not None:
                 check(record, previous)  # raising here rolls the transaction back: nothing written
+            self._check_references(conn, coll, changes, checks)
             conn.execute(
                 table.update()
                 .where(table.c.id == record_id, table.c.version == current["version"])
                 .values(**changes, updated_at=record["updated_at"], version=record["version"])
             )
+            self._check_guard(conn, coll, record_id, checks)
             return record, self._append(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
 
         return work
 
     async def delete(
         self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
-    ) -> tuple[Record, ChangeEvent]:
+    ) -> tuple[Record, list[ChangeEvent]]:
+        """Delete a record and do what its references' ``on_delete`` say to the records that point
+        at it, all in one transaction: its DELETED event first, then one event per record a
+        cascade deletes (DELETED) or a ``set_null`` clears (UPDATED). ``restrict`` (the default):
+        CONFLICT while any record points at it, and nothing is written."""
         return await self._transaction(self.delete_body(coll, record_id, guard=guard, actor=actor))
 
     def delete_body(
         self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
-    ) -> Callable[[sa.Connection], tuple[Record, ChangeEvent]]:
+    ) -> Callable[[sa.Connection], tuple[Record, list[ChangeEvent]]]:
         """``delete``'s transaction body."""
-        table = self.tables.by_collection[coll.name]
 
-        def work(conn: sa.Connection) -> tuple[Record, ChangeEvent]:
+        def work(conn: sa.Connection) -> tuple[Record, list[ChangeEvent]]:
             current = self._current(conn, coll, record_id, guard)
-            if coll.soft_delete:
-                conn.execute(table.update().where(table.c.id == record_id).values({DELETED_AT: utcnow()}))
-            else:
-                conn.execute(table.delete().where(table.c.id == record_id))
-            return current, self._append(conn, coll, Operation.DELETED, current, {}, (), actor)
+            events: list[ChangeEvent] = []
+            self._delete_row(conn, coll, current, actor, events, {(coll.name, record_id)})
+            return current, events
 
         return work
 
@@ -418,9 +472,103 @@ class Store:
 
         return await self._transaction(work)
 
+    def _delete_row(
+        self,
+        conn: sa.Connection,
+        coll: Collection,
+        current: Record,
+        actor: str | None,
+        events: list[ChangeEvent],
+        seen: set[tuple[str, str]],
+    ) -> None:
+        table = self.tables.by_collection[coll.name]
+        record_id = current["id"]
+        events.append(self._append(conn, coll, Operation.DELETED, current, {}, (), actor))
+        for child, ref in self.referrers.get(coll.name, ()):
+            child_table = self.tables.by_collection[child.name]
+            query = sa.select(child_table).where(child_table.c[ref.column] == record_id)
+            if child is coll:
+                query = query.where(child_table.c.id != record_id)  # a record pointing at itself goes with it
+            live: list[Record] = []
+            hidden: list[Record] = []
+            for row in conn.execute(query).mappings():
+                (hidden if row.get(DELETED_AT) is not None else live).append(self.decode_row(child, row))
+            if ref.on_delete is OnDelete.RESTRICT and live:
+                what = child.plural if len(live) > 1 else child.name
+                raise Conflict(
+                    f"{coll.name} {record_id!r} is referenced by {len(live)} {what} "
+                    f"through {child.name}.{ref.name} (on_delete restrict): delete or move them first",
+                    referencedBy=child.name,
+                    count=len(live),
+                )
+            if ref.on_delete is OnDelete.SET_NULL:
+                for row in live:
+                    self._clear_reference(conn, child, ref, row, actor, events)
+            else:
+                for row in live:
+                    if (child.name, row["id"]) not in seen:
+                        seen.add((child.name, row["id"]))
+                        self._delete_row(conn, child, row, actor, events, seen)
+            if hidden and not coll.soft_delete:
+                # Soft-deleted rows left every view already: they follow silently, so the key holds.
+                ids = [r["id"] for r in hidden]
+                if ref.on_delete is OnDelete.SET_NULL:
+                    conn.execute(child_table.update().where(child_table.c.id.in_(ids)).values({ref.column: None}))
+                else:
+                    conn.execute(child_table.delete().where(child_table.c.id.in_(ids)))
+        if coll.soft_delete:
+            conn.execute(table.update().where(table.c.id == record_id).values({DELETED_AT: utcnow()}))
+        else:
+            conn.execute(table.delete().where(table.c.id == record_id))
+
+    def _clear_reference(
+        self,
+        conn: sa.Connection,
+        coll: Collection,
+        ref: Reference,
+        current: Record,
+        actor: str | None,
+        events: list[ChangeEvent],
+    ) -> None:
+        table = self.tables.by_collection[coll.name]
+        record = {**current, ref.column: None, "updated_at": utcnow(), "version": current["version"] + 1}
+        conn.execute(
+            table.update()
+            .where(table.c.id == current["id"])
+            .values({ref.column: None, "updated_at": record["updated_at"], "version": record["version"]})
+        )
+        previous = {ref.column: current[ref.column]}
+        events.append(self._append(conn, coll, Operation.UPDATED, record, previous, (ref.column,), actor))
+
+    def _check_references(
+        self, conn: sa.Connection, coll: Collection, values: Mapping[str, Any], checks: WriteChecks
+    ) -> None:
+        """Each reference ``values`` set must name a record the writer may read (BAD_USER_INPUT)."""
+        for ref in coll.references:
+            target_id = values.get(ref.column)
+            if target_id is None:
+                continue
+            target = self.collections[ref.target]
+            table = self.tables.by_collection[target.name]
+            query = sa.select(table.c.id).where(
+                table.c.id == target_id, self.where(checks.references.get(ref.column, MATCH_ALL), table)
+            )
+            if conn.execute(self.hide_deleted(target, query)).first() is None:
+                name = camel_case(ref.column)
+                raise BadUserInput(f"{name}: no {target.name} with id {target_id!r}", field=name)
+
+    def _check_guard(self, conn: sa.Connection, coll: Collection, record_id: str, checks: WriteChecks) -> None:
+        """The written row must match ``checks.guard`` (a rule through relations), read back in SQL."""
+        if checks.guard is None:
+            return
+        table = self.tables.by_collection[coll.name]
+        query = sa.select(table.c.id).where(table.c.id == record_id, self.where(checks.guard, table))
+        if conn.execute(query).first() is None:
+            raise Forbidden(f"{coll.name}: not allowed to {checks.action} this record")
+
     def _current(self, conn: sa.Connection, coll: Collection, record_id: str, guard: Filter) -> Record:
         table = self.tables.by_collection[coll.name]
-        query = sa.select(table).where(table.c.id == record_id, compile_sql(guard, table, self.dialect))
+        query = sa.select(table).where(table.c.id == record_id, self.where(guard, table))
         query = self.hide_deleted(coll, query)
         if self.dialect == "postgresql":
             query = query.with_for_update()
@@ -445,7 +593,7 @@ class Store:
     def _deleted_query(self, coll: Collection, record_id: str, guard: Filter) -> sa.Select[Any]:
         table = self.tables.by_collection[coll.name]
         return sa.select(table).where(
-            table.c.id == record_id, table.c[DELETED_AT].is_not(None), compile_sql(guard, table, self.dialect)
+            table.c.id == record_id, table.c[DELETED_AT].is_not(None), self.where(guard, table)
         )
 
     async def get_deleted(self, coll: Collection, record_id: str, guard: Filter = MATCH_ALL) -> Record | None:

@@ -84,7 +84,9 @@ class Tables:
             sa.Column("value", sa.BigInteger(), nullable=False),
         )
         self.by_collection: dict[str, sa.Table] = {}
+        table_names = {c.name: c.table_name for c in collections}
         for c in collections:
+            references = c.reference_by_column
             columns = [
                 sa.Column("id", sa.Text(), primary_key=True),
                 sa.Column("account", sa.Text(), nullable=True, index=True),
@@ -92,7 +94,16 @@ class Tables:
                 sa.Column("updated_at", UTCDateTime(), nullable=False),
                 sa.Column("version", sa.BigInteger(), nullable=False),
             ]
-            columns += [sa.Column(f.name, _column_type(f.kind), nullable=f.nullable) for f in c.fields]
+            for f in c.fields:
+                ref = references.get(f.name)
+                if ref is None:
+                    columns.append(sa.Column(f.name, _column_type(f.kind), nullable=f.nullable))
+                else:
+                    # A real foreign key (SQLite enforces it with PRAGMA foreign_keys=ON); what a delete
+                    # does to the rows that reference it is done by the store, an event per row, so the
+                    # key itself only refuses (NO ACTION) what would leave a reference dangling.
+                    target = sa.ForeignKey(f"{table_names[ref.target]}.id", name=f"fk_{c.table_name}_{f.name}")
+                    columns.append(sa.Column(f.name, sa.Text(), target, nullable=f.nullable, index=True))
             if c.soft_delete:
                 # Set by a soft delete: the row stays (restore), hidden from every read, until purged.
                 columns.append(sa.Column(DELETED_AT, UTCDateTime(), nullable=True, index=True))

@@ -1,0 +1,130 @@
+"""Related rows in batches: one SELECT per relation and level, whatever the number of records.
+
+- ``by_ids``: the targets of a reference for many records at once (``Task.project``).
+- ``children``: a back reference's rows for many parents at once, each parent's own page
+  (``Project.tasks(where, orderBy, limit, offset)``), cut per parent by ROW_NUMBER() in SQL.
+- ``expand``: records with the related rows a relation filter's predicate reads, at
+  ``"@" + relation`` (tidings.filters.predicate), nested as deep as the filter goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from tidings.filters import MATCH_ALL, And, Filter, Not, Or, Related
+from tidings.model.collection import Collection
+from tidings.store.reads import Reader, order_clauses
+from tidings.types import Record
+
+__all__ = ["by_ids", "children", "expand"]
+
+_ROW = "__tidings_row"  # "__" names are GraphQL's own: no field has it
+_CHUNK = 500  # ids per statement (SQLite's bound parameters, PostgreSQL's plan size)
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+async def by_ids(reader: Reader, coll: Collection, ids: Iterable[str], guard: Filter = MATCH_ALL) -> dict[str, Record]:
+    """id -> record, for the ``ids`` that exist, are not deleted and match ``guard``."""
+    store = reader.store
+    table = store.tables.by_collection[coll.name]
+    wanted = sorted({i for i in ids if i is not None})
+    found: dict[str, Record] = {}
+    for chunk in _chunks(wanted):
+        query = sa.select(table).where(table.c.id.in_(list(chunk)), store.where(guard, table))
+        for row in await reader.rows(store.hide_deleted(coll, query)):
+            record = store.decode_row(coll, row)
+            found[record["id"]] = record
+    return found
+
+
+async def children(
+    reader: Reader,
+    coll: Collection,
+    column: str,
+    parent_ids: Iterable[str],
+    where: Filter,
+    order_by: Sequence[tuple[str, bool]] = (),
+    limit: int | None = None,
+    offset: int = 0,
+) -> dict[str, list[Record]]:
+    """parent id -> its rows of ``coll`` (``column`` = the parent's id) matching ``where``, in
+    ``order_by`` order then id, each parent's rows cut to ``offset``/``limit`` on its own."""
+    store = reader.store
+    table = store.tables.by_collection[coll.name]
+    wanted = sorted(set(parent_ids))
+    result: dict[str, list[Record]] = {p: [] for p in wanted}
+    order = order_clauses(table, order_by, store.dialect)
+    for chunk in _chunks(wanted):
+        query = sa.select(table).where(table.c[column].in_(list(chunk)), store.where(where, table))
+        query = store.hide_deleted(coll, query)
+        if limit is None and not offset:
+            query = query.order_by(table.c[column], *order)
+        else:
+            numbered = query.add_columns(
+                sa.func.row_number().over(partition_by=table.c[column], order_by=order).label(_ROW)
+            ).subquery()
+            bounds = [numbered.c[_ROW] > offset]
+            if limit is not None:
+                bounds.append(numbered.c[_ROW] <= offset + limit)
+            query = (
+                sa.select(*(numbered.c[c.name] for c in table.c))
+                .where(*bounds)
+                .order_by(numbered.c[column], numbered.c[_ROW])
+            )
+        for row in await reader.rows(query):
+            record = store.decode_row(coll, row)
+            result[record[column]].append(record)
+    return result
+
+
+def _relations(f: Filter, into: dict[str, list[Related]]) -> None:
+    """The relation nodes of ``f`` (not those nested in them), by relation name."""
+    if isinstance(f, Related):
+        into.setdefault(f.relation, []).append(f)
+    elif isinstance(f, Not):
+        _relations(f.item, into)
+    elif isinstance(f, And | Or):
+        for item in f.items:
+            _relations(item, into)
+
+
+async def expand(
+    reader: Reader, coll: Collection, records: Sequence[Mapping[str, Any]], f: Filter
+) -> list[dict[str, Any]]:
+    """Copies of ``records`` carrying the related rows ``f`` reads: ``"@project"`` (a record or
+    None), ``"@tasks"`` (a list), not deleted, each expanded for the filters nested in it. One
+    SELECT per relation and level, for all the records together."""
+    out = [dict(r) for r in records]
+    found: dict[str, list[Related]] = {}
+    _relations(f, found)
+    if not out or not found:
+        return out
+    collections = reader.store.collections
+    for name, nodes in found.items():
+        node = nodes[0]
+        target = collections[node.target]
+        inner: Filter = And(tuple(And((n.guard, n.item)) for n in nodes))
+        keys = [r.get(node.local_column) for r in out]
+        if node.target_column == "id":  # a reference: one record or None
+            rows = await by_ids(reader, target, [k for k in keys if k is not None])
+            related = await expand(reader, target, list(rows.values()), inner)
+            by_id = {r["id"]: r for r in related}
+            for record, key in zip(out, keys, strict=True):
+                record["@" + name] = by_id.get(key) if key is not None else None
+        else:  # a back reference: a list
+            lists = await children(reader, target, node.target_column, [k for k in keys if k is not None], MATCH_ALL)
+            flat = [r for rows_ in lists.values() for r in rows_]
+            expanded = await expand(reader, target, flat, inner)
+            grouped: dict[str, list[dict[str, Any]]] = {}
+            for r in expanded:
+                grouped.setdefault(r[node.target_column], []).append(r)
+            for record, key in zip(out, keys, strict=True):
+                record["@" + name] = grouped.get(key, []) if key is not None else []
+    return out
