@@ -454,6 +454,7 @@ async def test_serve_app_gives_the_banner_your_fields_metrics_and_the_drain(tmp_
         assert await served.exit_status(15) == 0
 
 
+@pytest.mark.timeout(120)
 async def test_serve_app_with_workers_builds_it_in_every_process(tmp_path: Path) -> None:
     db = await fresh_database("postgresql", tmp_path)
     port = free_port()
@@ -463,7 +464,7 @@ async def test_serve_app_with_workers_builds_it_in_every_process(tmp_path: Path)
     )
     served = ServeProcess(proc, port, log)
     try:
-        await until(lambda: served.text().count("Application startup complete") == 2, timeout=30)
+        await until(lambda: served.text().count("Application startup complete") == 2, timeout=60)
         async with httpx.AsyncClient(base_url=served.url, timeout=10) as http:
             _, columns, (todo,) = await new_board(http, {"todo": 3})
             for _ in range(4):  # new connections: the kernel hands them to either worker
