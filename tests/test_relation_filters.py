@@ -54,13 +54,17 @@ def scalar_where(coll: Collection, rng: random.Random) -> dict[str, Any]:
     if coll is JOB:
         choice = rng.choice(["status", "priority", "title"])
         if choice == "status":
-            return {"status": rng.choice([{"eq": rng.choice(STATUSES[:2])}, {"isNull": rng.random() < 0.5}, {"ne": "open"}])}
+            return {
+                "status": rng.choice([{"eq": rng.choice(STATUSES[:2])}, {"isNull": rng.random() < 0.5}, {"ne": "open"}])
+            }
         if choice == "priority":
             return {"priority": {rng.choice(["gt", "lte", "eq"]): rng.randint(0, 3)}}
         return {"title": {"in": rng.sample(NAMES, 2)}}
     if coll is VENTURE:
         return rng.choice([{"archived": {"eq": rng.random() < 0.5}}, {"name": {"eq": rng.choice(NAMES)}}])
-    return rng.choice([{"size": {"gt": rng.randint(0, 3)}}, {"name": {"ne": rng.choice(NAMES)}}, {"size": {"isNull": True}}])
+    return rng.choice(
+        [{"size": {"gt": rng.randint(0, 3)}}, {"name": {"ne": rng.choice(NAMES)}}, {"size": {"isNull": True}}]
+    )
 
 
 RELATIONS: dict[str, list[tuple[str, Collection, bool]]] = {
@@ -105,7 +109,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 async def seed(store: Store, rng: random.Random) -> None:
-    teams = [(await store.create(TEAM, {"name": rng.choice(NAMES), "size": rng.choice([None, 0, 1, 2, 3])}, account=None, actor=None))[0]["id"] for _ in range(3)]
+    teams = [
+        (
+            await store.create(
+                TEAM, {"name": rng.choice(NAMES), "size": rng.choice([None, 0, 1, 2, 3])}, account=None, actor=None
+            )
+        )[0]["id"]
+        for _ in range(3)
+    ]
     ventures = []
     for _ in range(5):
         values = {"name": rng.choice(NAMES), "archived": rng.random() < 0.4, "team_id": rng.choice([None, *teams])}

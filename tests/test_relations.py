@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -195,7 +196,11 @@ async def test_nested_reads_both_ways_with_arguments(server: Server) -> None:
             ids=[apollo, gemini],
         )
         assert [(t["title"], t["project"]["name"]) for t in data["tasks"]] == [
-            ("a0", "Apollo"), ("a1", "Apollo"), ("a2", "Apollo"), ("a3", "Apollo"), ("g0", "Gemini"),
+            ("a0", "Apollo"),
+            ("a1", "Apollo"),
+            ("a2", "Apollo"),
+            ("a3", "Apollo"),
+            ("g0", "Gemini"),
         ]
         a, g = data["projects"]
         assert [t["title"] for t in a["open"]] == ["a3", "a1"]
@@ -203,7 +208,7 @@ async def test_nested_reads_both_ways_with_arguments(server: Server) -> None:
         assert [t["title"] for t in a["top"]] == ["a3", "a2"]
         assert [t["title"] for t in a["page"]] == ["a1", "a2"]
         assert [t["title"] for t in g["top"]] == ["g0"] and g["page"] == []
-        loose = await ok(http, "{ tasks(where: {title: {eq: \"loose\"}}) { project { name } } }")
+        loose = await ok(http, '{ tasks(where: {title: {eq: "loose"}}) { project { name } } }')
         assert loose["tasks"] == [{"project": None}]
 
 
@@ -229,7 +234,9 @@ async def test_a_reference_must_name_a_record_you_may_read(server: Server) -> No
         assert (await ok(http, "query($id: ID!) { project(id: $id) { name } }", id=theirs))["project"] is None
 
 
-TASK_EVENTS = "subscription($p: ID) { taskEvents(where: {projectId: {eq: $p}}) { operation seq record { id title projectId } } }"
+TASK_EVENTS = (
+    "subscription($p: ID) { taskEvents(where: {projectId: {eq: $p}}) { operation seq record { id title projectId } } }"
+)
 
 
 async def collect(ws: WS, counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
@@ -260,7 +267,11 @@ async def test_cascade_deletes_each_referencing_record_with_its_own_event(server
         try:
             await ws.subscribe("t", TASK_EVENTS, {"p": project})
             await ws.subscribe("all", "subscription { taskEvents(operations: [DELETED]) { seq record { id } } }")
-            await ws.subscribe("n", "subscription { noteEvents { operation seq changedFields record { id projectId } previous { projectId } } }")
+            await ws.subscribe(
+                "n",
+                "subscription { noteEvents { operation seq changedFields "
+                "record { id projectId } previous { projectId } } }",
+            )
             await wait_subscribers(server, 3)
             deleted = await ok(http, "mutation($id: ID!) { deleteProject(id: $id) { id name } }", id=project)
             assert deleted["deleteProject"] == {"id": project, "name": "Doomed"}
@@ -270,13 +281,19 @@ async def test_cascade_deletes_each_referencing_record_with_its_own_event(server
             assert [e["record"]["id"] for e in all_deleted] == [top, child]
             assert await ws.no_message(0.2)
             assert cleared["operation"] == "UPDATED" and cleared["changedFields"] == ["projectId"]
-            assert cleared["record"] == {"id": note, "projectId": None} and cleared["previous"] == {"projectId": project}
+            assert cleared["record"] == {"id": note, "projectId": None} and cleared["previous"] == {
+                "projectId": project
+            }
             # One transaction, consecutive seqs: the project's own event first.
             seqs = sorted(int(e["seq"]) for e in [*all_deleted, cleared])
             assert seqs == list(range(seqs[0], seqs[0] + 3))
         finally:
             await ws.close()
-        left = await ok(http, "query($ids: [ID!]) { tasks(where: {id: {in: $ids}}) { id } notes { id projectId } }", ids=[top, child, other])
+        left = await ok(
+            http,
+            "query($ids: [ID!]) { tasks(where: {id: {in: $ids}}) { id } notes { id projectId } }",
+            ids=[top, child, other],
+        )
         assert left["tasks"] == [{"id": other}]
         assert {"id": note, "projectId": None} in left["notes"]
 
@@ -308,11 +325,19 @@ async def test_filters_follow_references_and_back_references(server: Server) -> 
         mine = {"name": {"startsWith": tag}}
 
         async def projects(where: dict[str, Any]) -> list[str]:
-            data = await ok(http, "query($w: ProjectWhere) { projects(where: $w, orderBy: [{name: ASC}]) { name } }", w={**where, **mine})
+            data = await ok(
+                http,
+                "query($w: ProjectWhere) { projects(where: $w, orderBy: [{name: ASC}]) { name } }",
+                w={**where, **mine},
+            )
             return [p["name"].removeprefix(tag + "-") for p in data["projects"]]
 
         async def tasks(where: dict[str, Any]) -> list[str]:
-            data = await ok(http, "query($w: TaskWhere) { tasks(where: $w, orderBy: [{title: ASC}]) { title } }", w={**where, "title": {"startsWith": tag}})
+            data = await ok(
+                http,
+                "query($w: TaskWhere) { tasks(where: $w, orderBy: [{title: ASC}]) { title } }",
+                w={**where, "title": {"startsWith": tag}},
+            )
             return [t["title"].removeprefix(tag + "-") for t in data["tasks"]]
 
         assert await tasks({"project": {"name": {"eq": f"{tag}-Apollo"}}}) == ["a1", "a2"]
@@ -322,7 +347,9 @@ async def test_filters_follow_references_and_back_references(server: Server) -> 
         assert await projects({"tasks": {"none": {"status": {"eq": "open"}}}}) == ["Empty", "Gemini"]
         assert await projects({"tasks": {"every": {"status": {"eq": "done"}}}}) == ["Empty", "Gemini"]
         assert await projects({"tasks": {"some": {"project": {"archived": {"eq": True}}}}}) == ["Gemini"]
-        count = await ok(http, "query($w: ProjectWhere) { projectsCount(where: $w) }", w={"tasks": {"some": {}}, **mine})
+        count = await ok(
+            http, "query($w: ProjectWhere) { projectsCount(where: $w) }", w={"tasks": {"some": {}}, **mine}
+        )
         assert count["projectsCount"] == 2
         bad = await error(http, "query { projects(where: {tasks: {any: {}}}) { id } }")
         assert bad["extensions"]["code"] in ("BAD_USER_INPUT", "GRAPHQL_VALIDATION_FAILED")
@@ -335,12 +362,15 @@ async def test_filters_never_see_related_records_of_another_account(server: Serv
         await new(http, "Task", title="classified", projectId=secret, status="s3cret")
         probe = await new(eve, "Project", name="probe")
         # eve cannot point at ann's project, nor learn of its tasks through a filter.
-        data = await ok(eve, "query { projects(where: {tasks: {some: {status: {eq: \"s3cret\"}}}}) { id } }")
+        data = await ok(eve, 'query { projects(where: {tasks: {some: {status: {eq: "s3cret"}}}}) { id } }')
         assert data["projects"] == []
         assert probe
 
 
-MESSAGES = "query($r: ID!) { room(id: $r) { name } messages(where: {roomId: {eq: $r}}, orderBy: [{createdAt: ASC}]) { body room { name } } }"
+MESSAGES = (
+    "query($r: ID!) { room(id: $r) { name } "
+    "messages(where: {roomId: {eq: $r}}, orderBy: [{createdAt: ASC}]) { body room { name } } }"
+)
 POST = "mutation($r: ID!, $b: String!) { createMessage(input: {roomId: $r, body: $b}) { id body } }"
 
 
@@ -370,17 +400,26 @@ async def test_rules_through_a_relation_refuse_a_non_member_over_websocket_and_s
         # bob over graphql-transport-ws: the mutation is refused, the query reads nothing.
         ws = await authorized_ws(server, "bob")
         try:
-            await ws.send({"id": "1", "type": "subscribe", "payload": {"query": POST, "variables": {"r": room, "b": "ws"}}})
+            await ws.send(
+                {"id": "1", "type": "subscribe", "payload": {"query": POST, "variables": {"r": room, "b": "ws"}}}
+            )
             refused = await ws.recv()
-            assert refused["type"] == "next" and refused["payload"]["errors"][0]["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT")
+            assert refused["type"] == "next" and refused["payload"]["errors"][0]["extensions"]["code"] in (
+                "FORBIDDEN",
+                "BAD_USER_INPUT",
+            )
             assert (await ws.recv())["type"] == "complete"
         finally:
             await ws.close()
         # bob over graphql-sse (a POST answered as an event stream).
         headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('bob', 'acme')}"}
-        async with httpx.AsyncClient(base_url=server.url) as http:
-            async with http.stream("POST", "/graphql", json={"query": POST, "variables": {"r": room, "b": "sse"}}, headers=headers) as response:
-                text = "".join([chunk async for chunk in response.aiter_text()])
+        async with (
+            httpx.AsyncClient(base_url=server.url) as http,
+            http.stream(
+                "POST", "/graphql", json={"query": POST, "variables": {"r": room, "b": "sse"}}, headers=headers
+            ) as response,
+        ):
+            text = "".join([chunk async for chunk in response.aiter_text()])
         assert "FORBIDDEN" in text or "BAD_USER_INPUT" in text, text
         assert (await ok(ann, MESSAGES, r=room))["messages"] == []
 
@@ -391,7 +430,9 @@ def count_selects(server: Server) -> tuple[list[str], Any]:
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and ("FROM tasks" in statement or "FROM projects" in statement):
+        if statement.lstrip().upper().startswith("SELECT") and (
+            "FROM tasks" in statement or "FROM projects" in statement
+        ):
             seen.append(statement)  # (not the snapshot's read of the log's head)
 
     sa.event.listen(engine, "before_cursor_execute", record)
@@ -399,7 +440,9 @@ def count_selects(server: Server) -> tuple[list[str], Any]:
 
 
 NESTED = """query($w: TaskWhere, $n: Int) {
-  tasks(where: $w, limit: $n) { title project { name tasks(orderBy: [{createdAt: DESC}], limit: 10) { title project { name } } } }
+  tasks(where: $w, limit: $n) {
+    title project { name tasks(orderBy: [{createdAt: DESC}], limit: 10) { title project { name } } }
+  }
 }"""
 
 
@@ -419,9 +462,9 @@ async def test_nested_reads_run_a_constant_number_of_selects_per_level(server: S
             assert len(data["tasks"]) == n
             assert all(len(t["project"]["tasks"]) == 10 for t in data["tasks"])
             counts.append(len(seen))
-        # tasks, their projects, the projects' tasks: one SELECT each, whatever the page size; those
-        # tasks' projects were loaded by the second already (one loader per collection and request).
-        assert counts == [3, 3], counts
+        # tasks, their projects, the projects' tasks, those tasks' projects: one SELECT each,
+        # whatever the page size.
+        assert counts == [4, 4], counts
 
 
 # -- event subscriptions that follow relations ---------------------------------------------
@@ -462,24 +505,151 @@ async def test_a_read_rule_through_a_relation_decides_who_gets_events_over_webso
         try:
             await member.subscribe("m", sub, {"r": room})
             await outsider.subscribe("o", sub, {"r": room})
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client:
-                async with sse_client.stream("POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers) as stream:
-                    await wait_subscribers(server, 3)
-                    await ok(ann, POST, r=room, b="members only")
-                    got = (await collect(member, {"m": 1}))["m"][0]
-                    assert got == {"record": {"body": "members only", "room": {"name": "events-room"}}}
-                    assert await outsider.no_message(0.3)
-                    # bob joins: from now on his subscriptions get the room's messages.
-                    await new(ann, "Membership", roomId=room, userId="bob")
-                    await ok(bob, POST, r=room, b="hi all")
-                    assert (await collect(outsider, {"o": 1}))["o"][0]["record"]["body"] == "hi all"
-                    assert (await collect(member, {"m": 1}))["m"][0]["record"]["body"] == "hi all"
-                    text = ""
-                    async for chunk in stream.aiter_text():
-                        text += chunk
-                        if "hi all" in text:
-                            break
-                    assert "members only" not in text
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=10) as sse_client,
+                sse_client.stream(
+                    "POST", "/graphql", json={"query": sub, "variables": {"r": room}}, headers=headers
+                ) as stream,
+            ):
+                await wait_subscribers(server, 3)
+                await ok(ann, POST, r=room, b="members only")
+                got = (await collect(member, {"m": 1}))["m"][0]
+                assert got == {"record": {"body": "members only", "room": {"name": "events-room"}}}
+                assert await outsider.no_message(0.3)
+                # bob joins: from now on his subscriptions get the room's messages.
+                await new(ann, "Membership", roomId=room, userId="bob")
+                await ok(bob, POST, r=room, b="hi all")
+                assert (await collect(outsider, {"o": 1}))["o"][0]["record"]["body"] == "hi all"
+                assert (await collect(member, {"m": 1}))["m"][0]["record"]["body"] == "hi all"
+                text = ""
+                async for chunk in stream.aiter_text():
+                    text += chunk
+                    if "hi all" in text:
+                        break
+                assert "members only" not in text
         finally:
             await member.close()
             await outsider.close()
+
+
+def test_export_schema_shows_the_relations_of_a_toml_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    declared = tmp_path / "collections.toml"
+    declared.write_text(
+        '[collections.Project.fields]\nname = "String!"\ntasks = { many = "Task", via = "project" }\n'
+        '[collections.Task.fields]\ntitle = "String!"\nproject = { ref = "Project", on_delete = "cascade" }\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "tidings.cli", "export-schema", "--collections", str(declared)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    for line in (
+        "project: Project",
+        "projectId: ID",
+        "tasks(where: TaskWhere = null, orderBy: [TaskOrderBy!] = null, limit: Int = null, offset: Int = 0): [Task!]!",
+        "project: ProjectWhere = null",
+        "tasks: TaskListWhere = null",
+        "input TaskListWhere {",
+    ):
+        assert line in out, line
+
+
+# -- live queries across relations -----------------------------------------------------------
+
+LIVE_PROJECT = """query($id: ID!) @live {
+  project(id: $id) { name tasks(orderBy: [{createdAt: DESC}], limit: 3) { title status } }
+}"""
+LIVE_ROOM = """query($r: ID!) @live {
+  messages(where: {room: {id: {eq: $r}}}, orderBy: [{createdAt: ASC}], limit: 10) { body room { name } }
+}"""
+
+
+async def live_client(server: Server, query: str, variables: dict[str, Any], sub: str = "ann") -> tuple[WS, Any]:
+    from tests.test_live import LiveClient
+
+    ws = await authorized_ws(server, sub)
+    await ws.subscribe("1", query, variables)
+    client = LiveClient()
+    client.take((await ws.recv())["payload"])
+    return ws, client
+
+
+async def follow(ws: WS, client: Any, expected: Any) -> None:
+    """Read patches until the live result equals ``expected`` (a fresh query's answer)."""
+    while client.data != expected:
+        message = await ws.recv()
+        assert message["type"] == "next" and message["id"] == "1", message
+        client.take(message["payload"])
+
+
+async def test_a_live_query_across_relations_equals_a_fresh_query_after_every_change(server: Server) -> None:
+    async with client(server) as http:
+        project = await new(http, "Project", name="Live")
+        other = await new(http, "Project", name="Other")
+        ws, live = await live_client(server, LIVE_PROJECT, {"id": project})
+        try:
+            steps = [
+                lambda: new(http, "Task", title="one", projectId=project),
+                lambda: new(http, "Task", title="two", projectId=project),
+                lambda: new(http, "Task", title="elsewhere", projectId=other),
+                lambda: ok(
+                    http, 'mutation($id: ID!) { updateProject(id: $id, input: {name: "Renamed"}) { id } }', id=project
+                ),
+                lambda: new(http, "Task", title="three", projectId=project),
+                lambda: new(http, "Task", title="four", projectId=project),
+            ]
+            for step in steps:
+                await step()
+                expected = await ok(http, LIVE_PROJECT.replace(" @live", ""), id=project)
+                await follow(ws, live, expected)
+            assert [t["title"] for t in live.data["project"]["tasks"]] == ["four", "three", "two"]
+            assert live.data["project"]["name"] == "Renamed"
+        finally:
+            await ws.close()
+
+
+async def test_a_live_query_under_a_membership_rule_follows_membership(server: Server) -> None:
+    async with client(server, "ann") as ann, client(server, "bob") as bob:
+        room = await new(ann, "Room", name="live-room")
+        await new(ann, "Membership", roomId=room, userId="ann")
+        await ok(ann, POST, r=room, b="before bob")
+        ws, live = await live_client(server, LIVE_ROOM, {"r": room}, sub="bob")
+        try:
+            assert live.data == {"messages": []}
+            membership = await new(ann, "Membership", roomId=room, userId="bob")
+            await follow(ws, live, {"messages": [{"body": "before bob", "room": {"name": "live-room"}}]})
+            await ok(bob, POST, r=room, b="hello")
+            await follow(ws, live, await ok(bob, LIVE_ROOM.replace(" @live", ""), r=room))
+            assert len(live.data["messages"]) == 2
+            await ok(ann, "mutation($id: ID!) { deleteMembership(id: $id) { id } }", id=membership)
+            await follow(ws, live, {"messages": []})
+        finally:
+            await ws.close()
+
+
+async def test_a_nested_list_is_bounded_for_all_its_parents_together(tmp_path: Path) -> None:
+    # --max-limit 12: a list takes at most 12 rows, a nested list at most 10 x 12 for all its parents
+    # (12 parents of 12 rows each would be 144).
+    server = make_server(tmp_path, [Project, Task, Note], max_limit=12)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for p in range(12):
+                project = await new(http, "Project", name=f"p{p:02}")
+                for t in range(11):
+                    await new(http, "Task", title=f"t{t}", projectId=project)
+            query = "query($n: Int) { projects(limit: 12) { name tasks(limit: $n) { title } } }"
+            small = await ok(http, query, n=5)
+            assert [len(p["tasks"]) for p in small["projects"]] == [5] * 12
+            full = await ok(http, query, n=10)  # 12 parents x 10 rows: exactly the bound
+            assert sum(len(p["tasks"]) for p in full["projects"]) == 120
+            for over_query in (
+                "{ projects(limit: 12) { tasks { title } } }",  # 132 rows
+                "{ tasks(limit: 12, orderBy: [{title: ASC}]) { project { tasks { title } } } }",  # one level down
+            ):
+                over = await error(http, over_query)
+                assert over["extensions"]["code"] == "BAD_USER_INPUT", over
+                assert over["extensions"]["maxRows"] == 120, over
+    finally:
+        server.stop()

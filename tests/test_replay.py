@@ -170,6 +170,8 @@ def event(seq: int) -> ChangeEvent:
 
 
 class FakeGroup:
+    related = None  # follows no relation: matched and rendered synchronously
+
     def __init__(self) -> None:
         self.members: dict[int, Subscriber] = {}
         self.rendered: list[int] = []

@@ -55,7 +55,7 @@ async def test_create_update_delete_write_one_event_each(store: Store) -> None:
     with pytest.raises(Conflict) as info:
         await store.update(TASK, record["id"], {"priority": 5}, expected_version=1, guard=MATCH_ALL, actor=None)
     assert info.value.extensions == {"code": "CONFLICT", "currentVersion": 2}
-    deleted, gone = await store.delete(TASK, record["id"], guard=MATCH_ALL, actor=None)
+    deleted, [gone] = await store.delete(TASK, record["id"], guard=MATCH_ALL, actor=None)
     assert gone.seq == 3 and deleted["priority"] == 4
     with pytest.raises(NotFound):
         await store.delete(TASK, record["id"], guard=MATCH_ALL, actor=None)

@@ -22,7 +22,8 @@ from tidings.engine.documents import Documents, DocumentsExtension
 from tidings.errors import ConfigurationError
 from tidings.limits import RateLimit
 from tidings.model.collection import Collection
-from tidings.resolvers.crud import DIRECT, build_mutation_fields, build_query_fields, build_subscription_fields
+from tidings.resolvers.context import DIRECT
+from tidings.resolvers.crud import build_mutation_fields, build_query_fields, build_subscription_fields
 from tidings.resolvers.relations import relation_field
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected

@@ -31,7 +31,9 @@ def compile_sql(
     return _leaf(f, table.c[f.column], dialect)
 
 
-def _related(f: Related, table: sa.FromClause, dialect: str, tables: Mapping[str, sa.Table] | None) -> Any:
+def _related(
+    f: Related, table: sa.FromClause, dialect: str, tables: Mapping[str, sa.Table] | None
+) -> sa.ColumnElement[bool]:
     """EXISTS over the related rows (an alias each time: a relation may lead back to its own table)."""
     if tables is None:
         raise ValueError(f"The filter follows the relation {f.relation!r}: compile it with the tables")
@@ -42,7 +44,7 @@ def _related(f: Related, table: sa.FromClause, dialect: str, tables: Mapping[str
         conditions.append(target.c[DELETED_AT].is_(None))
     if f.quantifier is Quantifier.EVERY:
         return sa.not_(sa.exists().where(*conditions, sa.not_(item)))
-    exists = sa.exists().where(*conditions, item)
+    exists: sa.ColumnElement[bool] = sa.exists().where(*conditions, item)
     return sa.not_(exists) if f.quantifier is Quantifier.NONE else exists
 
 

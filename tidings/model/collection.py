@@ -271,12 +271,16 @@ def collection(
         own = inspect.get_annotations(cls)
         for attr, annotation in own.items():
             relation = relation_from_annotation(attr, annotation, cls.__dict__.get(attr, NO_DEFAULT))
-            if relation is not None:
-                relation_names.add(attr)
-                (references if isinstance(relation, Reference) else back_references).append(relation)
+            if isinstance(relation, Reference):
+                references.append(relation)
+            elif isinstance(relation, BackReference):
+                back_references.append(relation)
+            else:
+                continue
+            relation_names.add(attr)
         # Relations name their targets by name (forward references): the other hints are evaluated
         # on a stand-in without them.
-        plain_cls = cls
+        plain_cls: type = cls
         if relation_names:
             annotations = {k: v for k, v in own.items() if k not in relation_names}
             plain_cls = type(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import orjson
@@ -36,6 +36,7 @@ from tidings.realtime.group import Sink
 from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
 from tidings.realtime.patch import diff
 from tidings.realtime.window import Count, Needs, Single, Window
+from tidings.resolvers.prefetch import Nested, attach
 from tidings.schema.extensions import classify_all
 from tidings.store import Reader, Store
 from tidings.types import JSONObject
@@ -89,21 +90,40 @@ class LiveSource:
         kept: Window | Count | Single,
         where: Filter,
         order: list[tuple[str, bool]] | None = None,
+        *,
+        nested: Sequence[Nested] = (),
+        depends: frozenset[str] = frozenset(),
     ) -> None:
         self.key = key  # response key (alias or field name)
         self.collection = collection
         self.kept = kept
         self.where = where  # read guard and filter, as the plain query would read
         self.order = order or []
+        # Relations: the related records its selection nests (read with its rows), and the other
+        # collections its filter, rules or selection read. A change to any of them, or to its own
+        # collection, reads the source again: one bounded query per group, never per subscriber.
+        self.nested = tuple(nested)
+        self.depends = depends
+        self.refetch = bool(self.nested or self.depends)
+
+    def touched_by(self, event: ChangeEvent) -> bool:
+        """Whether ``event`` may change this source (its own collection, or one it depends on)."""
+        return event.collection == self.collection.name or event.collection in self.depends
 
     async def reload(self, reader: Reader) -> None:
         kept = self.kept
         if isinstance(kept, Window):
-            kept.load(await reader.list(self.collection, self.where, self.order, kept.limit, kept.offset))
+            rows = await reader.list(self.collection, self.where, self.order, kept.limit, kept.offset)
+            if self.nested and rows:
+                await attach(reader, rows, self.nested)
+            kept.load(rows)
         elif isinstance(kept, Count):
             kept.load(await reader.count(self.collection, self.where))
         else:
-            kept.load(await reader.get(self.collection, kept.record_id, self.where))
+            record = await reader.get(self.collection, kept.record_id, self.where)
+            if self.nested and record is not None:
+                await attach(reader, [record], self.nested)
+            kept.load(record)
 
     async def fill(self, reader: Reader) -> None:
         kept = self.kept
@@ -149,7 +169,7 @@ class LiveGroup:
         self.store = store
         self._position = position  # () -> the dispatcher's position
         self.members: dict[int, LiveMember] = {}
-        self.collections = {s.collection.name for s in sources}
+        self.collections = {s.collection.name for s in sources} | {d for s in sources for d in s.depends}
         self.bucket_keys: list[tuple[tuple[str, Any], IndexKey]] = []
         self.seq = 0  # the event-log position the kept values reflect
         self.rendered: JSONObject | None = None  # the last result sent: {"data": ..., "errors"?: ...}
@@ -197,14 +217,18 @@ class LiveGroup:
         self.seq = event.seq
         changed = False
         for source in self.sources:
-            if source.collection.name == event.collection and source.kept.apply(event):
+            if source.refetch:
+                if source.touched_by(event):
+                    source.kept.stale = True  # read again (settle): one query for the whole group
+                    changed = True
+            elif source.collection.name == event.collection and source.kept.apply(event):
                 changed = True
         return changed
 
     def index_key(self, collection: str) -> IndexKey:
         """How the hub finds this group for an event of ``collection`` (see index.py)."""
         sources = [s for s in self.sources if s.collection.name == collection]
-        if len(sources) != 1:
+        if len(sources) != 1 or any(collection in s.depends for s in self.sources):
             return ("scan",)
         kept = sources[0].kept
         if isinstance(kept, Single):

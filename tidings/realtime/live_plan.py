@@ -6,20 +6,30 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from graphql import DocumentNode, FieldNode, GraphQLError, GraphQLSchema, OperationDefinitionNode
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    get_named_type,
+)
 from graphql.execution import get_argument_values
 
 from tidings.auth.permissions import Permissions
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput
-from tidings.filters import And, Compare, Filter, Not, Or, compile_predicate, parse_filter
+from tidings.filters import And, Compare, Filter, GuardFor, Not, Or, Related, compile_predicate, parse_filter
 from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.live import LiveExecutor, LiveHub, LiveMember, LiveSource
 from tidings.realtime.window import Count, Single, Window
 from tidings.resolvers.convert import order_keys
 from tidings.resolvers.crud import count_field
+from tidings.resolvers.prefetch import Nested, plan
 from tidings.store import Store
 
 __all__ = ["LiveQueries", "order_keys", "reads_column"]
@@ -68,6 +78,7 @@ class LiveQueries:
         self.lists = {c.plural: c for c in collections}
         self.singles = {c.single_field: c for c in collections}
         self.counts = {count_field(c): c for c in collections}
+        self.collections = {c.name: c for c in collections}
 
     @property
     def authorizer(self) -> Authorizer:
@@ -91,6 +102,7 @@ class LiveQueries:
         query_type = self.schema.query_type
         assert query_type is not None
         plans: list[tuple[str, Collection, str, dict[str, Any]]] = []
+        nodes: list[FieldNode] = []
         guards: dict[str, Filter] = {}
         for node in root_fields(operation):
             name = node.name.value
@@ -104,7 +116,20 @@ class LiveQueries:
             if coll.name not in guards:
                 guards[coll.name] = self.authorizer.guard(coll.name, principal, Action.READ)
             plans.append((key, coll, kind, get_argument_values(query_type.fields[name], node, built.variable_values)))
-        sources = [self._source(key, coll, kind, args, guards[coll.name]) for key, coll, kind, args in plans]
+            nodes.append(node)
+        guard_for = self.authorizer.read_guards(principal)
+        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        sources = []
+        for (key, coll, kind, args), node in zip(plans, nodes, strict=True):
+            nested: tuple[Nested, ...] = ()
+            if kind != "count":
+                record_type = get_named_type(query_type.fields[node.name.value].type)
+                assert isinstance(record_type, GraphQLObjectType)
+                variables_ = built.variable_values
+                nested = plan(
+                    [node], record_type, fragments, variables_, coll, self.collections, guard_for, self.max_limit
+                )
+            sources.append(self._source(key, coll, kind, args, guards[coll.name], guard_for, nested))
         account = self.authorizer.index_account(principal)
         # The grouping of event subscriptions (see Engine._subscribe): all that decides the
         # result is in the key, the read guards with their substituted values included.
@@ -115,17 +140,31 @@ class LiveQueries:
             orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS),
             tuple(sorted((name, repr(g)) for name, g in guards.items())),
             account,
+            tuple(repr((s.where, s.nested)) for s in sources if s.refetch),  # relations: their guards too
         )
         return await self.hub.subscribe(group_key, lambda: (sources, built), account, sink, op_id)
 
-    def _source(self, key: str, coll: Collection, kind: str, args: dict[str, Any], guard: Filter) -> LiveSource:
+    def _source(
+        self,
+        key: str,
+        coll: Collection,
+        kind: str,
+        args: dict[str, Any],
+        guard: Filter,
+        guard_for: GuardFor,
+        nested: tuple[Nested, ...],
+    ) -> LiveSource:
         if kind == "single":
-            return LiveSource(key, coll, Single(str(args["id"]), compile_predicate(guard)), guard)
-        where = parse_filter(args.get("where"), coll.filter_fields)
+            depends = _depends(guard, nested) - {coll.name}
+            return LiveSource(
+                key, coll, Single(str(args["id"]), compile_predicate(guard)), guard, nested=nested, depends=depends
+            )
+        where = parse_filter(args.get("where"), coll.filter_fields, guard_for=guard_for)
         view = And((guard, where))
+        depends = _depends(view, nested) - {coll.name}
         exact = not reads_column(view, "updated_at")
         if kind == "count":
-            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view)
+            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view, depends=depends)
         limit, offset = args.get("limit"), args.get("offset") or 0
         if limit is None or limit > self.max_rows:
             raise BadUserInput(
@@ -141,4 +180,35 @@ class LiveQueries:
         order = order_keys(args.get("orderBy"), coll)
         exact = exact and all(column != "updated_at" for column, _ in order)
         window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
-        return LiveSource(key, coll, window, view, order)
+        return LiveSource(key, coll, window, view, order, nested=nested, depends=depends)
+
+
+def _depends(f: Filter, nested: tuple[Nested, ...]) -> frozenset[str]:
+    """The collections a filter's relations and a selection's nested relations read."""
+    found: set[str] = set()
+    stack: list[Filter] = [f]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Related):
+            found.add(node.target)
+            stack.extend((node.guard, node.item))
+        elif isinstance(node, Not):
+            stack.append(node.item)
+        elif isinstance(node, And | Or):
+            stack.extend(node.items)
+    plans = list(nested)
+    while plans:
+        p = plans.pop()
+        found.add(p.target.name)
+        stack = [p.where]
+        while stack:  # the nested relation's own filter may follow relations too
+            node = stack.pop()
+            if isinstance(node, Related):
+                found.add(node.target)
+                stack.extend((node.guard, node.item))
+            elif isinstance(node, Not):
+                stack.append(node.item)
+            elif isinstance(node, And | Or):
+                stack.extend(node.items)
+        plans.extend(p.nested)
+    return frozenset(found)

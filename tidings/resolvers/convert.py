@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tidings.errors import BadUserInput
+from tidings.filters import RelationSpec
 from tidings.model.collection import Collection
 
 
@@ -26,5 +27,8 @@ def order_keys(order_by: list[Mapping[str, Any]] | None, coll: Collection) -> li
                 f"Each {coll.name}OrderBy must name exactly one field, got {len(given)}", field="orderBy"
             )
         name, direction = given[0]
-        keys.append((coll.filter_fields[name].column, str(getattr(direction, "value", direction)) == "DESC"))
+        spec = coll.filter_fields[name]
+        if isinstance(spec, RelationSpec):  # never in an OrderBy input: a relation is not a sort key
+            raise BadUserInput(f"{coll.name}OrderBy: cannot sort by the relation {name!r}", field="orderBy")
+        keys.append((spec.column, str(getattr(direction, "value", direction)) == "DESC"))
     return keys

@@ -17,6 +17,7 @@ a dict. ``info`` is then graphql-core's ``GraphQLResolveInfo``; they read its
 from typing import Any
 
 import strawberry
+from graphql import get_named_type
 from strawberry.types import Info
 
 from tidings.auth.rules import Action
@@ -27,6 +28,7 @@ from tidings.hooks import WriteInfo
 from tidings.model.collection import Collection, camel_case
 from tidings.resolvers.context import DIRECT, Context, transport_only
 from tidings.resolvers.convert import input_columns, order_keys
+from tidings.resolvers.prefetch import attach, plan
 from tidings.resolvers.relations import read_guard_for, write_checks
 from tidings.schema.types import CollectionTypes
 
@@ -89,15 +91,35 @@ def _check_input(coll: Collection, values: dict[str, Any], *, creating: bool) ->
                 raise BadUserInput(f"Field '{f.graphql_name}' of {coll.name} is required", field=f.graphql_name)
 
 
+async def _prefetch(ctx: Context, info: Any, coll: Collection, records: list[Any], reader: Any) -> None:
+    """The related records the selection nests, for all ``records`` at once (tidings.resolvers.prefetch)."""
+    plans = plan(
+        info.field_nodes,
+        get_named_type(info.return_type),
+        info.fragments,
+        info.variable_values,
+        coll,
+        ctx.services.store.collections,
+        read_guard_for(ctx),
+        ctx.services.max_limit,
+    )
+    if plans:
+        await attach(reader, records, plans)
+
+
 def build_query_fields(t: CollectionTypes) -> list[Any]:
     coll = t.collection
+    related = bool(coll.references or coll.back_references)
     Record, Where, OrderBy = t.record, t.where, t.order_by  # noqa: N806
 
     async def get_one(root: Any, info: Info, id: strawberry.ID) -> Record | None:  # type: ignore[valid-type]  # noqa: A002
         ctx: Context = info.context
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
         reader = await ctx.reader()
-        return await reader.get(coll, str(id), guard)
+        record = await reader.get(coll, str(id), guard)
+        if record is not None and related:
+            await _prefetch(ctx, info, coll, [record], reader)
+        return record
 
     async def get_many(
         root: Any,
@@ -117,9 +139,12 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
         flt = parse_filter(where, coll.filter_fields, guard_for=read_guard_for(ctx))
         order = order_keys(orderBy, coll)
         reader = await ctx.reader()
-        return await reader.list(
+        records = await reader.list(
             coll, _guarded(flt, guard), order, limit if limit is not None else max_limit, offset or 0
         )
+        if records and related:
+            await _prefetch(ctx, info, coll, records, reader)
+        return records
 
     async def count(root: Any, info: Info, where: Where | None = None) -> int:  # type: ignore[valid-type]
         ctx: Context = info.context

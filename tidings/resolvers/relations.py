@@ -25,6 +25,7 @@ from tidings.model.names import camel_case
 from tidings.model.relations import BackReference, Reference
 from tidings.resolvers.context import DIRECT, Context
 from tidings.resolvers.convert import order_keys
+from tidings.resolvers.prefetch import NESTED_ROWS
 from tidings.schema.types import CollectionTypes
 from tidings.store.relations import by_ids, children
 from tidings.store.store import WriteChecks
@@ -71,8 +72,8 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
     Target = target.record  # noqa: N806
 
     def resolve(root: Any, info: Info) -> Target | None:  # type: ignore[valid-type]
-        if type(root) is dict and (key := "$" + info.path.key) in root:  # type: ignore[attr-defined]
-            return root[key]
+        if type(root) is dict and (key := f"${info.path.key}") in root:
+            return root[key]  # type: ignore[no-any-return]
         target_id = root.get(column) if type(root) is dict else getattr(root, column, None)
         if target_id is None:
             return None
@@ -86,6 +87,7 @@ def _reference_field(coll: Collection, ref: Reference, target: CollectionTypes) 
         return _loader(ctx, ("one", target_coll.name), load).load(str(target_id))
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{ref.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(ref.name),
@@ -108,7 +110,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         limit: int | None = None,
         offset: int | None = 0,
     ) -> list[Target]:  # type: ignore[valid-type]
-        if type(root) is dict and (key := "$" + info.path.key) in root:  # type: ignore[attr-defined]
+        if type(root) is dict and (key := f"${info.path.key}") in root:
             return root[key]  # type: ignore[no-any-return]
         ctx: Context = info.context
         max_limit = ctx.services.max_limit
@@ -134,6 +136,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
                 order,
                 limit if limit is not None else max_limit,
                 offset or 0,
+                budget=NESTED_ROWS * max_limit,
             )
             return [rows.get(p, []) for p in parent_ids]
 
@@ -141,6 +144,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
         return _loader(ctx, ("many", coll.name, back.name, arguments), load).load(str(parent))  # type: ignore[return-value]
 
     resolve.__name__ = resolve.__qualname__ = f"{coll.table_name}_{back.name}"
+    resolve.prefetched = True  # type: ignore[attr-defined]  # tidings.schema.executor completes "$" + key itself
     return strawberry.field(
         resolve,
         name=camel_case(back.name),

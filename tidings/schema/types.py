@@ -81,7 +81,8 @@ class TypeFactory:
         raw = {c.name: self._raw(c) for c in collections}
         for c in collections:
             record, where = raw[c.name].record, raw[c.name].where
-            for relation in (*c.references, *c.back_references):
+            relations: tuple[Reference | BackReference, ...] = (*c.references, *c.back_references)
+            for relation in relations:
                 target = raw[relation.target]
                 if relation_field is not None:
                     setattr(record, relation.name, relation_field(c, relation, target))

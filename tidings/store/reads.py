@@ -32,6 +32,7 @@ class Store(Protocol):
     engine: AsyncEngine
     dialect: str
     tables: Tables
+    collections: dict[str, Collection]
     outage_wait: float
     seq_column: sa.Label[Any]
 

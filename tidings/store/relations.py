@@ -14,8 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tidings.errors import BadUserInput
 from tidings.filters import MATCH_ALL, And, Filter, Not, Or, Related
 from tidings.model.collection import Collection
+from tidings.model.names import camel_case
 from tidings.store.reads import Reader, order_clauses
 from tidings.types import Record
 
@@ -30,11 +32,13 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + _CHUNK]
 
 
-async def by_ids(reader: Reader, coll: Collection, ids: Iterable[str], guard: Filter = MATCH_ALL) -> dict[str, Record]:
+async def by_ids(
+    reader: Reader, coll: Collection, ids: Iterable[str | None], guard: Filter = MATCH_ALL
+) -> dict[str, Record]:
     """id -> record, for the ``ids`` that exist, are not deleted and match ``guard``."""
     store = reader.store
     table = store.tables.by_collection[coll.name]
-    wanted = sorted({i for i in ids if i is not None})
+    wanted = sorted({str(i) for i in ids if i is not None})
     found: dict[str, Record] = {}
     for chunk in _chunks(wanted):
         query = sa.select(table).where(table.c.id.in_(list(chunk)), store.where(guard, table))
@@ -53,9 +57,14 @@ async def children(
     order_by: Sequence[tuple[str, bool]] = (),
     limit: int | None = None,
     offset: int = 0,
+    *,
+    budget: int | None = None,
 ) -> dict[str, list[Record]]:
     """parent id -> its rows of ``coll`` (``column`` = the parent's id) matching ``where``, in
-    ``order_by`` order then id, each parent's rows cut to ``offset``/``limit`` on its own."""
+    ``order_by`` order then id, each parent's rows cut to ``offset``/``limit`` on its own.
+
+    ``budget``: the most rows the read may return for all parents together; past it, BAD_USER_INPUT
+    (a nested list under a long list would otherwise read limit x parents rows)."""
     store = reader.store
     table = store.tables.by_collection[coll.name]
     wanted = sorted(set(parent_ids))
@@ -78,7 +87,19 @@ async def children(
                 .where(*bounds)
                 .order_by(numbered.c[column], numbered.c[_ROW])
             )
-        for row in await reader.rows(query):
+        if budget is not None:
+            query = query.limit(budget + 1)
+        rows = await reader.rows(query)
+        if budget is not None:
+            if len(rows) > budget:
+                raise BadUserInput(
+                    f"A nested {coll.plural} list would read more than {budget} rows for its parents: "
+                    "give it a smaller limit, or its parent list one",
+                    field=camel_case(column.removesuffix("_id")),
+                    maxRows=budget,
+                )
+            budget -= len(rows)
+        for row in rows:
             record = store.decode_row(coll, row)
             result[record[column]].append(record)
     return result

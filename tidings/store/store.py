@@ -502,13 +502,13 @@ class Store:
                     count=len(live),
                 )
             if ref.on_delete is OnDelete.SET_NULL:
-                for row in live:
-                    self._clear_reference(conn, child, ref, row, actor, events)
+                for record in live:
+                    self._clear_reference(conn, child, ref, record, actor, events)
             else:
-                for row in live:
-                    if (child.name, row["id"]) not in seen:
-                        seen.add((child.name, row["id"]))
-                        self._delete_row(conn, child, row, actor, events, seen)
+                for record in live:
+                    if (child.name, record["id"]) not in seen:
+                        seen.add((child.name, record["id"]))
+                        self._delete_row(conn, child, record, actor, events, seen)
             if hidden and not coll.soft_delete:
                 # Soft-deleted rows left every view already: they follow silently, so the key holds.
                 ids = [r["id"] for r in hidden]
