@@ -32,6 +32,7 @@ from tests.test_readme import the_block
 from tests.test_realtime_sse import read_events
 from tidings.cli import main
 from tidings.errors import ConfigurationError
+from tidings.launch import build_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -506,3 +507,40 @@ async def test_the_readmes_example_runs_as_written(tmp_path: Path) -> None:
     finally:
         server.stop()
         del sys.modules[spec.name]
+
+
+HOOKS_APP = """
+import tidings
+
+hooks = tidings.Hooks()
+
+
+@hooks.before_write
+async def refuse(write):
+    raise tidings.Forbidden("read-only")
+
+
+@tidings.collection
+class Memo:
+    text: str
+
+
+app = tidings.create_app([Memo], hooks=hooks)
+"""
+
+
+def test_an_app_create_app_built_is_built_again_with_the_command_lines_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hooksapp.py").write_text(HOOKS_APP)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    asgi, collections = build_app(tidings.Settings(app="hooksapp:app", db=db))
+    module = sys.modules["hooksapp"]
+    assert [c.name for c in collections] == ["Memo"]
+    assert asgi is not module.app
+    assert asgi.state.tidings.settings.db == db
+    assert asgi.state.tidings.hooks.hooks is module.hooks
+    assert main(["export-schema", "--app", "hooksapp:app"]) == 0
+    del sys.modules["hooksapp"]
