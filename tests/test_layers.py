@@ -15,6 +15,7 @@ PACKAGE = ROOT / "tidings"
 FLOORS: list[set[str]] = [
     {"tidings", "tidings.cli"},
     {"tidings.workers"},
+    {"tidings.migrate"},
     {"tidings.startup", "tidings.serving", "tidings.server", "tidings.launch"},
     {"tidings.app"},
     {"tidings.admin", "tidings.playground"},

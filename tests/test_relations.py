@@ -653,3 +653,37 @@ async def test_a_nested_list_is_bounded_for_all_its_parents_together(tmp_path: P
                 assert over["extensions"]["maxRows"] == 120, over
     finally:
         server.stop()
+
+
+# -- the rooms example: `tidings serve` of a TOML file whose rules follow relations ---------------
+
+
+async def test_the_rooms_example_admits_members_only(tmp_path: Path) -> None:
+    from tests.support.processes import serving
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rooms" / "collections.toml"
+    async with serving(tmp_path, tmp_path / "rooms.db", "--collections", str(example), "--jwt-secret", SECRET) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+
+        def as_user(sub: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token(sub, 'acme')}"})
+
+        async with as_user("ann") as ann, as_user("bob") as bob, as_user("cy") as cy:
+            room = await new(ann, "Room", name="lobby")
+            await new(ann, "Membership", roomId=room, userId="bob")
+            adding = await error(
+                bob, 'mutation($r: ID!) { createMembership(input: {roomId: $r, userId: "cy"}) { id } }', r=room
+            )
+            assert adding["extensions"]["code"] == "FORBIDDEN"  # only the owner adds members
+            await ok(bob, 'mutation($r: ID!) { createMessage(input: {roomId: $r, body: "hi"}) { id } }', r=room)
+            read = "query($r: ID!) { room(id: $r) { name messages { body author } } }"
+            assert (await ok(bob, read, r=room))["room"] == {
+                "name": "lobby",
+                "messages": [{"body": "hi", "author": "bob"}],
+            }
+            assert (await ok(cy, read, r=room))["room"] is None
+            refused = await error(
+                cy, 'mutation($r: ID!) { createMessage(input: {roomId: $r, body: "x"}) { id } }', r=room
+            )
+            assert refused["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT")
+            assert (await ok(cy, "{ messages { id } }"))["messages"] == []

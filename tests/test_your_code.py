@@ -409,7 +409,9 @@ CLASHING = tidings.App(collections=KANBAN.collections, queries=[Clash])
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_export_schema_prints_the_apps_sdl_and_refuses_what_serve_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_schema_prints_the_apps_sdl_and_refuses_what_serve_refuses(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     done = subprocess.run(
         [TIDINGS, "export-schema", "--app", "examples.kanban.app:app"],
         cwd=ROOT,
@@ -425,6 +427,8 @@ def test_export_schema_prints_the_apps_sdl_and_refuses_what_serve_refuses(capsys
         f"tidings: Query field 'cards' is defined twice: by your code ({__name__}.Clash.cards) and by "
         "tidings' generated API; rename yours (strawberry.field(name=...))"
     ]
+    assert main(["migrate", "plan", "--app", "examples.kanban.app:app", "--db", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert "against examples.kanban.app:app:" in capsys.readouterr().out
     assert main(["export-schema", "--collections", "examples.kanban.app:app"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "tidings: --collections examples.kanban.app:app: that is an app, not collections; "

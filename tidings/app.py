@@ -55,6 +55,7 @@ from tidings.resolvers.session import RENEW_TOKEN
 from tidings.resolvers.system import SYSTEM_SUBSCRIPTIONS
 from tidings.schema.validation import Introspection, validation_rules
 from tidings.store import Store
+from tidings.store.migrations import Mode
 from tidings.tracing import Tracing
 from tidings.transports.common import TransportContext
 from tidings.transports.health import Health, Readiness
@@ -84,7 +85,13 @@ class Tidings:
         self.settings = settings
         self.collections = list(collections)
         self.draining = False  # set by drain(): new SSE streams refused, /readyz says "draining"
-        self.store = Store(settings.db, self.collections, outage_wait=settings.db_outage_wait)
+        self.store = Store(
+            settings.db,
+            self.collections,
+            outage_wait=settings.db_outage_wait,
+            migrate=Mode(settings.migrate_mode()),
+            migrations=settings.migrations_directory(),
+        )
         self.broker = broker or broker_from_url(settings.broker, db=settings.db)
         self.tracing = Tracing(settings.tracing == "on", tracer_provider=tracer_provider)
         latency = LatencyHistogram()  # commit-to-write seconds: the dispatcher observes, the metrics show
@@ -205,6 +212,8 @@ class Tidings:
         await self.broker.start()
         await self.limits.start()
         await self.dispatcher.start()
+        if await self.store.migrator.claim_schema():  # this process brought a new schema: the others hear it
+            await self.dispatcher.announce_schema()
         await self.channels.start()
         await self.admin.start()
         await self.hooks.start()

@@ -1,4 +1,4 @@
-"""The ``tidings`` command line: serve, export-schema, token."""
+"""The ``tidings`` command line: serve, migrate, export-schema, token."""
 
 from __future__ import annotations
 
@@ -83,6 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--collections", default=None, help="module:attr or file.toml (default: the demo)")
     export.add_argument("--app", default=None, help="module:attr of a tidings.App (or a create_app app)")
+    migrate = sub.add_parser("migrate", help="compare the declared collections with the database, and change it")
+    actions = migrate.add_subparsers(dest="action", required=True)
+    for action, what in (
+        ("plan", "print what apply would do (changes nothing)"),
+        ("apply", "run pending migration files, then apply the additive changes"),
+        ("new", "write a migration file with the current differences, for a person to finish"),
+    ):
+        parser_ = actions.add_parser(action, help=what)
+        if action == "new":
+            parser_.add_argument("name", help="what the migration does, e.g. drop_notes (the file's name)")
+        for flag in ("db", "collections", "app", "migrations"):
+            field = next(f for f in dataclasses.fields(Settings) if f.name == flag)
+            parser_.add_argument(f"--{flag}", default=None, help=f"{field.metadata['help']} (env {env_name(flag)})")
     token = sub.add_parser("token", help="mint a development JWT (needs TIDINGS_JWT_SECRET or --jwt-secret)")
     token.add_argument("--sub", required=True)
     token.add_argument("--account", default=None)
@@ -93,6 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             serve(_settings(args))
+        elif args.command == "migrate":
+            from tidings.migrate import migrate as run_migrate
+
+            settings = Settings.from_env(
+                db=args.db, collections=args.collections, app=args.app, migrations=args.migrations
+            )
+            print("\n".join(run_migrate(settings, args.action, getattr(args, "name", None))))
         elif args.command == "export-schema":
             from tidings.app import export_schema
 

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tidings.errors import ConfigurationError
@@ -65,6 +66,15 @@ class Settings:
     collections: str | None = _field(None, "module:attr or file.toml of collections (default: the demo)")
     app: str | None = _field(
         None, "module:attr of a tidings.App (or a create_app app): collections, hooks and your own Strawberry code"
+    )
+    migrate: str | None = _field(
+        None,
+        "schema changes at start: auto (run pending migration files, apply additive changes), check (refuse to "
+        "start on any difference), off (compare nothing); default auto in demo mode, check with a JWT secret or key",
+    )
+    migrations: str | None = _field(
+        None,
+        "folder of migration files (default: migrations/ beside a .toml --collections, else in the working directory)",
     )
     graphiql: bool = _field(True, "serve GraphiQL on GET /graphql from a browser")
     legacy_ws: bool = _field(True, "accept the legacy graphql-ws subprotocol (subscriptions-transport-ws)")
@@ -221,6 +231,23 @@ class Settings:
         if flag is not None:
             return flag
         raise ConfigurationError(f"--{name.replace('_', '-')} must be auto, on or off, got {value!r}")
+
+    def migrate_mode(self) -> str:
+        """``--migrate`` as ``auto``, ``check`` or ``off`` (unset: auto in demo mode, check with auth)."""
+        if self.migrate is None:
+            return "check" if self.auth_enabled else "auto"
+        value = self.migrate.strip().lower()
+        if value not in ("auto", "check", "off"):
+            raise ConfigurationError(f"--migrate must be auto, check or off, got {self.migrate!r}")
+        return value
+
+    def migrations_directory(self) -> Path:
+        """Where migration files live: ``--migrations``, else beside a TOML collections file, else ./migrations."""
+        if self.migrations:
+            return Path(self.migrations)
+        if self.collections and self.collections.endswith(".toml"):
+            return Path(self.collections).parent / "migrations"
+        return Path("migrations")
 
     def introspection_mode(self) -> str:
         """``--introspection`` as ``on``, ``off`` or ``authenticated`` (auto: on in demo mode only)."""

@@ -79,6 +79,7 @@ class SystemEventKind(enum.Enum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     TOKEN_EXPIRING = "TOKEN_EXPIRING"  # noqa: S105 (a kind, not a password)
     PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
+    SCHEMA_UPDATED = "SCHEMA_UPDATED"
 
 
 class PresenceKind(str, enum.Enum):

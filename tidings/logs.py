@@ -70,6 +70,8 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # Alembic (tidings migrate) says at INFO what it sets up for each comparison: tidings logs what changed.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
 def uvicorn_logging(settings: Settings) -> dict[str, Any]:

@@ -27,12 +27,22 @@ from tidings.model.collection import Collection
 from tidings.pubsub import broker_from_url, resolve_broker_url
 from tidings.redaction import redact
 from tidings.store import Store
+from tidings.store.migrations import LOCK_WAIT, Mode, SchemaRefused
 from tidings.store.store import normalize_url
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-__all__ = ["LOG_LEVELS", "Unavailable", "check_dependencies", "check_settings", "describe", "mask_url", "version"]
+__all__ = [
+    "LOG_LEVELS",
+    "Unavailable",
+    "check_dependencies",
+    "check_settings",
+    "describe",
+    "mask_url",
+    "open_store",
+    "version",
+]
 
 # uvicorn's levels; logging.basicConfig and uvicorn.Config raise a bare ValueError on others.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -81,6 +91,7 @@ def _scrub(text: str, url: str) -> str:
 def check_settings(settings: Settings) -> None:
     """Refuse what cannot work before anything is opened: numbers out of range, log level, database and broker URLs."""
     check_bounds(settings)
+    settings.migrate_mode()  # one of auto, check, off
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigurationError(
             f"--log-level {settings.log_level!r}: unknown level; expected one of {', '.join(LOG_LEVELS)}"
@@ -153,21 +164,33 @@ def check_dependencies(settings: Settings, collections: Sequence[Collection]) ->
 
 
 async def _check_dependencies(settings: Settings, collections: list[Collection]) -> None:
-    await _open_database(settings.db, collections)
+    await _open_database(settings, collections)
     await _open_broker(resolve_broker_url(settings.broker, settings.db))
     await _bind(settings.host, settings.port)
 
 
-async def _open_database(db: str, collections: list[Collection]) -> None:
+def open_store(settings: Settings, collections: list[Collection]) -> Store:
+    """The store ``settings`` name, migrating as ``--migrate`` says (``tidings migrate``, the checks here)."""
+    return Store(
+        settings.db, collections, migrate=Mode(settings.migrate_mode()), migrations=settings.migrations_directory()
+    )
+
+
+async def _open_database(settings: Settings, collections: list[Collection]) -> None:
+    db = settings.db
     what = f"--db {mask_url(db)}"
     path = _sqlite_path(db)
-    store = Store(db, collections)
+    store = open_store(settings, collections)
     try:
-        # Creates the tables it will use, as the server's start does: a database that
-        # refuses that (read-only, not a database, no privilege) is refused here.
-        await asyncio.wait_for(store.start(), OPEN_TIMEOUT)
+        # Migrates as the server's start does (once, here, before any worker starts; within
+        # the time another process's migration may hold the lock): a database that refuses
+        # that (read-only, not a database, no privilege) is refused here.
+        await asyncio.wait_for(_ping(store), OPEN_TIMEOUT)
+        await asyncio.wait_for(store.start(), OPEN_TIMEOUT + LOCK_WAIT)
     except TimeoutError:
         raise Unavailable(f"{what}: no answer within {OPEN_TIMEOUT:g} s") from None
+    except SchemaRefused:
+        raise
     except Exception as exc:
         root = _root(exc)
         reason = _scrub(str(root) or type(root).__name__, db)
@@ -178,6 +201,11 @@ async def _open_database(db: str, collections: list[Collection]) -> None:
         raise ConfigurationError(f"{what}: {reason}") from None  # refused login, no such database
     finally:
         await store.close()
+
+
+async def _ping(store: Store) -> None:
+    async with store.engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))
 
 
 async def _open_broker(url: str) -> None:

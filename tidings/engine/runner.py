@@ -126,6 +126,7 @@ class Engine:
         self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
         dispatcher.observers.append(self.live_hub.observe)
         dispatcher.flushers.append(self.live_hub.flush)
+        dispatcher.schema_listeners.append(self.system.schema_updated)
         self.live = LiveQueries(
             schema._schema,
             services.store,

@@ -37,6 +37,7 @@ from tidings.realtime.replay import Replayer
 from tidings.schema.inputs import Match
 from tidings.store import Store
 from tidings.store.faults import is_disconnect
+from tidings.store.migrations import fingerprint
 from tidings.tracing import Tracing
 
 
@@ -108,6 +109,9 @@ class Dispatcher:
         # Called when a dispatch pass ends (LiveHub.flush): every commit it touched was dispatched
         # whole, so what observers kept is a state the database had (a transaction is never half in).
         self.flushers: list[Callable[[], None]] = []
+        # Called when another process announces that it migrated the database to another schema.
+        self.schema = fingerprint(store.tables)
+        self.schema_listeners: list[Callable[[], object]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -180,7 +184,20 @@ class Dispatcher:
         finally:
             self._subscribed = False
 
+    async def announce_schema(self) -> None:
+        """Tell every process that the database now has this process's schema (it migrated it)."""
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await self.broker.publish(self.channel, doorbell.encode_schema(self.position, self.schema))
+        except Exception as exc:
+            self._broker_lost(exc)
+
     async def _handle_doorbell(self, message: bytes) -> None:
+        schema = doorbell.announced_schema(message)
+        if schema is not None and schema != self.schema:
+            logger.warning("The database's schema changed: another process migrated it; this one serves the old one")
+            for listener in self.schema_listeners:
+                listener()
         try:
             seq, events = doorbell.decode_all(message, self.store.collections)
             await self._advance(seq, events)

@@ -57,6 +57,24 @@ def decode_all(message: bytes, collections: dict[str, Collection]) -> tuple[int,
     return int(data["seq"]), [e for e in events if e is not None]
 
 
+def encode_schema(seq: int, schema: int) -> bytes:
+    """A schema doorbell: a process now serves the schema with this fingerprint (it migrated).
+
+    It carries the log's head as its seq, so a version that cannot tell it from an event's
+    reads it as "catch up to here", which is harmless.
+    """
+    return orjson.dumps({"seq": seq, "schema": schema})
+
+
+def announced_schema(message: bytes) -> int | None:
+    """The fingerprint a schema doorbell announces; None for an event's."""
+    if b'"schema"' not in message:  # the cheap test first: events' doorbells rarely hold the word
+        return None
+    data = orjson.loads(message)
+    schema = data.get("schema") if "collection" not in data else None
+    return schema if isinstance(schema, int) else None
+
+
 def decode(message: bytes, collections: dict[str, Collection]) -> tuple[int, ChangeEvent | None]:
     """The sequence, and the event when it is fully readable (else None: read the log).
 

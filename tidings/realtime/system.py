@@ -1,7 +1,8 @@
 """System events: ``subscription { systemEvents { kind message at data } }``, per connection.
 
 Nothing goes through the broker: each event concerns one connection of this process
-(its token is about to expire, its rules changed, this process is shutting down), so
+(its token is about to expire, its rules changed, this process is shutting down; the schema
+changed, which the dispatcher hears from the broker and this process tells each connection), so
 it is pushed straight onto that connection's send queue, behind what it already holds.
 """
 
@@ -72,6 +73,13 @@ class SystemEvents:
         for subscriber in subscribers:
             self._send(subscriber, kind, message, data)
         return len(subscribers)
+
+    def schema_updated(self) -> int:
+        """Tell every connection that the deployment's schema changed; how many heard it."""
+        return sum(
+            self.emit(sink, SystemEventKind.SCHEMA_UPDATED, "Schema changed: refresh your client")
+            for sink in self.connections()
+        )
 
     def connections(self) -> list[Any]:
         """The connections with at least one ``systemEvents`` operation."""

@@ -20,7 +20,9 @@ SystemEventKindType = strawberry.enum(
     description=(
         "SHUTTING_DOWN: this server process is restarting; reconnect after data.reconnectAfterMs and resume. "
         "TOKEN_EXPIRING: call renewToken before data.expiresAt. "
-        "PERMISSIONS_CHANGED: your rules were reloaded; data.ended lists the operations that ended."
+        "PERMISSIONS_CHANGED: your rules were reloaded; data.ended lists the operations that ended. "
+        "SCHEMA_UPDATED: the deployment's collections changed (another process migrated the database); "
+        "refresh your client."
     ),
 )
 

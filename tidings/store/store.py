@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -37,6 +38,7 @@ from tidings.store import sqlite
 from tidings.store.batch import LAST_SEQ
 from tidings.store.faults import Fault, WriteHealth
 from tidings.store.insert import Insert, plain
+from tidings.store.migrations import Migrator, Mode
 from tidings.store.reads import SEQ_LABEL, AsyncSnapshot, Reader, SqliteReads
 from tidings.store.tables import DELETED_AT, Tables
 from tidings.store.writers import MemoryWriter, PostgresWriter, SqliteWriter, Writer
@@ -97,7 +99,14 @@ class Store:
     """The database: tables per collection plus the event log."""
 
     def __init__(
-        self, url: str, collections: list[Collection], *, echo: bool = False, outage_wait: float = 5.0
+        self,
+        url: str,
+        collections: list[Collection],
+        *,
+        echo: bool = False,
+        outage_wait: float = 5.0,
+        migrate: Mode = Mode.AUTO,
+        migrations: Path | None = None,
     ) -> None:
         self.url = normalize_url(url)
         # Seconds a read or write waits for a database it lost (a restart) before failing UNAVAILABLE.
@@ -114,6 +123,9 @@ class Store:
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, **json_options)
         self.dialect = self.engine.dialect.name
         self.epoch = ""  # read by start()
+        self.migrate = migrate  # what start() does with a schema difference (tidings.store.migrations)
+        self.migrator = Migrator(self.engine, self.tables, migrations)
+        self.migrated: list[str] = []  # what start() changed
         self._reads: SqliteReads | None = None  # a SQLite file's read snapshots
         self._inserts: dict[tuple[str, tuple[str, ...]], Insert] = {}  # compiled once per table and keys
         self._get_queries: dict[str, sa.Select[Any]] = {}  # by collection, without a guard
@@ -156,9 +168,9 @@ class Store:
         return self.health.failures
 
     async def start(self) -> None:
-        """Create missing tables (idempotent), and the event log's epoch if it has none."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(self.tables.metadata.create_all)
+        """Bring the tables to the declared collections as ``migrate`` allows, and make the event
+        log's epoch if it has none."""
+        self.migrated = await self.migrator.migrate(self.migrate)
         self.epoch = await self._epoch()
 
     async def _epoch(self) -> str:
@@ -725,8 +737,13 @@ def event_row(
 
 
 def decode_event(coll: Collection, row: Mapping[Any, Any]) -> ChangeEvent:
-    """An event from its log row or its doorbell's JSON (where the timestamp is a string)."""
+    """An event from its log row or its doorbell's JSON (where the timestamp is a string).
+
+    Read as the collection is declared now: an event written before a field was added reads it
+    as its default (or null), one written before a field was removed no longer carries it.
+    """
     timestamp = row["timestamp"]
+    fields = coll.field_map
     return ChangeEvent(
         seq=int(row["seq"]),
         collection=coll.name,
@@ -734,20 +751,28 @@ def decode_event(coll: Collection, row: Mapping[Any, Any]) -> ChangeEvent:
         record_id=row["record_id"],
         account=row["account"],
         record=decode_document(coll, row["record"]),
-        previous=decode_document(coll, row["previous"]),
-        changed_fields=tuple(row["changed_fields"]),
+        previous=decode_document(coll, row["previous"], complete=False),
+        changed_fields=tuple(name for name in row["changed_fields"] if name in fields),
         timestamp=dt.datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp,
         actor=row["actor"],
     )
 
 
-def decode_document(coll: Collection, doc: Mapping[str, Any]) -> Record:
-    """A record from its JSON form (event log, broker): datetimes parsed back."""
-    out = dict(doc)
+def decode_document(coll: Collection, doc: Mapping[str, Any], *, complete: bool = True) -> Record:
+    """A record from its JSON form (event log, broker): datetimes parsed back, fields as declared now.
+
+    A key no field declares (any more) is dropped; with ``complete``, a declared field the
+    document lacks (added after it was written) gets its default, or None.
+    """
+    fields = coll.field_map
+    out = {k: v for k, v in doc.items() if k in fields or k in SYSTEM_COLUMNS}
     for key in ("created_at", "updated_at"):
         if isinstance(out.get(key), str):
             out[key] = dt.datetime.fromisoformat(out[key])
     for f in coll.fields:
-        if f.kind is FieldKind.DATETIME and isinstance(out.get(f.name), str):
+        if f.name not in out:
+            if complete:
+                out[f.name] = None if f.default is MISSING else plain(f.default)
+        elif f.kind is FieldKind.DATETIME and isinstance(out[f.name], str):
             out[f.name] = dt.datetime.fromisoformat(out[f.name])
     return out

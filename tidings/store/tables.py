@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidings.filters import FieldKind
-from tidings.model.collection import Collection
+from tidings.model.collection import MISSING, Collection
 
 
 class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
@@ -50,6 +50,10 @@ def _column_type(kind: FieldKind) -> sa.types.TypeEngine[Any]:
     if kind is FieldKind.DATETIME:
         return UTCDateTime()
     return sa.JSON(none_as_null=True)
+
+
+def _info(default: Any) -> dict[str, Any]:
+    return {} if default is MISSING else {"default": default}
 
 
 DELETED_AT = "deleted_at"
@@ -96,14 +100,17 @@ class Tables:
             ]
             for f in c.fields:
                 ref = references.get(f.name)
+                # A field's default rides along for migrations: what existing rows get when it is added.
                 if ref is None:
-                    columns.append(sa.Column(f.name, _column_type(f.kind), nullable=f.nullable))
+                    columns.append(sa.Column(f.name, _column_type(f.kind), nullable=f.nullable, info=_info(f.default)))
                 else:
                     # A real foreign key (SQLite enforces it with PRAGMA foreign_keys=ON); what a delete
                     # does to the rows that reference it is done by the store, an event per row, so the
                     # key itself only refuses (NO ACTION) what would leave a reference dangling.
                     target = sa.ForeignKey(f"{table_names[ref.target]}.id", name=f"fk_{c.table_name}_{f.name}")
-                    columns.append(sa.Column(f.name, sa.Text(), target, nullable=f.nullable, index=True))
+                    columns.append(
+                        sa.Column(f.name, sa.Text(), target, nullable=f.nullable, index=True, info=_info(f.default))
+                    )
             if c.soft_delete:
                 # Set by a soft delete: the row stays (restore), hidden from every read, until purged.
                 columns.append(sa.Column(DELETED_AT, UTCDateTime(), nullable=True, index=True))
