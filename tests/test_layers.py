@@ -16,7 +16,7 @@ FLOORS: list[set[str]] = [
     {"tidings", "tidings.cli"},
     {"tidings.workers"},
     {"tidings.migrate"},
-    {"tidings.startup", "tidings.serving", "tidings.server"},
+    {"tidings.startup", "tidings.serving", "tidings.server", "tidings.launch"},
     {"tidings.app"},
     {"tidings.admin", "tidings.playground"},
     {"tidings.transports"},
@@ -26,7 +26,7 @@ FLOORS: list[set[str]] = [
     {"tidings.resolvers"},
     {"tidings.schema"},
     {"tidings.store"},
-    {"tidings.hooks", "tidings.limits"},
+    {"tidings.hooks", "tidings.limits", "tidings.declaration"},
     {
         "tidings.model",
         "tidings.auth",

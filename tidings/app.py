@@ -25,11 +25,12 @@ from tidings.auth.permissions import Permissions
 from tidings.auth.rules import Authorizer, Rules
 from tidings.auth.tokens import Authenticator
 from tidings.config import Settings
-from tidings.engine.build import build_schema
+from tidings.declaration import App
+from tidings.engine.build import YourCode, build_schema
 from tidings.engine.documents import Documents
 from tidings.engine.permissions import RulesReload
 from tidings.engine.runner import Engine
-from tidings.errors import Unavailable
+from tidings.errors import ConfigurationError, Unavailable
 from tidings.events import SystemEventKind
 from tidings.hooks import CommitNotifier, HookRunner, Hooks
 from tidings.limits import Limits
@@ -79,6 +80,7 @@ class Tidings:
         channels: Sequence[Channel] = (),
         hooks: Hooks | None = None,
         tracer_provider: Any = None,
+        your_code: YourCode | None = None,
     ) -> None:
         self.settings = settings
         self.collections = list(collections)
@@ -134,6 +136,7 @@ class Tidings:
             extra_subscriptions=[*CHANNEL_SUBSCRIPTIONS, *SYSTEM_SUBSCRIPTIONS],
             suggestions=suggestions,
             documents=self.documents,
+            your_code=your_code,
         )
         self.limits = Limits.from_settings(settings, broker_url=getattr(self.broker, "url", settings.broker))
         # Hooks: before-hooks run in the request; after-hooks through one bounded queue.
@@ -400,18 +403,25 @@ def create_app(
     broker: Broker | None = None,
     hooks: Hooks | None = None,
     tracer_provider: Any = None,
+    app: App | None = None,
 ) -> Starlette:
     """The ASGI app for ``collections`` (declared classes or Collections; default the demo).
 
     ``hooks``: a ``tidings.Hooks`` whose callables react to connections, operations, writes and publishes.
     ``tracer_provider``: the OpenTelemetry provider of ``--tracing on`` (default: the global one).
+    ``app``: a ``tidings.App`` (collections, hooks and your own Strawberry code) instead of the two.
     """
     from tidings.model.collection import collections_from
 
+    if app is not None:
+        if collections is not None or hooks is not None:
+            raise ConfigurationError("create_app: give app=tidings.App(...) or collections and hooks, not both")
+        collections, hooks = list(app.collections), app.hooks
     if collections is None:
         from tidings.model.demo import CHANNELS, COLLECTIONS
 
         collections = [*COLLECTIONS, *CHANNELS]
+    declaration = app or App(collections=list(collections), hooks=hooks)
     settings = settings or Settings.from_env()
     declared, channels = channels_from(list(collections))
     tidings = Tidings(
@@ -421,6 +431,7 @@ def create_app(
         channels=channels,
         hooks=hooks,
         tracer_provider=tracer_provider,
+        your_code=_your_code(declaration),
     )
 
     async def metrics(request: StarletteRequest) -> Response:
@@ -453,7 +464,7 @@ def create_app(
     }
     middleware = [] if cors.is_empty else [Middleware(OriginCORS, **cors_options)]
     endpoint = _GraphQLEndpoint(tidings)
-    app = _App(
+    asgi = _App(
         routes=[
             Route("/healthz", tidings.health.healthz),
             Route("/metrics", metrics),
@@ -466,15 +477,23 @@ def create_app(
         middleware=middleware,
         lifespan=lifespan,
     )
-    app.state.tidings = tidings
-    app.graphql_http = endpoint if cors.is_empty else OriginCORS(endpoint, **cors_options)
-    app.own_middleware = len(middleware)
-    return app
+    asgi.state.tidings = tidings
+    asgi.state.declaration = declaration  # what ``tidings serve --app`` builds again with its own settings
+    asgi.graphql_http = endpoint if cors.is_empty else OriginCORS(endpoint, **cors_options)
+    asgi.own_middleware = len(middleware)
+    return asgi
 
 
-def export_schema(collections: Sequence[Any] | None = None) -> str:
+def _your_code(app: App) -> YourCode:
+    return YourCode(app.queries, app.mutations, app.subscriptions, app.types)
+
+
+def export_schema(collections: Sequence[Any] | None = None, *, app: App | None = None) -> str:
+    """The SDL of ``collections`` (default the demo's) or of ``app``."""
     from tidings.model.collection import collections_from
 
+    if app is not None:
+        collections = list(app.collections)
     if collections is None:
         from tidings.model.demo import COLLECTIONS
 
@@ -485,5 +504,6 @@ def export_schema(collections: Sequence[Any] | None = None) -> str:
         extra_queries=admin_queries,
         extra_mutations=[RENEW_TOKEN, *CHANNEL_MUTATIONS, *admin_mutations],
         extra_subscriptions=[*CHANNEL_SUBSCRIPTIONS, *SYSTEM_SUBSCRIPTIONS],
+        your_code=_your_code(app) if app is not None else None,
     )
     return strawberry.Schema.as_str(schema)

@@ -9,8 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from tidings.config import Settings, env_name
+from tidings.declaration import load_app
 from tidings.errors import ConfigurationError
-from tidings.model.loading import load_channels, load_collections
+from tidings.model.loading import load_collections
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from tidings.app import create_app
+    from tidings.launch import build_app
     from tidings.logs import configure_logging
     from tidings.redaction import install_redaction
     from tidings.server import run
@@ -52,8 +53,7 @@ def serve(settings: Settings) -> None:
 
         check_workers(settings)
     configure_logging(settings)
-    collections = load_collections(settings.collections)
-    app = create_app([*collections, *load_channels(settings.collections)], settings)
+    app, collections = build_app(settings)
     check_dependencies(settings, collections)
     # The schema, types and tables live as long as the process: move them out of the
     # cyclic collector's view, so its passes under load walk only what requests made.
@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_settings(serve_parser)
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("--collections", default=None, help="module:attr or file.toml (default: the demo)")
+    export.add_argument("--app", default=None, help="module:attr of a tidings.App (or a create_app app)")
     migrate = sub.add_parser("migrate", help="compare the declared collections with the database, and change it")
     actions = migrate.add_subparsers(dest="action", required=True)
     for action, what in (
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser_ = actions.add_parser(action, help=what)
         if action == "new":
             parser_.add_argument("name", help="what the migration does, e.g. drop_notes (the file's name)")
-        for flag in ("db", "collections", "migrations"):
+        for flag in ("db", "collections", "app", "migrations"):
             field = next(f for f in dataclasses.fields(Settings) if f.name == flag)
             parser_.add_argument(f"--{flag}", default=None, help=f"{field.metadata['help']} (env {env_name(flag)})")
     token = sub.add_parser("token", help="mint a development JWT (needs TIDINGS_JWT_SECRET or --jwt-secret)")
@@ -108,12 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "migrate":
             from tidings.migrate import migrate as run_migrate
 
-            settings = Settings.from_env(db=args.db, collections=args.collections, migrations=args.migrations)
+            settings = Settings.from_env(
+                db=args.db, collections=args.collections, app=args.app, migrations=args.migrations
+            )
             print("\n".join(run_migrate(settings, args.action, getattr(args, "name", None))))
         elif args.command == "export-schema":
             from tidings.app import export_schema
 
-            print(export_schema(load_collections(args.collections)))
+            if args.app is not None:
+                if args.collections is not None:
+                    raise ConfigurationError("--app and --collections: give one (an App declares its collections)")
+                print(export_schema(app=load_app(args.app)))
+            else:
+                print(export_schema(load_collections(args.collections)))
         else:
             from tidings.auth.tokens import Authenticator
 

@@ -64,6 +64,9 @@ class Settings:
         AT_LEAST_0,
     )
     collections: str | None = _field(None, "module:attr or file.toml of collections (default: the demo)")
+    app: str | None = _field(
+        None, "module:attr of a tidings.App (or a create_app app): collections, hooks and your own Strawberry code"
+    )
     migrate: str | None = _field(
         None,
         "schema changes at start: auto (run pending migration files, apply additive changes), check (refuse to "

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from weakref import WeakSet
 
@@ -243,6 +243,11 @@ class CommitNotifier:
     async def publish(self, event: ChangeEvent) -> None:
         await self.publisher.publish(event)
         self.runner.committed(event)
+
+    async def publish_batch(self, events: Sequence[ChangeEvent]) -> None:
+        await self.publisher.publish_batch(events)
+        for event in events:
+            self.runner.committed(event)
 
 
 async def _guarded(name: str, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:

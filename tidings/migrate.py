@@ -11,6 +11,7 @@ import asyncio
 import textwrap
 
 from tidings.config import Settings
+from tidings.launch import declared
 from tidings.model.collection import Collection
 from tidings.model.loading import load_collections
 from tidings.startup import check_settings, mask_url, open_store
@@ -21,13 +22,13 @@ from tidings.store.migrations import Mode
 def migrate(settings: Settings, action: str, name: str | None = None) -> list[str]:
     """Run ``action`` (plan, apply or new) against the settings' database; the lines to print."""
     check_settings(settings)
-    collections = load_collections(settings.collections)
+    collections = declared(settings)[1] if settings.app else load_collections(settings.collections)
     return asyncio.run(_migrate(settings, collections, action, name))
 
 
 async def _migrate(settings: Settings, collections: list[Collection], action: str, name: str | None) -> list[str]:
     store = open_store(settings, collections)
-    what = f"{mask_url(settings.db)} against {settings.collections or 'the demo collections'}"
+    what = f"{mask_url(settings.db)} against {settings.app or settings.collections or 'the demo collections'}"
     try:
         if action == "plan":
             plan = await store.migrator.plan()

@@ -284,7 +284,7 @@ def describe(app: Starlette) -> list[str]:
     if settings.workers > 1:
         broker += f"; {settings.workers} worker processes share it"
     names = ", ".join(c.name for c in tidings.collections)
-    source = "the demo" if settings.collections is None else settings.collections
+    source = settings.app or settings.collections or "the demo"
     url = f"http://{settings.host}:{settings.port}/graphql"
     rows = [
         ("database", database),

@@ -183,16 +183,15 @@ def _worker(settings: Settings, listener: socket.socket) -> None:
 
     import uvicorn
 
-    from tidings.app import create_app
+    from tidings.launch import build_app
     from tidings.logs import configure_logging
-    from tidings.model.loading import load_channels, load_collections
     from tidings.redaction import install_redaction
     from tidings.server import Server
     from tidings.serving import uvicorn_options
 
     configure_logging(settings)  # --log-format json: the workers' lines are JSON too
     _stop_with_parent()
-    app = create_app([*load_collections(settings.collections), *load_channels(settings.collections)], settings)
+    app, _ = build_app(settings)
     gc.collect()
     gc.freeze()
     config = uvicorn.Config(app, **uvicorn_options(settings))

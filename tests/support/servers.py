@@ -91,6 +91,7 @@ def make_server(
     hooks: Any = None,
     middleware: Any = (),
     tracer_provider: Any = None,
+    app: Any = None,
     **settings: Any,
 ) -> Server:
     """A real uvicorn server of ``create_app``; ``middleware`` classes are added with ``add_middleware``."""
@@ -98,15 +99,15 @@ def make_server(
     base = dict(db=db, keepalive=15.0, gap_check_interval=0.2, graphiql=True)
     base.update(settings)
     config = Settings(**base)
-    app = create_app(collections, config, broker=broker, hooks=hooks, tracer_provider=tracer_provider)
+    asgi = create_app(collections, config, broker=broker, hooks=hooks, tracer_provider=tracer_provider, app=app)
     for cls in middleware:
-        app.add_middleware(cls)
+        asgi.add_middleware(cls)
     # What `tidings serve` runs, bar where it listens and how much it logs.
     uv = uvicorn_options(config, **(uvicorn_overrides or {}))
     for own in ("host", "port", "log_level"):
         del uv[own]
-    server = Server(app, free_port(), **uv)
-    _capture_loop(app)
+    server = Server(asgi, free_port(), **uv)
+    _capture_loop(asgi)
     server.start()
     return server
 

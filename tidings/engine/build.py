@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError, GraphQLObjectType
 from strawberry.directive import DirectiveLocation
+from strawberry.exceptions import DuplicatedTypeName
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.directives import DirectivesExtension, DirectivesExtensionSync
 from strawberry.resolvers import is_default_resolver
@@ -17,6 +19,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.base import StrawberryObjectDefinition
 
 from tidings.engine.documents import Documents, DocumentsExtension
+from tidings.errors import ConfigurationError
 from tidings.limits import RateLimit
 from tidings.model.collection import Collection
 from tidings.resolvers.aggregates import build_aggregate_field
@@ -27,6 +30,7 @@ from tidings.resolvers.relations import relation_field
 from tidings.schema.executor import Executor
 from tidings.schema.extensions import ErrorCodes, ReadSnapshot, classify_all, log_unexpected
 from tidings.schema.inputs import Operation
+from tidings.schema.merge import check_unique, root_fields, your_fields
 from tidings.schema.types import CollectionTypes, TypeFactory
 from tidings.schema.validation import Introspection, validation_rules
 
@@ -76,6 +80,17 @@ def live() -> None:
     """Marks a live query; the realtime engine serves it (over HTTP it answers once)."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class YourCode:
+    """The app's own Strawberry: ``@strawberry.type`` classes (or fields) whose fields join the root
+    types, and more types to include (ones only an interface or a union reaches)."""
+
+    queries: Sequence[Any] = ()
+    mutations: Sequence[Any] = ()
+    subscriptions: Sequence[Any] = ()
+    types: Sequence[Any] = ()
+
+
 def build_schema(
     collections: Sequence[Collection],
     *,
@@ -88,19 +103,28 @@ def build_schema(
     suggestions: bool = True,
     extra_extensions: Sequence[type] = (),
     documents: Documents | None = None,
+    your_code: YourCode | None = None,
 ) -> tuple[strawberry.Schema, dict[str, CollectionTypes]]:
     """The schema; ``introspection`` says who may select ``__schema``/``__type`` (unless ``documents`` is
-    given: its own policy), ``suggestions`` off drops "Did you mean"."""
+    given: its own policy), ``suggestions`` off drops "Did you mean". ``your_code``: the app's own
+    Strawberry operations and types, merged beside the generated ones (``tidings.schema.merge``)."""
     factory = TypeFactory()
     types = factory.build_all(collections, relation_field)
-    query_fields: list[Any] = list(extra_queries)
-    mutation_fields: list[Any] = list(extra_mutations)
-    subscription_fields: list[Any] = list(extra_subscriptions)
+    yours = your_code or YourCode()
+    your_queries = your_fields(root_fields(yours.queries), types)
+    your_mutations = your_fields(root_fields(yours.mutations), types)
+    your_subscriptions = your_fields(root_fields(yours.subscriptions), types)
+    query_fields: list[Any] = [*your_queries, *extra_queries]
+    mutation_fields: list[Any] = [*your_mutations, *extra_mutations]
+    subscription_fields: list[Any] = [*your_subscriptions, *extra_subscriptions]
     for t in types.values():
         query_fields += build_query_fields(t)
         query_fields += [build_connection_field(t), build_aggregate_field(t)]
         mutation_fields += build_mutation_fields(t)
         subscription_fields += build_subscription_fields(t, Operation)
+    check_unique("Query", query_fields, your_queries)
+    check_unique("Mutation", mutation_fields, your_mutations)
+    check_unique("Subscription", subscription_fields, your_subscriptions)
     # One parser, validator and cache for Strawberry's view and the engine (tidings.engine.documents).
     if documents is None:
         documents = Documents(
@@ -114,15 +138,23 @@ def build_schema(
         ReadSnapshot,
         lambda: DocumentsExtension(shared),
     ]
-    schema = TidingsSchema(
-        query=create_type("Query", query_fields),
-        mutation=create_type("Mutation", mutation_fields),
-        subscription=create_type("Subscription", subscription_fields),
-        config=StrawberryConfig(default_resolver=resolve_attribute),
-        extensions=extensions,
-        directives=[live],
-        execution_context_class=Executor,
-    )
+    try:
+        schema = TidingsSchema(
+            query=create_type("Query", query_fields),
+            mutation=create_type("Mutation", mutation_fields),
+            subscription=create_type("Subscription", subscription_fields),
+            config=StrawberryConfig(default_resolver=resolve_attribute),
+            extensions=extensions,
+            directives=[live],
+            execution_context_class=Executor,
+            types=list(yours.types),
+        )
+    except DuplicatedTypeName as exc:
+        name = getattr(exc.first_cls, "__name__", None) or exc.message
+        raise ConfigurationError(
+            f"Type {name!r} is defined twice (your code and tidings' generated API, "
+            "which names each collection's types after it: Card, CardEvent, CreateCardInput...); rename yours"
+        ) from None
     schema.suggestions = suggestions
     _direct_resolvers(schema)
     return schema, types

@@ -38,6 +38,7 @@ from strawberry.types import ExecutionResult
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action
 from tidings.engine.documents import Documents, Parsed
+from tidings.engine.streams import StreamSubscriber, start_stream
 from tidings.errors import BadUserInput, CursorInvalid, TidingsError
 from tidings.events import Operation
 from tidings.filters import And, parse_filter
@@ -82,7 +83,7 @@ class Finished:
 class Streaming:
     """A subscription is live; ``subscriber`` is what to unsubscribe."""
 
-    subscriber: Subscriber | ChannelSubscriber | LiveMember | SystemSubscriber
+    subscriber: Subscriber | ChannelSubscriber | LiveMember | SystemSubscriber | StreamSubscriber
     request: Request | None = None  # set once announced to the on_subscribe hooks
 
 
@@ -124,6 +125,7 @@ class Engine:
         self.documents = documents  # the app's one parser and validator, shared with Strawberry's view
         self.live_hub = LiveHub(services.store, lambda: dispatcher.position)
         dispatcher.observers.append(self.live_hub.observe)
+        dispatcher.flushers.append(self.live_hub.flush)
         dispatcher.schema_listeners.append(self.system.schema_updated)
         self.live = LiveQueries(
             schema._schema,
@@ -337,7 +339,13 @@ class Engine:
             return Streaming(self.system.subscribe(sink, op_id, built))
         if self.channels is not None and node.name.value in ("channelEvents", "presence"):
             return await self._subscribe_channel(request, node, built, principal, sink, op_id, after_override)
-        collection = self.by_field[node.name.value]
+        collection = self.by_field.get(node.name.value)
+        if collection is None:  # one of your own (an async generator)
+            context = Context(self.services, principal=principal, client=sink)
+            started = await start_stream(
+                self.schema._schema, document, request.variables, request.operation_name, context, sink, op_id
+            )
+            return Rejected(started) if isinstance(started, list) else Streaming(started)
         subscription_type = self.schema._schema.subscription_type
         assert subscription_type is not None
         args = get_argument_values(subscription_type.fields[node.name.value], node, built.variable_values)
@@ -458,6 +466,9 @@ class Engine:
             return
         if isinstance(outcome.subscriber, LiveMember):
             self.live_hub.unsubscribe(outcome.subscriber)
+            return
+        if isinstance(outcome.subscriber, StreamSubscriber):
+            outcome.subscriber.stop()
             return
         if isinstance(outcome.subscriber, ChannelSubscriber):
             outcome.subscriber.close()

@@ -50,4 +50,6 @@ def _declared(spec: str) -> list[Any]:
         obj: Any = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(f"Cannot load collections {spec!r}: {exc}") from exc
+    if getattr(obj, "is_tidings_app", False) or getattr(getattr(obj, "state", None), "declaration", None) is not None:
+        raise ConfigurationError(f"--collections {spec}: that is an app, not collections; serve it with --app {spec}")
     return list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [obj]

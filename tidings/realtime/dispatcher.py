@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 from graphql.execution import Executor
@@ -106,6 +106,9 @@ class Dispatcher:
         self._wake = asyncio.Event()  # wakes the gap check early, e.g. after resubscribing
         # Called with every event, in seq order, after the groups (live queries: LiveHub.observe).
         self.observers: list[Callable[[ChangeEvent], None]] = []
+        # Called when a dispatch pass ends (LiveHub.flush): every commit it touched was dispatched
+        # whole, so what observers kept is a state the database had (a transaction is never half in).
+        self.flushers: list[Callable[[], None]] = []
         # Called when another process announces that it migrated the database to another schema.
         self.schema = fingerprint(store.tables)
         self.schema_listeners: list[Callable[[], object]] = []
@@ -130,7 +133,11 @@ class Dispatcher:
         await self.replayer.close()
 
     async def publish(self, event: ChangeEvent) -> None:
-        """Ring the doorbell for a committed event (called after commit).
+        """Ring the doorbell for a committed event (called after commit); see ``publish_batch``."""
+        await self.publish_batch((event,))
+
+    async def publish_batch(self, events: Sequence[ChangeEvent]) -> None:
+        """Ring the doorbell once for a commit's events (a transaction's: consecutive seqs).
 
         Takes at most ``publish_timeout``: the commit stands whatever happens
         here, and a lost doorbell is delivered from the log by the gap check.
@@ -143,7 +150,7 @@ class Dispatcher:
         self._probing = self._probing or probe
         try:
             async with asyncio.timeout(self.publish_timeout):
-                await self.broker.publish(self.channel, doorbell.encode(event))
+                await self.broker.publish(self.channel, doorbell.encode_batch(events))
         except Exception as exc:
             self._broker_lost(exc)
         else:
@@ -192,8 +199,8 @@ class Dispatcher:
             for listener in self.schema_listeners:
                 listener()
         try:
-            seq, event = doorbell.decode(message, self.store.collections)
-            await self._advance(seq, event)
+            seq, events = doorbell.decode_all(message, self.store.collections)
+            await self._advance(seq, events)
         except Exception:
             # Nothing past position was dispatched: the gap check retries it.
             logger.warning("Dispatching a doorbell failed; the gap check retries", exc_info=True)
@@ -245,32 +252,50 @@ class Dispatcher:
                     self._database_down = False
                     logger.info("Gap check: the database is reachable again")
 
-    async def _advance(self, seq: int, event: ChangeEvent | None) -> None:
-        """Dispatch everything up to ``seq``, in order, exactly once."""
+    async def _advance(self, seq: int, events: list[ChangeEvent] | None) -> None:
+        """Dispatch everything up to ``seq``, in order, exactly once.
+
+        ``seq`` ends a commit (a doorbell's, or the log's head), so a pass that reaches it
+        dispatched each commit whole; the flushers run once, at its end.
+        """
         if seq <= self.position:
             return
         async with self._lock:
             if seq <= self.position:
                 return
-            if seq == self.position + 1 and event is not None:
-                await self._dispatch(event)
-                return
-            # A gap (lost or reordered doorbell) or no event body: read the log.
-            while self.position < seq:
-                events = await self.store.read_events(self.position, seq, self.replay_page)
-                if not events:
-                    # Nothing committed up to seq: numbers that rolled back leave holes, and a
-                    # doorbell may name a seq our log does not hold (yet). Move only as far as
-                    # the log's head, so no event that does commit is ever skipped.
-                    head = await self.store.last_seq()
-                    self.position = max(self.position, min(seq, head))
-                    break
-                self.gaps_filled += 1
-                for ev in events:
-                    await self._dispatch(ev)
-                if events[-1].seq >= seq:
-                    break
-                # The next page starts after what we dispatched; holes below are skipped.
+            if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
+                for event in events:
+                    await self._dispatch(event)
+            else:
+                await self._read_up_to(seq)
+            # Not when a pass fails midway (a related read): what observers applied of a commit
+            # waits for the pass that dispatches its rest again.
+            self._flush()
+
+    async def _read_up_to(self, seq: int) -> None:
+        """A gap (lost or reordered doorbell) or no event body: read the log up to ``seq``."""
+        while self.position < seq:
+            events = await self.store.read_events(self.position, seq, self.replay_page)
+            if not events:
+                # Nothing committed up to seq: numbers that rolled back leave holes, and a
+                # doorbell may name a seq our log does not hold (yet). Move only as far as
+                # the log's head, so no event that does commit is ever skipped.
+                head = await self.store.last_seq()
+                self.position = max(self.position, min(seq, head))
+                break
+            self.gaps_filled += 1
+            for ev in events:
+                await self._dispatch(ev)
+            if events[-1].seq >= seq:
+                break
+            # The next page starts after what we dispatched; holes below are skipped.
+
+    def _flush(self) -> None:
+        for flush in self.flushers:
+            try:
+                flush()
+            except Exception:
+                logger.exception("Ending a dispatch pass failed")
 
     async def _dispatch(self, event: ChangeEvent) -> None:
         candidates: set[Group] = set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidings.events import ChangeEvent
@@ -40,10 +40,14 @@ class FanOut:
         self.templates = {name: t for name, t in templates.items() if t}
 
     async def publish(self, event: ChangeEvent) -> None:
-        await self.publisher.publish(event)
-        templates = self.templates.get(event.collection)
-        if templates:
-            await self.fan_out(event, templates)
+        await self.publish_batch((event,))
+
+    async def publish_batch(self, events: Sequence[ChangeEvent]) -> None:
+        await self.publisher.publish_batch(events)
+        for event in events:
+            templates = self.templates.get(event.collection)
+            if templates:
+                await self.fan_out(event, templates)
 
     async def fan_out(self, event: ChangeEvent, templates: tuple[str, ...]) -> None:
         """Publish a committed change to each channel of ``templates`` the record fills.

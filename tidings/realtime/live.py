@@ -195,6 +195,7 @@ class LiveGroup:
         self.backlog: collections.deque[ChangeEvent] = collections.deque()
         self.overflowed = False
         self.busy = True  # reading: events wait in the backlog
+        self.unsent = False  # events applied that no patch has carried yet (see ``flush``)
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None
         self.broken = False
@@ -203,8 +204,9 @@ class LiveGroup:
 
     # -- events ------------------------------------------------------------------------
 
-    def receive(self, event: ChangeEvent) -> None:
-        """From the dispatcher, in seq order; never blocks."""
+    def receive(self, event: ChangeEvent, *, emit: bool = True) -> None:
+        """From the dispatcher, in seq order; never blocks. ``emit`` False: the patch waits for
+        ``flush`` (the end of the dispatch pass), so the events of one commit make one revision."""
         if event.seq <= self.seq:
             return
         if self.busy:
@@ -216,8 +218,17 @@ class LiveGroup:
             return
         changed = self._apply(event)
         if self._needs_read():
+            self.unsent = False  # the read emits when it is done
             self._start_read()
         elif changed:
+            self.unsent = True
+            if emit:
+                self.flush()
+
+    def flush(self) -> None:
+        """Send what the events received since the last patch changed (nothing while reading)."""
+        if self.unsent and not self.busy:
+            self.unsent = False
             self.emit()
 
     def _apply(self, event: ChangeEvent) -> bool:
@@ -360,6 +371,20 @@ class LiveHub:
         self.position = position
         self.groups: dict[Hashable, LiveGroup] = {}
         self._buckets: dict[tuple[str, Any], Bucket] = {}
+        self._touched: set[LiveGroup] = set()  # groups that received events in the current dispatch pass
+
+    def flush(self) -> None:
+        """A dispatch pass ended (whole commits): each group it touched sends one patch."""
+        touched, self._touched = self._touched, set()
+        for group in touched:
+            try:
+                group.flush()
+            except Exception:
+                logger.exception("Rendering a live query failed; it reads again")
+                for source in group.sources:
+                    source.kept.stale = True
+                if not group.busy:
+                    group._start_read()
 
     def observe(self, event: ChangeEvent) -> None:
         groups: set[LiveGroup] = set()
@@ -369,8 +394,9 @@ class LiveHub:
                 bucket.candidates(event, groups)
         # In seq order for each group (this is one event); the order among groups does not matter.
         for group in groups:
+            self._touched.add(group)
             try:
-                group.receive(event)
+                group.receive(event, emit=False)
             except Exception:
                 logger.exception("Applying seq %s to a live query failed; it reads again", event.seq)
                 for source in group.sources:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tidings.auth.permissions import Permissions
@@ -30,6 +31,10 @@ def transport_only() -> NotFound:
 
 class Publisher(Protocol):
     async def publish(self, event: ChangeEvent) -> None: ...
+
+    async def publish_batch(self, events: Sequence[ChangeEvent]) -> None:
+        """A commit's events (a transaction's), handed on together: one doorbell, one dispatch pass."""
+        ...
 
 
 class CredentialsHolder(Protocol):
@@ -105,6 +110,12 @@ class Context:
                 self.seq = await reader.seq()
             finally:
                 await stack.aclose()
+
+    async def release(self) -> None:
+        """Close the snapshot but let a later ``reader()`` open a new one (long-lived operations)."""
+        await self.close()
+        async with self._reader_lock:
+            self._closed = False
 
     # Strawberry's views read these keys off a dict context; keep them reachable.
     def __getitem__(self, key: str) -> Any:

@@ -250,8 +250,9 @@ def build_mutation_fields(t: CollectionTypes) -> list[Any]:
         except NotFound:
             await _forbidden_if_readable(ctx, coll, str(id), Action.DELETE)
             raise
-        for event in events:  # the record's, then one per record its references' on_delete changed
-            await ctx.services.publisher.publish(event)
+        # The record's, then one per record its references' on_delete changed: one commit, one doorbell,
+        # so subscribers get them in one dispatch pass and a live result never shows half a cascade.
+        await ctx.services.publisher.publish_batch(events)
         return record
 
     _rename(create, f"create_{coll.table_name}")

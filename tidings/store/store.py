@@ -346,6 +346,19 @@ class Store:
         actor: str | None,
         checks: WriteChecks = NO_CHECKS,
     ) -> tuple[Record, ChangeEvent]:
+        record, work = self.create_body(coll, values, account=account, actor=actor, checks=checks)
+        return record, await self._transaction(work)
+
+    def create_body(
+        self,
+        coll: Collection,
+        values: Mapping[str, Any],
+        *,
+        account: str | None,
+        actor: str | None,
+        checks: WriteChecks = NO_CHECKS,
+    ) -> tuple[Record, Callable[[sa.Connection], ChangeEvent]]:
+        """The record ``create`` writes and its transaction body (a transaction runs several such bodies)."""
         table = self.tables.by_collection[coll.name]
         now = utcnow()
         record: Record = {"id": new_id(), "account": account, "created_at": now, "updated_at": now, "version": 1}
@@ -362,7 +375,7 @@ class Store:
             self._check_guard(conn, coll, record["id"], checks)
             return self._append(conn, coll, Operation.CREATED, record, {}, changed, actor)
 
-        return record, await self._transaction(work)
+        return record, work
 
     async def update(
         self,
@@ -380,6 +393,31 @@ class Store:
 
         ``check(record, previous)`` sees the new record and the changed fields' old values.
         """
+        work = self.update_body(
+            coll,
+            record_id,
+            values,
+            expected_version=expected_version,
+            guard=guard,
+            actor=actor,
+            check=check,
+            checks=checks,
+        )
+        return await self._transaction(work)
+
+    def update_body(
+        self,
+        coll: Collection,
+        record_id: str,
+        values: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        guard: Filter,
+        actor: str | None,
+        check: Callable[[Record, Record], None] | None = None,
+        checks: WriteChecks = NO_CHECKS,
+    ) -> Callable[[sa.Connection], tuple[Record, ChangeEvent | None]]:
+        """``update``'s transaction body."""
         table = self.tables.by_collection[coll.name]
 
         def work(conn: sa.Connection) -> tuple[Record, ChangeEvent | None]:
@@ -405,7 +443,7 @@ class Store:
             self._check_guard(conn, coll, record_id, checks)
             return record, self._append(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
 
-        return await self._transaction(work)
+        return work
 
     async def delete(
         self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
@@ -414,12 +452,31 @@ class Store:
         at it, all in one transaction: its DELETED event first, then one event per record a
         cascade deletes (DELETED) or a ``set_null`` clears (UPDATED). ``restrict`` (the default):
         CONFLICT while any record points at it, and nothing is written."""
+        return await self._transaction(self.delete_body(coll, record_id, guard=guard, actor=actor))
+
+    def delete_body(
+        self, coll: Collection, record_id: str, *, guard: Filter, actor: str | None
+    ) -> Callable[[sa.Connection], tuple[Record, list[ChangeEvent]]]:
+        """``delete``'s transaction body."""
 
         def work(conn: sa.Connection) -> tuple[Record, list[ChangeEvent]]:
             current = self._current(conn, coll, record_id, guard)
             events: list[ChangeEvent] = []
             self._delete_row(conn, coll, current, actor, events, {(coll.name, record_id)})
             return current, events
+
+        return work
+
+    async def transaction(self, works: Sequence[Callable[[sa.Connection], _T]]) -> list[_T]:
+        """Several write bodies as one: all commit together (consecutive seqs) or none does.
+
+        One body on the writer, so group commit carries on around it: on SQLite it is one
+        savepoint of a batch, on PostgreSQL one under the advisory lock. The first body that
+        raises rolls back everything the others wrote, and its exception is the answer.
+        """
+
+        def work(conn: sa.Connection) -> list[_T]:
+            return [body(conn) for body in works]
 
         return await self._transaction(work)
 
