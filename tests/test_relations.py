@@ -687,3 +687,49 @@ async def test_the_rooms_example_admits_members_only(tmp_path: Path) -> None:
             )
             assert refused["extensions"]["code"] in ("FORBIDDEN", "BAD_USER_INPUT")
             assert (await ok(cy, "{ messages { id } }"))["messages"] == []
+
+
+# -- soft delete and references: the retention pass keeps the foreign keys ---------------------
+
+
+@collection(soft_delete=True)
+class Folder:
+    name: str
+    files: Many[File] = many(via="folder")
+
+
+@collection(soft_delete=True)
+class File:
+    name: str
+    folder: Ref[Folder] | None = ref(on_delete="cascade")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_purging_soft_deleted_records_goes_children_first_and_keeps_what_is_referenced(
+    kind: str, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    from tidings.filters import MATCH_ALL
+    from tidings.store import Store
+
+    folder_c, file_c = collections_from([Folder, File])
+    store = Store(await fresh_database(kind, tmp_path), [folder_c, file_c])
+    await store.start()
+    try:
+        gone, _ = await store.create(folder_c, {"name": "gone"}, account=None, actor=None)
+        kept, _ = await store.create(folder_c, {"name": "kept"}, account=None, actor=None)
+        for folder in (gone, kept):
+            await store.create(file_c, {"name": "f", "folder_id": folder["id"]}, account=None, actor=None)
+        _, events = await store.delete(folder_c, gone["id"], guard=MATCH_ALL, actor=None)
+        assert [(e.collection, e.operation.value) for e in events] == [("Folder", "DELETED"), ("File", "DELETED")]
+        # A file restored while its folder is deleted keeps that folder from being purged.
+        _, events = await store.delete(folder_c, kept["id"], guard=MATCH_ALL, actor=None)
+        restored, _ = await store.restore(file_c, events[1].record_id, guard=MATCH_ALL, actor=None)
+        await store.prune(keep_after=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60))
+        async with store.engine.connect() as conn:
+            folders = {r.name for r in await conn.execute(sa.select(store.tables.by_collection["Folder"]))}
+            files = [r.id for r in await conn.execute(sa.select(store.tables.by_collection["File"]))]
+        assert folders == {"kept"} and files == [restored["id"]]
+    finally:
+        await store.close()

@@ -638,11 +638,21 @@ class Store:
         return await self._transaction(work)
 
     def _purge_deleted(self, conn: sa.Connection, before: dt.datetime) -> None:
-        """Delete for good the rows soft-deleted before ``before`` (no event: they left every view already)."""
-        for coll in self.collections.values():
-            if coll.soft_delete:
-                table = self.tables.by_collection[coll.name]
-                conn.execute(table.delete().where(table.c[DELETED_AT] < before))
+        """Delete for good the rows soft-deleted before ``before`` (no event: they left every view already).
+
+        Referencing tables go first (a cascade soft-deleted a project's tasks with it), and a row
+        that something still references stays (a task restored while its project was deleted):
+        the foreign keys hold, and the next pass takes it once nothing points at it."""
+        by_table = {self.tables.by_collection[c.name].name: c for c in self.collections.values()}
+        for table in reversed(self.tables.metadata.sorted_tables):
+            coll = by_table.get(table.name)
+            if coll is None or not coll.soft_delete:
+                continue
+            query = table.delete().where(table.c[DELETED_AT] < before)
+            for child, ref in self.referrers.get(coll.name, ()):
+                child_table = self.tables.by_collection[child.name].alias()
+                query = query.where(~sa.exists().where(child_table.c[ref.column] == table.c.id))
+            conn.execute(query)
 
     def _append(
         self,
