@@ -5,6 +5,7 @@ on_delete policies with their events, filters across relations, and rules throug
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -733,3 +734,35 @@ async def test_purging_soft_deleted_records_goes_children_first_and_keeps_what_i
         assert folders == {"kept"} and files == [restored["id"]]
     finally:
         await store.close()
+
+
+async def test_a_group_whose_related_read_fails_holds_back_nobody_else(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.realtime.related import RelatedRows
+
+    async def broken(self: RelatedRows, event: Any) -> Any:
+        raise ValueError("a bug in one group's related read")
+
+    async with client(server) as http:
+        project = await new(http, "Project", name="Poison")
+        ws = await authorized_ws(server)
+        try:
+            await ws.subscribe("rel", 'subscription { taskEvents(where: {project: {name: {eq: "Poison"}}}) { seq } }')
+            await ws.subscribe("plain", 'subscription { taskEvents(where: {title: {startsWith: "p-"}}) { seq } }')
+            await wait_subscribers(server, 2)
+            monkeypatch.setattr(RelatedRows, "views", broken)
+            await new(http, "Task", title="p-1", projectId=project)
+            await new(http, "Task", title="p-2", projectId=project)
+            got = await collect(ws, {"plain": 2})
+            assert int(got["plain"][1]["seq"]) == int(got["plain"][0]["seq"]) + 1
+            assert await ws.no_message(0.2)  # the broken group sent nothing, and blocked nothing
+        finally:
+            await ws.close()
+    # The failure is an incident, logged with its traceback once per event: expected here, nothing
+    # else (the autouse no_server_errors fixture's collector is told so).
+    collectors = [h for h in logging.getLogger("tidings").handlers if type(h).__name__ == "_ErrorLogs"]
+    records: list[logging.LogRecord] = collectors[0].records  # type: ignore[attr-defined]
+    assert {r.getMessage().split(" for ")[1] for r in records} == {"a subscription group that follows relations failed"}
+    assert len(records) == 2
+    records.clear()

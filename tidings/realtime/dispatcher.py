@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from graphql.execution import Executor
 
 from tidings.auth.principal import ANY_ACCOUNT
-from tidings.errors import CursorExpired
+from tidings.errors import CursorExpired, Unavailable
 from tidings.events import ChangeEvent
 from tidings.filters import equality_terms
 from tidings.model.collection import Collection
@@ -303,12 +303,22 @@ class Dispatcher:
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.candidates(event, candidates)
-        # Groups that follow relations read related rows first. A read that fails (the database
-        # is down) raises before anything of this event went out: it is dispatched again, whole.
+        # Groups that follow relations read related rows first. A read the database could not
+        # serve (down, restarting) raises before anything of this event went out: it is dispatched
+        # again, whole. Any other failure is that group's alone: logged, as a render failure is,
+        # so one group never holds back every other subscriber.
         related: dict[Group, tuple[Match, str] | None] = {}
         for group in candidates:
             if group.related is not None:
-                related[group] = await group.outcome(event)
+                try:
+                    related[group] = await group.outcome(event)
+                except Exception as exc:
+                    if isinstance(exc, Unavailable) or is_disconnect(exc):
+                        raise
+                    logger.exception(
+                        "Matching seq %s for a subscription group that follows relations failed", event.seq
+                    )
+                    related[group] = None
         self.position = event.seq
         self.dispatched += 1
         for group in candidates:

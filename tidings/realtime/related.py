@@ -9,8 +9,8 @@ Two needs, each met with one batch per relation and level, per event and group:
   under the subscriber's rules at every level and handed to the relation resolvers, which
   answer from them (``"$" + response key``) without a load of their own.
 
-Related rows are read when the event is delivered, in one snapshot per event and group (the
-event's own record is as of its commit, as always).
+Related rows are read when the event is delivered (a snapshot for the filter's rows, one for the
+selection's), not as of the event's commit; the event's own record is as of its commit, as always.
 """
 
 from __future__ import annotations
