@@ -4,7 +4,8 @@
 - ``children``: a back reference's rows for many parents at once, each parent's own page
   (``Project.tasks(where, orderBy, limit, offset)``), cut per parent by ROW_NUMBER() in SQL.
 - ``expand``: records with the related rows a relation filter's predicate reads, at
-  ``"@" + relation`` (tidings.filters.predicate), nested as deep as the filter goes.
+  ``"@" + relation`` (tidings.filters.predicate), nested as deep as the filter goes; to many,
+  only the rows that decide its quantifiers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidings.errors import BadUserInput
-from tidings.filters import MATCH_ALL, And, Filter, Not, Or, Related
+from tidings.filters import MATCH_ALL, And, Filter, Not, Or, Quantifier, Related
 from tidings.model.collection import Collection
 from tidings.model.names import camel_case
 from tidings.store.reads import Reader, order_clauses
@@ -139,8 +140,15 @@ async def expand(
             by_id = {r["id"]: r for r in related}
             for record, key in zip(out, keys, strict=True):
                 record["@" + name] = by_id.get(key) if key is not None else None
-        else:  # a back reference: a list
-            lists = await children(reader, target, node.target_column, [k for k in keys if k is not None], MATCH_ALL)
+        else:  # a back reference: a list, of only the rows that can decide a quantifier
+            # SOME and NONE are decided by the readable rows that match, EVERY by the readable rows
+            # that do not: loading just those (a room's membership of one user, not its 10,000
+            # members) gives every quantifier on this relation the answer all the rows would.
+            deciding = Or(
+                tuple(And((n.guard, Not(n.item) if n.quantifier is Quantifier.EVERY else n.item)) for n in nodes)
+            )
+            parents = [k for k in keys if k is not None]
+            lists = await children(reader, target, node.target_column, parents, deciding)
             flat = [r for rows_ in lists.values() for r in rows_]
             expanded = await expand(reader, target, flat, inner)
             grouped: dict[str, list[dict[str, Any]]] = {}
