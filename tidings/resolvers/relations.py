@@ -27,8 +27,8 @@ from tidings.resolvers.context import DIRECT, Context
 from tidings.resolvers.convert import order_keys
 from tidings.resolvers.prefetch import NESTED_ROWS
 from tidings.schema.types import CollectionTypes
+from tidings.store.referential import WriteChecks
 from tidings.store.relations import by_ids, children
-from tidings.store.store import WriteChecks
 
 __all__ = ["read_guard_for", "relation_field", "write_checks"]
 

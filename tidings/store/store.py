@@ -6,15 +6,16 @@ per database kind (tidings.store.writers), the PostgreSQL one under a transactio
 lock taken before the event row is inserted and released at commit. A reader that sees event N
 therefore sees every event below N that will ever commit, which is what resume relies on.
 Reads run on snapshots (tidings.store.reads); faults are told apart in tidings.store.faults.
-Size: ~560 lines, over the house's ~500, because the log's reads and its appends must agree
-on one row form; the next split is the log (read, prune, epoch, decoders) into its own module.
+What relations make a write do (on_delete, reference checks) is in tidings.store.referential.
+Size: ~670 lines, over the house's ~500: the log's reads and its appends must agree on one row
+form, and the write bodies a transaction of your code strings together live beside them; the
+next split is the log (read, prune, epoch, decoders) into its own module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,12 +29,11 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from tidings.errors import BadUserInput, Conflict, Forbidden, NotFound, Unavailable
+from tidings.errors import Conflict, NotFound, Unavailable
 from tidings.events import ChangeEvent, Operation, to_jsonable
 from tidings.filters import MATCH_ALL, FieldKind, Filter, compile_sql
 from tidings.model.collection import MISSING, Collection
-from tidings.model.names import camel_case
-from tidings.model.relations import OnDelete, Reference
+from tidings.model.relations import Reference
 from tidings.store import sqlite
 from tidings.store.batch import LAST_SEQ
 from tidings.store.faults import Fault, WriteHealth
@@ -41,6 +41,7 @@ from tidings.store.ids import new_id
 from tidings.store.insert import Insert, plain
 from tidings.store.migrations import Migrator, Mode
 from tidings.store.reads import SEQ_LABEL, AsyncSnapshot, Reader, SqliteReads
+from tidings.store.referential import NO_CHECKS, Referential, WriteChecks
 from tidings.store.tables import DELETED_AT, Tables
 from tidings.store.writers import MemoryWriter, PostgresWriter, SqliteWriter, Writer
 from tidings.types import Record
@@ -48,22 +49,6 @@ from tidings.types import Record
 _T = TypeVar("_T")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class WriteChecks:
-    """What a create or update checks inside its transaction, beside the store's own checks.
-
-    ``references``: reference column -> the rows of its target the writer may point at (their
-    read guard): an id outside them is BAD_USER_INPUT naming the field, as if it did not exist.
-    ``guard``: a rule that follows relations, which the written row must match (in SQL, after
-    the write, in the same transaction), else FORBIDDEN and nothing is written.
-    """
-
-    references: Mapping[str, Filter] = dataclasses.field(default_factory=dict)
-    guard: Filter | None = None
-    action: str = "write"
-
-
-NO_CHECKS = WriteChecks()
 SYSTEM_COLUMNS = ("id", "account", "created_at", "updated_at", "version")
 READ_CONNECTIONS = 10  # a SQLite file's read snapshots open at once (the async engine's pool held 5 + 10)
 logger = logging.getLogger("tidings.store")
@@ -115,6 +100,7 @@ class Store:
         for c in collections:
             for ref in c.references:
                 self.referrers.setdefault(ref.target, []).append((c, ref))
+        self.referential = Referential(self)  # what relations make writes do (on_delete, reference checks)
         json_options: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": orjson.loads}
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, **json_options)
         self.dialect = self.engine.dialect.name
@@ -370,10 +356,10 @@ class Store:
         changed = tuple(f.name for f in coll.fields)
 
         def work(conn: sa.Connection) -> ChangeEvent:
-            self._check_references(conn, coll, record, checks)
+            self.referential.check_references(conn, coll, record, checks)
             self._insert(conn, table, record)
-            self._check_guard(conn, coll, record["id"], checks)
-            return self._append(conn, coll, Operation.CREATED, record, {}, changed, actor)
+            self.referential.check_guard(conn, coll, record["id"], checks)
+            return self.append_event(conn, coll, Operation.CREATED, record, {}, changed, actor)
 
         return record, work
 
@@ -434,14 +420,14 @@ class Store:
             record = {**current, **changes, "updated_at": utcnow(), "version": current["version"] + 1}
             if check is not None:
                 check(record, previous)  # raising here rolls the transaction back: nothing written
-            self._check_references(conn, coll, changes, checks)
+            self.referential.check_references(conn, coll, changes, checks)
             conn.execute(
                 table.update()
                 .where(table.c.id == record_id, table.c.version == current["version"])
                 .values(**changes, updated_at=record["updated_at"], version=record["version"])
             )
-            self._check_guard(conn, coll, record_id, checks)
-            return record, self._append(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
+            self.referential.check_guard(conn, coll, record_id, checks)
+            return record, self.append_event(conn, coll, Operation.UPDATED, record, previous, tuple(changes), actor)
 
         return work
 
@@ -462,7 +448,7 @@ class Store:
         def work(conn: sa.Connection) -> tuple[Record, list[ChangeEvent]]:
             current = self._current(conn, coll, record_id, guard)
             events: list[ChangeEvent] = []
-            self._delete_row(conn, coll, current, actor, events, {(coll.name, record_id)})
+            self.referential.delete_row(conn, coll, current, actor, events, {(coll.name, record_id)})
             return current, events
 
         return work
@@ -479,100 +465,6 @@ class Store:
             return [body(conn) for body in works]
 
         return await self._transaction(work)
-
-    def _delete_row(
-        self,
-        conn: sa.Connection,
-        coll: Collection,
-        current: Record,
-        actor: str | None,
-        events: list[ChangeEvent],
-        seen: set[tuple[str, str]],
-    ) -> None:
-        table = self.tables.by_collection[coll.name]
-        record_id = current["id"]
-        events.append(self._append(conn, coll, Operation.DELETED, current, {}, (), actor))
-        for child, ref in self.referrers.get(coll.name, ()):
-            child_table = self.tables.by_collection[child.name]
-            query = sa.select(child_table).where(child_table.c[ref.column] == record_id)
-            if child is coll:
-                query = query.where(child_table.c.id != record_id)  # a record pointing at itself goes with it
-            live: list[Record] = []
-            hidden: list[Record] = []
-            for row in conn.execute(query).mappings():
-                (hidden if row.get(DELETED_AT) is not None else live).append(self.decode_row(child, row))
-            if ref.on_delete is OnDelete.RESTRICT and live:
-                what = child.plural if len(live) > 1 else child.name
-                raise Conflict(
-                    f"{coll.name} {record_id!r} is referenced by {len(live)} {what} "
-                    f"through {child.name}.{ref.name} (on_delete restrict): delete or move them first",
-                    referencedBy=child.name,
-                    count=len(live),
-                )
-            if ref.on_delete is OnDelete.SET_NULL:
-                for record in live:
-                    self._clear_reference(conn, child, ref, record, actor, events)
-            else:
-                for record in live:
-                    if (child.name, record["id"]) not in seen:
-                        seen.add((child.name, record["id"]))
-                        self._delete_row(conn, child, record, actor, events, seen)
-            if hidden and not coll.soft_delete:
-                # Soft-deleted rows left every view already: they follow silently, so the key holds.
-                ids = [r["id"] for r in hidden]
-                if ref.on_delete is OnDelete.SET_NULL:
-                    conn.execute(child_table.update().where(child_table.c.id.in_(ids)).values({ref.column: None}))
-                else:
-                    conn.execute(child_table.delete().where(child_table.c.id.in_(ids)))
-        if coll.soft_delete:
-            conn.execute(table.update().where(table.c.id == record_id).values({DELETED_AT: utcnow()}))
-        else:
-            conn.execute(table.delete().where(table.c.id == record_id))
-
-    def _clear_reference(
-        self,
-        conn: sa.Connection,
-        coll: Collection,
-        ref: Reference,
-        current: Record,
-        actor: str | None,
-        events: list[ChangeEvent],
-    ) -> None:
-        table = self.tables.by_collection[coll.name]
-        record = {**current, ref.column: None, "updated_at": utcnow(), "version": current["version"] + 1}
-        conn.execute(
-            table.update()
-            .where(table.c.id == current["id"])
-            .values({ref.column: None, "updated_at": record["updated_at"], "version": record["version"]})
-        )
-        previous = {ref.column: current[ref.column]}
-        events.append(self._append(conn, coll, Operation.UPDATED, record, previous, (ref.column,), actor))
-
-    def _check_references(
-        self, conn: sa.Connection, coll: Collection, values: Mapping[str, Any], checks: WriteChecks
-    ) -> None:
-        """Each reference ``values`` set must name a record the writer may read (BAD_USER_INPUT)."""
-        for ref in coll.references:
-            target_id = values.get(ref.column)
-            if target_id is None:
-                continue
-            target = self.collections[ref.target]
-            table = self.tables.by_collection[target.name]
-            query = sa.select(table.c.id).where(
-                table.c.id == target_id, self.where(checks.references.get(ref.column, MATCH_ALL), table)
-            )
-            if conn.execute(self.hide_deleted(target, query)).first() is None:
-                name = camel_case(ref.column)
-                raise BadUserInput(f"{name}: no {target.name} with id {target_id!r}", field=name)
-
-    def _check_guard(self, conn: sa.Connection, coll: Collection, record_id: str, checks: WriteChecks) -> None:
-        """The written row must match ``checks.guard`` (a rule through relations), read back in SQL."""
-        if checks.guard is None:
-            return
-        table = self.tables.by_collection[coll.name]
-        query = sa.select(table.c.id).where(table.c.id == record_id, self.where(checks.guard, table))
-        if conn.execute(query).first() is None:
-            raise Forbidden(f"{coll.name}: not allowed to {checks.action} this record")
 
     def _current(self, conn: sa.Connection, coll: Collection, record_id: str, guard: Filter) -> Record:
         table = self.tables.by_collection[coll.name]
@@ -633,7 +525,7 @@ class Store:
                 raise NotFound(f"No deleted {coll.name} with id {record_id!r}", id=record_id)
             record = self.decode_row(coll, row)
             conn.execute(table.update().where(table.c.id == record_id).values({DELETED_AT: None}))
-            return record, self._append(conn, coll, Operation.RESTORED, record, {}, (), actor)
+            return record, self.append_event(conn, coll, Operation.RESTORED, record, {}, (), actor)
 
         return await self._transaction(work)
 
@@ -654,7 +546,7 @@ class Store:
                 query = query.where(~sa.exists().where(child_table.c[ref.column] == table.c.id))
             conn.execute(query)
 
-    def _append(
+    def append_event(
         self,
         conn: sa.Connection,
         coll: Collection,
