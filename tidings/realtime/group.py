@@ -148,12 +148,14 @@ class Group:
         """``match`` and ``render`` for a group whose filter or selection follows relations: the
         related rows are read first (may raise: the caller delivers nothing of the event then)."""
         related = self.selection.related
-        before, after = await related.views(event)
-        match = self.match(event, (before, after))
-        if match is None:
-            return None
-        record, previous, changed = self._shown(event, match, after)
-        return match, self._payload(event, match, await related.render(record), previous, changed)
+        async with related.snapshot() as snapshot:
+            before, after = await related.views(event, snapshot)
+            match = self.match(event, (before, after))
+            if match is None:
+                return None
+            record, previous, changed = self._shown(event, match, after)
+            shown = await related.render(record, snapshot)
+        return match, self._payload(event, match, shown, previous, changed)
 
     def match(
         self, event: ChangeEvent, views: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None] | None = None

@@ -9,13 +9,15 @@ Two needs, each met with one batch per relation and level, per event and group:
   under the subscriber's rules at every level and handed to the relation resolvers, which
   answer from them (``"$" + response key``) without a load of their own.
 
-Related rows are read when the event is delivered (a snapshot for the filter's rows, one for the
-selection's), not as of the event's commit; the event's own record is as of its commit, as always.
+Related rows are read when the event is delivered, in one snapshot per event and group opened
+only if a read is needed, not as of the event's commit; the event's own record is as of its
+commit, as always.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from graphql import DocumentNode, FieldNode, FragmentDefinitionNode, GraphQLObjectType, GraphQLSchema, get_named_type
@@ -24,7 +26,7 @@ from tidings.events import ChangeEvent
 from tidings.filters import Filter, GuardFor, relations_in
 from tidings.model.collection import Collection
 from tidings.resolvers.prefetch import Nested, attach, fields_of, plan
-from tidings.store import Store
+from tidings.store import Reader, Store
 from tidings.store.relations import expand
 from tidings.types import Record
 
@@ -53,6 +55,21 @@ def nested_plan(
     return plan(record, record_type, fragments, variables, collection, collections, guard_for, max_limit)
 
 
+class Snapshot:
+    """One event's read snapshot for a group, opened on first use (an event the group's filter
+    decides without related rows, and renders without nested ones, opens none)."""
+
+    def __init__(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
+        self._store = store
+        self._stack = stack
+        self._reader: Reader | None = None
+
+    async def reader(self) -> Reader:
+        if self._reader is None:
+            self._reader = await self._stack.enter_async_context(self._store.reader())
+        return self._reader
+
+
 class RelatedRows:
     """What one group reads of related rows per event: for its predicate (``views``) and for its
     selection (``render``)."""
@@ -73,21 +90,25 @@ class RelatedRows:
     def needed(self) -> bool:
         return self.view is not None or bool(self.nested)
 
-    async def views(self, event: ChangeEvent) -> tuple[Record | None, Record | None]:
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Snapshot]:
+        """The read snapshot of one event (views and render share it)."""
+        async with contextlib.AsyncExitStack() as stack:
+            yield Snapshot(self.store, stack)
+
+    async def views(self, event: ChangeEvent, snapshot: Snapshot) -> tuple[Record | None, Record | None]:
         """The record before and after the change, with the related rows the filter reads."""
         before, after = event.before(), event.after()
         if self.view is None:
             return before, after
         records = [r for r in (before, after) if r is not None]
-        async with self.store.reader() as reader:
-            expanded = await expand(reader, self.collection, records, self.view)
+        expanded = await expand(await snapshot.reader(), self.collection, records, self.view)
         it = iter(expanded)
         return (next(it) if before is not None else None), (next(it) if after is not None else None)
 
-    async def render(self, record: Mapping[str, Any]) -> Record:
+    async def render(self, record: Mapping[str, Any], snapshot: Snapshot) -> Record:
         """``record`` with its nested related records, read under the subscriber's rules."""
         out = dict(record)
         if self.nested:
-            async with self.store.reader() as reader:
-                await attach(reader, [out], self.nested)
+            await attach(await snapshot.reader(), [out], self.nested)
         return out
