@@ -16,7 +16,7 @@ from tidings.filters.ast import (
     Related,
     RelationSpec,
 )
-from tidings.filters.parse import GuardFor, equality_terms, parse_filter, relations_in
+from tidings.filters.parse import GuardFor, equality_terms, parse_filter, related_nodes, related_targets, relations_in
 from tidings.filters.predicate import Predicate, compile_predicate
 from tidings.filters.sql import compile_sql
 
@@ -41,5 +41,7 @@ __all__ = [
     "compile_sql",
     "equality_terms",
     "parse_filter",
+    "related_nodes",
+    "related_targets",
     "relations_in",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from tidings.errors import BadUserInput
@@ -160,15 +160,34 @@ def _related(spec: RelationSpec, value: Any, depth: int, guard_for: GuardFor | N
     return parts[0] if len(parts) == 1 else And(tuple(parts))
 
 
+def related_nodes(f: Filter) -> Iterator[Related]:
+    """The relation nodes of ``f``, outermost only (not those nested in them)."""
+    stack = [f]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Related):
+            yield node
+        elif isinstance(node, Not):
+            stack.append(node.item)
+        elif isinstance(node, And | Or):
+            stack.extend(reversed(node.items))
+
+
 def relations_in(f: Filter) -> bool:
     """Whether ``f`` follows a relation anywhere (its predicate then needs ``expand``ed records)."""
-    if isinstance(f, Related):
-        return True
-    if isinstance(f, Not):
-        return relations_in(f.item)
-    if isinstance(f, And | Or):
-        return any(relations_in(i) for i in f.items)
-    return False
+    return next(related_nodes(f), None) is not None
+
+
+def related_targets(f: Filter) -> set[str]:
+    """Every collection ``f`` reads through relations, at any depth (guards included)."""
+    found: set[str] = set()
+    stack = list(related_nodes(f))
+    while stack:
+        node = stack.pop()
+        found.add(node.target)
+        stack.extend(related_nodes(node.guard))
+        stack.extend(related_nodes(node.item))
+    return found
 
 
 def equality_terms(f: Filter) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tidings.auth.permissions import Permissions
 from tidings.auth.principal import Principal
 from tidings.auth.rules import Action, Authorizer
 from tidings.errors import BadUserInput
-from tidings.filters import And, Compare, Filter, GuardFor, Not, Or, Related, compile_predicate, parse_filter
+from tidings.filters import And, Compare, Filter, GuardFor, Not, Or, compile_predicate, parse_filter, related_targets
 from tidings.model.collection import Collection
 from tidings.realtime.aggregate_window import AggregateWindow
 from tidings.realtime.connection_window import ConnectionWindow
@@ -31,7 +31,7 @@ from tidings.realtime.live import LiveExecutor, LiveHub, LiveMember, LiveSource
 from tidings.realtime.window import Count, Single, Window
 from tidings.resolvers.aggregates import aggregate_field, aggregate_spec, requested
 from tidings.resolvers.connections import connection_field, paging
-from tidings.resolvers.convert import order_keys
+from tidings.resolvers.convert import check_page, order_keys
 from tidings.resolvers.crud import count_field
 from tidings.resolvers.prefetch import Nested, plan
 from tidings.store import Store
@@ -199,10 +199,7 @@ class LiveQueries:
                 field="limit",
                 maxRows=self.max_rows,
             )
-        if not 0 <= limit <= self.max_limit:
-            raise BadUserInput(f"limit must be between 0 and {self.max_limit}, got {limit}", field="limit")
-        if offset < 0:
-            raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
+        check_page(limit, offset, self.max_limit)
         order = order_keys(args.get("orderBy"), coll)
         exact = exact and all(column != "updated_at" for column, _ in order)
         window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
@@ -236,30 +233,11 @@ class LiveQueries:
 
 def _depends(f: Filter, nested: tuple[Nested, ...]) -> frozenset[str]:
     """The collections a filter's relations and a selection's nested relations read."""
-    found: set[str] = set()
-    stack: list[Filter] = [f]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Related):
-            found.add(node.target)
-            stack.extend((node.guard, node.item))
-        elif isinstance(node, Not):
-            stack.append(node.item)
-        elif isinstance(node, And | Or):
-            stack.extend(node.items)
+    found = related_targets(f)
     plans = list(nested)
     while plans:
         p = plans.pop()
         found.add(p.target.name)
-        stack = [p.where]
-        while stack:  # the nested relation's own filter may follow relations too
-            node = stack.pop()
-            if isinstance(node, Related):
-                found.add(node.target)
-                stack.extend((node.guard, node.item))
-            elif isinstance(node, Not):
-                stack.append(node.item)
-            elif isinstance(node, And | Or):
-                stack.extend(node.items)
+        found |= related_targets(p.where)  # the nested relation's own filter may follow relations too
         plans.extend(p.nested)
     return frozenset(found)

@@ -32,3 +32,11 @@ def order_keys(order_by: list[Mapping[str, Any]] | None, coll: Collection) -> li
             raise BadUserInput(f"{coll.name}OrderBy: cannot sort by the relation {name!r}", field="orderBy")
         keys.append((spec.column, str(getattr(direction, "value", direction)) == "DESC"))
     return keys
+
+
+def check_page(limit: int | None, offset: int | None, max_limit: int) -> None:
+    """``limit`` and ``offset`` as a list takes them (BAD_USER_INPUT naming the argument)."""
+    if limit is not None and not 0 <= limit <= max_limit:
+        raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
+    if offset is not None and offset < 0:
+        raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")

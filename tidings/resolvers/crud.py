@@ -27,7 +27,7 @@ from tidings.filters import And, Filter, parse_filter
 from tidings.hooks import WriteInfo
 from tidings.model.collection import Collection, camel_case
 from tidings.resolvers.context import DIRECT, Context, transport_only
-from tidings.resolvers.convert import input_columns, order_keys
+from tidings.resolvers.convert import check_page, input_columns, order_keys
 from tidings.resolvers.prefetch import attach, plan
 from tidings.resolvers.relations import read_guard_for, write_checks
 from tidings.resolvers.truncation import read_capped
@@ -132,10 +132,7 @@ def build_query_fields(t: CollectionTypes) -> list[Any]:
     ) -> list[Record]:  # type: ignore[valid-type]
         ctx: Context = info.context
         max_limit = ctx.services.max_limit
-        if limit is not None and not 0 <= limit <= max_limit:
-            raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
-        if offset is not None and offset < 0:
-            raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
+        check_page(limit, offset, max_limit)
         guard = ctx.services.authorizer.guard(coll.name, ctx.principal, Action.READ)
         flt = parse_filter(where, coll.filter_fields, guard_for=read_guard_for(ctx))
         order = order_keys(orderBy, coll)

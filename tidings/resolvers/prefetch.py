@@ -25,12 +25,11 @@ from graphql import (
 from graphql.execution import get_argument_values
 from graphql.execution.values import VariableValues
 
-from tidings.errors import BadUserInput
 from tidings.filters import MATCH_NONE, And, Filter, GuardFor, parse_filter
 from tidings.model.collection import Collection
 from tidings.model.names import camel_case
 from tidings.model.relations import BackReference, Reference
-from tidings.resolvers.convert import order_keys
+from tidings.resolvers.convert import check_page, order_keys
 from tidings.store import Reader
 from tidings.store.relations import by_ids, children
 from tidings.types import Record
@@ -114,10 +113,7 @@ def plan(
                 continue
             args = get_argument_values(field_def, node, variables)
             limit, offset = args.get("limit"), args.get("offset") or 0
-            if limit is not None and not 0 <= limit <= max_limit:
-                raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
-            if offset < 0:
-                raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
+            check_page(limit, offset, max_limit)
             via = next(r for r in target.references if r.name == relation.via)
             where = parse_filter(args.get("where"), target.filter_fields, guard_for=guard_for)
             plans.append(

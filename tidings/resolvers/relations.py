@@ -18,13 +18,12 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
 from tidings.auth.rules import Action
-from tidings.errors import BadUserInput
 from tidings.filters import MATCH_NONE, And, Filter, GuardFor, parse_filter
 from tidings.model.collection import Collection
 from tidings.model.names import camel_case
 from tidings.model.relations import BackReference, Reference
 from tidings.resolvers.context import DIRECT, Context
-from tidings.resolvers.convert import order_keys
+from tidings.resolvers.convert import check_page, order_keys
 from tidings.resolvers.prefetch import NESTED_ROWS
 from tidings.schema.types import CollectionTypes
 from tidings.store.referential import WriteChecks
@@ -114,10 +113,7 @@ def _back_reference_field(coll: Collection, back: BackReference, target: Collect
             return root[key]  # type: ignore[no-any-return]
         ctx: Context = info.context
         max_limit = ctx.services.max_limit
-        if limit is not None and not 0 <= limit <= max_limit:
-            raise BadUserInput(f"limit must be between 0 and {max_limit}, got {limit}", field="limit")
-        if offset is not None and offset < 0:
-            raise BadUserInput(f"offset must be >= 0, got {offset}", field="offset")
+        check_page(limit, offset, max_limit)
         arguments = orjson.dumps([where, orderBy, limit, offset], default=_plain).decode()
 
         async def load(parent_ids: list[str]) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tidings.errors import BadUserInput
-from tidings.filters import MATCH_ALL, And, Filter, Not, Or, Quantifier, Related
+from tidings.filters import MATCH_ALL, And, Filter, Not, Or, Quantifier, Related, related_nodes
 from tidings.model.collection import Collection
 from tidings.model.names import camel_case
 from tidings.store.reads import Reader, order_clauses
@@ -106,17 +106,6 @@ async def children(
     return result
 
 
-def _relations(f: Filter, into: dict[str, list[Related]]) -> None:
-    """The relation nodes of ``f`` (not those nested in them), by relation name."""
-    if isinstance(f, Related):
-        into.setdefault(f.relation, []).append(f)
-    elif isinstance(f, Not):
-        _relations(f.item, into)
-    elif isinstance(f, And | Or):
-        for item in f.items:
-            _relations(item, into)
-
-
 async def expand(
     reader: Reader, coll: Collection, records: Sequence[Mapping[str, Any]], f: Filter
 ) -> list[dict[str, Any]]:
@@ -125,7 +114,8 @@ async def expand(
     SELECT per relation and level, for all the records together."""
     out = [dict(r) for r in records]
     found: dict[str, list[Related]] = {}
-    _relations(f, found)
+    for node in related_nodes(f):
+        found.setdefault(node.relation, []).append(node)
     if not out or not found:
         return out
     collections = reader.store.collections
