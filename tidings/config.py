@@ -183,6 +183,12 @@ class Settings:
         50.0, "channel publishes per second per user, all connections together (0 = off)", AT_LEAST_0
     )
     rate_user_publish_burst: int = _field(100, "channel publishes a user may send at once", AT_LEAST_1)
+    rate_redis_timeout: float = _field(
+        0.1,
+        "seconds a per-user budget call to Redis may hold a request; beyond, this process counts on its own "
+        "budgets for 5 s",
+        ABOVE_0,
+    )
     # channels and presence
     channel_max_payload: int = _field(16_384, "largest channel event data or presence meta, bytes of JSON", AT_LEAST_1)
     presence_ttl: float = _field(

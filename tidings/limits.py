@@ -51,8 +51,8 @@ return tostring(wait)
 """
 
 _REDIS_RETRY = 5.0  # seconds of local buckets after Redis failed, before trying it again
-# A stalled Redis holds a request at most this long before the process falls back to
-# its own budgets: a mutation is never held for Redis beyond it.
+# A stalled Redis holds a request at most this long (--rate-redis-timeout) before the
+# process falls back to its own budgets: a mutation is never held for Redis beyond it.
 _REDIS_TIMEOUT = 0.1
 
 
@@ -134,6 +134,7 @@ class Limits:
         max_keys: int = 100_000,
         publish: Rate = _OFF,
         user_publish: Rate = _OFF,
+        redis_timeout: float = _REDIS_TIMEOUT,
     ) -> None:
         self.subscribe = subscribe
         self.user_subscribe = user_subscribe
@@ -143,6 +144,7 @@ class Limits:
         self.publish = publish
         self.user_publish = user_publish
         self.redis_url = redis_url
+        self.redis_timeout = redis_timeout
         self.prefix = prefix
         self.clock = clock
         self.max_keys = max_keys
@@ -166,6 +168,7 @@ class Limits:
             prefix=settings.channel + ":rate",
             publish=Rate(settings.rate_publish, settings.rate_publish_burst),
             user_publish=Rate(settings.rate_user_publish, settings.rate_user_publish_burst),
+            redis_timeout=settings.rate_redis_timeout,
         )
 
     async def start(self) -> None:
@@ -174,7 +177,7 @@ class Limits:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.from_url(
-            self.redis_url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT
+            self.redis_url, socket_timeout=self.redis_timeout, socket_connect_timeout=self.redis_timeout
         )
         self._script = self._redis.register_script(_REDIS_BUCKET)
 
@@ -277,7 +280,7 @@ class Limits:
         if self._script is not None and self.clock() >= self._redis_down_until:
             key = f"{self.prefix}:{kind}:{who}"
             try:
-                async with asyncio.timeout(_REDIS_TIMEOUT):
+                async with asyncio.timeout(self.redis_timeout):
                     reply = await self._script(keys=[key], args=[rate.per_second, rate.burst])
                 return float(reply)
             except Exception as exc:  # any failure of Redis: count locally, never fail the request
