@@ -74,6 +74,21 @@ async def test_reconnect_with_after_replays_exactly_what_was_missed_then_goes_li
     await ws.close()
 
 
+async def test_resume_replays_only_the_subscriptions_own_collection(server: Server, http: httpx.AsyncClient) -> None:
+    # The log holds every collection's events; a replay page is read whole.
+    for i in range(3):
+        await post_many(http, [("r1", f"m{i}")])
+        await create(http, title=f"t{i}")
+    ws = await WS.open(server.ws_url)
+    await ws.init()
+    everything = 'subscription { messageEvents(after: "0") { seq operation record { body } } }'
+    await ws.subscribe("1", everything)
+    got = events_of([await ws.recv() for _ in range(3)])
+    assert [body for _, body in got] == ["m0", "m1", "m2"]
+    assert await ws.no_message()
+    await ws.close()
+
+
 async def test_resume_while_writes_continue_has_no_gap_and_no_duplicate(
     server: Server, http: httpx.AsyncClient
 ) -> None:

@@ -170,6 +170,8 @@ class Group:
         of the view would go wrong.
         """
         sel = self.selection
+        if event.collection != sel.collection.name:
+            return None  # a replay reads the whole log: every collection's events
         if sel.operations is not None and event.operation not in sel.operations:
             return None
         if sel.record_id is not None and event.record_id != sel.record_id:
