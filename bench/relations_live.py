@@ -302,7 +302,7 @@ async def measure(
         targets = [(c, c.done + 1) for c in expect]
         await change()
         if crowd is not None and targets:
-            await crowd.until(lambda: all(c.done >= t for c, t in targets), timeout, "patches")
+            await crowd.until(lambda targets=targets: all(c.done >= t for c, t in targets), timeout, "patches")
         await idle(server)
     cpu, sel = server.cpu() - cpu0, server.selects()
     n = len(changes)
@@ -455,12 +455,16 @@ def plan_a(
 def report_a(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: dict[str, float]) -> None:
     per_group = args.subscribers // args.groups
     print(
-        f"\nCase A: {args.subscribers} subscribers of `tasks(where: {{projectId: {{eq: $p}}}}, orderBy: createdAt DESC, "
-        f"limit: 20)` in {args.groups} groups ({per_group} each), {args.tasks} tasks per project; "
+        f"\nCase A: {args.subscribers} subscribers of `tasks(where: {{projectId: {{eq: $p}}}}, "
+        f"orderBy: createdAt DESC, limit: 20)` in {args.groups} groups ({per_group} each), "
+        f"{args.tasks} tasks per project; "
         f"{args.changes} changes of each kind per round, medians of {args.rounds} rounds"
     )
     print("server CPU ms per change (the mutation included):")
-    print(f"{'change':<16}{'no subscriber':>14}{'no relation':>13}{'relation':>10}{'rel/no-rel':>12}   SELECTs per change (relation)")
+    print(
+        f"{'change':<16}{'no subscriber':>14}{'no relation':>13}{'relation':>10}{'rel/no-rel':>12}"
+        "   SELECTs per change (relation)"
+    )
     for kind in ("task update", "task create", "project rename"):
         base = res[(kind, "baseline")].cpu_ms
         rel = res[(kind, "relation")]
@@ -472,7 +476,10 @@ def report_a(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: dic
             f"   {fmt_selects(extra)} (beyond the mutation's own)"
         )
     print("beyond the mutation (minus the no-subscriber server), against re-executing the subscribers' queries:")
-    print(f"{'change':<16}{'no relation':>13}{'relation':>10}{'rel/no-rel':>12}{'requery affected':>18}{'requery all':>13}{'all/rel':>9}")
+    print(
+        f"{'change':<16}{'no relation':>13}{'relation':>10}{'rel/no-rel':>12}"
+        f"{'requery affected':>18}{'requery all':>13}{'all/rel':>9}"
+    )
     for kind in ("task update", "task create", "project rename"):
         base = res[(kind, "baseline")].cpu_ms
         rel = res[(kind, "relation")].cpu_ms - base
@@ -546,7 +553,9 @@ async def case_b(args: argparse.Namespace, work: Path) -> None:
                         for m in modes:
                             room = rooms[m]
                             changes = plan_b(kind, r, args, room, owners[m], posters[m], crowd if m == "live" else None)
-                            batch = await measure(servers[m], crowd if m == "live" else None, changes, args.step_timeout)
+                            batch = await measure(
+                                servers[m], crowd if m == "live" else None, changes, args.step_timeout
+                            )
                             results.setdefault((kind, m), []).append(batch)
                     requeries.append(await requery(servers["live"], crowd, r + 1, args.step_timeout))
             problems = [f"live: {e}" for e in crowd.errors()[:3]]
@@ -598,9 +607,13 @@ def report_b(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: flo
     print(
         f"\nCase B: a room of {args.members} members, Message.read through room.members (some userId = $sub); "
         f"{args.users} members each hold `messages(where: {{roomId: {{eq: $r}}}}, orderBy: createdAt DESC, limit: 20)` "
-        f"live ({args.users} groups); {args.member_changes} changes of each kind per round, medians of {args.rounds} rounds"
+        f"live ({args.users} groups); {args.member_changes} changes of each kind per round, "
+        f"medians of {args.rounds} rounds"
     )
-    print(f"{'change':<19}{'no subscriber':>14}{'live':>9}{'beyond':>9}{'refills':>9}{'requery all':>13}{'all/live':>10}   SELECTs beyond the mutation's own")
+    print(
+        f"{'change':<19}{'no subscriber':>14}{'live':>9}{'beyond':>9}{'refills':>9}{'requery all':>13}{'all/live':>10}"
+        "   SELECTs beyond the mutation's own"
+    )
     every = args.users * q
     for kind in ("remove other", "add other", "remove subscriber", "add subscriber", "post"):
         base, live = res[(kind, "baseline")], res[(kind, "live")]

@@ -46,7 +46,7 @@ def install_counter(path: str) -> None:
     slots = {name: i * SLOT.size for i, name in enumerate(TABLES)}
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if not statement.lstrip()[:6].upper() == "SELECT":
+        if statement.lstrip()[:6].upper() != "SELECT":
             return
         found = FIRST_TABLE.search(statement)
         offset = slots.get(found.group(1) if found else "other", slots["other"])

@@ -35,6 +35,7 @@ from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
 from tidings.realtime.patch import diff
+from tidings.realtime.relevance import Relevance
 from tidings.realtime.window import Count, Needs, Single, Window
 from tidings.resolvers.prefetch import Nested, attach
 from tidings.schema.extensions import classify_all
@@ -118,10 +119,17 @@ class LiveSource:
         self.nested = tuple(nested)
         self.depends = depends
         self.refetch = bool(self.nested or self.depends)
+        self.relevance = Relevance(where, self.nested, collection.name) if depends else None
 
     def touched_by(self, event: ChangeEvent) -> bool:
-        """Whether ``event`` may change this source (its own collection, or one it depends on)."""
-        return event.collection == self.collection.name or event.collection in self.depends
+        """Whether ``event`` may change this source: any of its own collection's; of a collection it
+        depends on, those that may change what it shows (a renamed project its rows reference, a
+        membership of the member it reads for; see relevance.py)."""
+        if event.collection == self.collection.name:
+            return True
+        if event.collection not in self.depends:
+            return False
+        return self.relevance is None or self.relevance.may_change(event, self.kept)
 
     async def reload(self, reader: Reader) -> None:
         kept = self.kept
