@@ -145,14 +145,15 @@ async def test_a_renamed_project_reads_again_only_the_windows_showing_it(server:
             await ok(http, RENAME, id=b, n="B2")
             await follow(ws_b, live_b, await ok(http, BOARD.replace(" @live", ""), p=b))
             assert live_b.data["tasks"] == [{"title": "b1", "project": {"name": "B2"}}]
-            # A's window reads once, for its own task: it reaches A after the rename, in seq order.
+            # A's window applies its own task, which reaches it after the rename (seq order), with
+            # the project its other row shows: no read.
             await new(http, "Task", title="a2", projectId=a)
             await follow(ws_a, live_a, await ok(http, BOARD.replace(" @live", ""), p=a))
-            assert (group_a.reads, group_b.reads) == (1, 1)
+            assert (group_a.reads, group_b.reads) == (0, 1)
             await ok(http, RENAME, id=a, n="A2")
             await follow(ws_a, live_a, await ok(http, BOARD.replace(" @live", ""), p=a))
             assert {t["project"]["name"] for t in live_a.data["tasks"]} == {"A2"}
-            assert (group_a.reads, group_b.reads) == (2, 1)
+            assert (group_a.reads, group_b.reads) == (1, 1)
         finally:
             await ws_a.close()
             await ws_b.close()
@@ -196,3 +197,40 @@ async def test_a_membership_reads_again_only_the_member_it_is_of(server: Server)
         finally:
             await ws_b.close()
             await ws_c.close()
+
+
+LATEST = """query($tag: String!) @live {
+  tasks(where: {title: {startsWith: $tag}}, orderBy: [{createdAt: DESC}], limit: 3) { title project { name } }
+}"""
+UPDATE = "mutation($id: ID!, $v: UpdateTaskInput!) { updateTask(id: $id, input: $v) { id } }"
+
+
+async def test_a_window_nesting_a_relation_applies_its_own_changes_reading_only_what_it_lacks(server: Server) -> None:
+    async with client(server) as http:
+        tag = f"w{id(http)}-"
+        a, b = await new(http, "Project", name="WA"), await new(http, "Project", name="WB")
+        first = await new(http, "Task", title=tag + "1", projectId=a)
+        ws, kept, group = await live(server, LATEST, {"tag": tag})
+        reads = []
+
+        async def step(change: Any) -> Any:
+            done = await change
+            await follow(ws, kept, await ok(http, LATEST.replace(" @live", ""), tag=tag))
+            reads.append(group.reads)
+            return done
+
+        try:
+            await step(new(http, "Task", title=tag + "2", projectId=a))  # its project is shown already
+            await step(new(http, "Task", title=tag + "3"))  # no project
+            await step(ok(http, UPDATE, id=first, v={"title": tag + "1b"}))  # its own project, kept
+            fourth = await step(new(http, "Task", title=tag + "4", projectId=b))  # a project not shown: one read
+            await step(ok(http, UPDATE, id=first, v={"title": tag + "1c"}))  # outside the window now
+            await step(ok(http, "mutation($id: ID!) { deleteTask(id: $id) { id } }", id=fourth))  # one fill
+            assert reads == [0, 0, 0, 1, 1, 2]
+            assert [(t["title"][len(tag) :], t["project"]) for t in kept.data["tasks"]] == [
+                ("3", None),
+                ("2", {"name": "WA"}),
+                ("1c", {"name": "WA"}),
+            ]
+        finally:
+            await ws.close()

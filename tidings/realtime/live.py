@@ -34,6 +34,7 @@ from tidings.limits import TokenBucket
 from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
+from tidings.realtime.live_nested import NestedRows
 from tidings.realtime.patch import diff
 from tidings.realtime.relevance import Relevance
 from tidings.realtime.window import Count, Needs, Single, Window
@@ -114,12 +115,16 @@ class LiveSource:
         self.where = where  # read guard and filter, as the plain query would read
         self.order = order or []
         # Relations: the related records its selection nests (read with its rows), and the other
-        # collections its filter, rules or selection read. A change to any of them, or to its own
-        # collection, reads the source again: one bounded query per group, never per subscriber.
+        # collections its filter, rules or selection read. A change to one of them that may change
+        # what it shows reads the source again: one bounded query per group, never per subscriber.
+        # Its own collection's changes too, unless only its selection nests relations: then they are
+        # applied to its window, and the rows coming in take their nested records (live_nested.py).
         self.nested = tuple(nested)
         self.depends = depends
         self.refetch = bool(self.nested or self.depends)
         self.relevance = Relevance(where, self.nested, collection.name) if depends else None
+        self.nested_rows = NestedRows.of(kept, where, self.nested, collection.name)
+        self.applies_own = not self.refetch or self.nested_rows is not None
 
     def touched_by(self, event: ChangeEvent) -> bool:
         """Whether ``event`` may change this source: any of its own collection's; of a collection it
@@ -148,14 +153,37 @@ class LiveSource:
         else:
             await kept.reload(reader)
 
+    def needs(self) -> int:
+        kept, nested = self.kept, self.nested_rows
+        needs = kept.needs()
+        if needs == Needs.NOTHING and nested is not None and isinstance(kept, Window | Single) and nested.missing(kept):
+            return Needs.FILL  # rows that came in from events, waiting for their nested records
+        return needs
+
+    def apply(self, event: ChangeEvent) -> bool:
+        """Apply an event of its own collection (``applies_own``); True if what it keeps changed."""
+        kept, nested = self.kept, self.nested_rows
+        if nested is None:
+            return kept.apply(event)
+        assert isinstance(kept, Window | Single)
+        old = nested.previous(kept, event.record_id)
+        changed = kept.apply(event)
+        if changed:
+            nested.carry(kept, old, event.record_id)
+        return changed
+
     async def fill(self, reader: Reader) -> None:
         kept = self.kept
-        if not isinstance(kept, Window):
-            assert not isinstance(kept, Count | Single)  # they never need a fill
+        if isinstance(kept, Window):
+            if kept.needs() == Needs.FILL:
+                offset, limit = kept.fill_request()
+                kept.fill(await reader.list(self.collection, self.where, self.order, limit, offset), limit)
+        elif not isinstance(kept, Single):
+            assert not isinstance(kept, Count)  # it never needs a fill
             await kept.fill(reader)
             return
-        offset, limit = kept.fill_request()
-        kept.fill(await reader.list(self.collection, self.where, self.order, limit, offset), limit)
+        if self.nested_rows is not None:
+            await self.nested_rows.fill(reader, kept)
 
 
 class LiveMember:
@@ -243,11 +271,10 @@ class LiveGroup:
         self.seq = event.seq
         changed = False
         for source in self.sources:
-            if source.refetch:
-                if source.touched_by(event):
-                    source.kept.stale = True  # read again (settle): one query for the whole group
-                    changed = True
-            elif source.collection.name == event.collection and source.kept.apply(event):
+            if source.collection.name == event.collection and source.applies_own:
+                changed = source.apply(event) or changed
+            elif source.refetch and source.touched_by(event):
+                source.kept.stale = True  # read again (settle): one query for the whole group
                 changed = True
         return changed
 
@@ -266,7 +293,7 @@ class LiveGroup:
         return ("eq", column, terms[column])
 
     def _needs_read(self) -> bool:
-        return any(s.kept.needs() != Needs.NOTHING for s in self.sources)
+        return any(s.needs() != Needs.NOTHING for s in self.sources)
 
     def _start_read(self) -> None:
         self.busy = True
@@ -304,12 +331,12 @@ class LiveGroup:
                     not self.overflowed
                     and snapshot <= self._position()
                     and all(e.seq > snapshot for e in self.backlog)
-                    and all(s.kept.needs() != Needs.RELOAD for s in self.sources)
+                    and all(s.needs() != Needs.RELOAD for s in self.sources)
                 )
                 self.overflowed = False
                 if exact:
                     for source in self.sources:
-                        if source.kept.needs() == Needs.FILL:
+                        if source.needs() == Needs.FILL:
                             await source.fill(reader)
                 else:
                     for source in self.sources:
