@@ -18,6 +18,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 import orjson
+import sqlalchemy as sa
 from graphql import (
     GraphQLError,
     GraphQLObjectType,
@@ -125,6 +126,7 @@ class LiveSource:
         self.relevance = Relevance(where, self.nested, collection.name) if depends else None
         self.nested_rows = NestedRows.of(kept, where, self.nested, collection.name)
         self.applies_own = not self.refetch or self.nested_rows is not None
+        self.query: sa.Select[Any] | None = None
 
     def touched_by(self, event: ChangeEvent) -> bool:
         """Whether ``event`` may change this source: any of its own collection's; of a collection it
@@ -139,7 +141,7 @@ class LiveSource:
     async def reload(self, reader: Reader) -> None:
         kept = self.kept
         if isinstance(kept, Window):
-            rows = await reader.list(self.collection, self.where, self.order, kept.limit, kept.offset)
+            rows = await reader.page(self.collection, self._query(reader), kept.limit, kept.offset)
             if self.nested and rows:
                 await attach(reader, rows, self.nested)
             kept.load(rows)
@@ -152,6 +154,12 @@ class LiveSource:
             kept.load(record)
         else:
             await kept.reload(reader)
+
+    def _query(self, reader: Reader) -> sa.Select[Any]:
+        """The window's SELECT, built on its first read (its filter and order never change)."""
+        if self.query is None:
+            self.query = reader.list_query(self.collection, self.where, self.order)
+        return self.query
 
     def needs(self) -> int:
         kept, nested = self.kept, self.nested_rows
@@ -177,7 +185,7 @@ class LiveSource:
         if isinstance(kept, Window):
             if kept.needs() == Needs.FILL:
                 offset, limit = kept.fill_request()
-                kept.fill(await reader.list(self.collection, self.where, self.order, limit, offset), limit)
+                kept.fill(await reader.page(self.collection, self._query(reader), limit, offset), limit)
         elif not isinstance(kept, Single):
             assert not isinstance(kept, Count)  # it never needs a fill
             await kept.fill(reader)

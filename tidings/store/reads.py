@@ -131,9 +131,23 @@ class Reader:
         backward: bool = False,
     ) -> list[Record]:
         """``backward``: the same order read from its end (see ``order_clauses``)."""
+        return await self.page(coll, self.list_query(coll, where, order_by, backward=backward), limit, offset)
+
+    def list_query(
+        self, coll: Collection, where: Filter, order_by: Sequence[tuple[str, bool]] = (), *, backward: bool = False
+    ) -> sa.Select[Any]:
+        """The SELECT ``list`` reads, without its page. Built once, it can be read again and again
+        (a live window's refills): building a filter's SQL, EXISTS for its relations, costs more
+        than reading a page of it."""
         table = self._store.tables.by_collection[coll.name]
         query = self._store.hide_deleted(coll, sa.select(table).where(self._store.where(where, table)))
-        query = query.order_by(*order_clauses(table, order_by, self._store.dialect, backward=backward)).offset(offset)
+        return query.order_by(*order_clauses(table, order_by, self._store.dialect, backward=backward))
+
+    async def page(
+        self, coll: Collection, query: sa.Select[Any], limit: int | None = None, offset: int = 0
+    ) -> builtins.list[Record]:
+        """The records of a ``list_query`` from ``offset``, at most ``limit``."""
+        query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
         return [self._store.decode_row(coll, row) for row in await self._rows(query)]
