@@ -2,12 +2,12 @@
 event alone: a project renamed changes the windows showing one of its tasks, not every window of
 tasks; a member removed changes what that member reads, not what the others do.
 
-A source depends on another collection through its filter and rules (``Related`` nodes) and
-through its nested selection (``Nested`` plans). Each way in gives a check; an event of that
-collection may change the result when any check says so. Anything not covered here says yes
-(the source is read again, as before): relations inside a related node's own filter, soft-deleted
-targets, nested relations below the first level, filters on ``updatedAt`` (whose old value no
-event keeps).
+A source depends on another collection through its filter and rules (``Related`` nodes, their
+paths as ``related_changes.Paths`` walks them for event subscriptions) and through its nested
+selection (``Nested`` plans). Each way in gives a check; an event of that collection may change
+the result when any check says so. Anything not covered here says yes (the source is read again,
+as before): relations inside a related node's own filter, nested relations below the first
+level, filters on ``updatedAt`` (whose old value no event keeps).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tidings.events import ChangeEvent
-from tidings.filters import Compare, Filter, Not, Predicate, Quantifier, Related, compile_predicate, related_nodes
+from tidings.filters import Compare, Filter, Not, Related
+from tidings.realtime.related_changes import Paths
 from tidings.realtime.window import Single, Window, before_of
 from tidings.resolvers.prefetch import Nested
 from tidings.types import Record
@@ -25,38 +26,28 @@ __all__ = ["Relevance"]
 
 
 def _plain(f: Filter) -> bool:
-    """Whether ``f`` reads only its own row's columns, all of them kept in events."""
-    if isinstance(f, Related):
-        return False
+    """Whether ``f`` compares only columns whose old values events keep (not ``updatedAt``)."""
     if isinstance(f, Compare):
         return f.column != "updated_at"
     if isinstance(f, Not):
         return _plain(f.item)
+    if isinstance(f, Related):
+        return _plain(f.guard) and _plain(f.item)
     return all(_plain(i) for i in f.items)
 
 
 class _Counts:
-    """A related node over the target's rows: does the changed row count, before or after?
+    """The relation paths of a filter ending at the changed row's collection: the row may change
+    the result unless it moves none of them (``related_changes.Paths.unmoved``: it counts, or not,
+    alike before and after, under the same parent)."""
 
-    Some/none/every read a set of related rows: a row that counts neither before nor after (for
-    some and none: guard and filter false; for every: guard true and filter true, or guard false)
-    changes no parent's answer, wherever it moved. To one reads the referenced row itself (by id,
-    which never changes): its answer changes only if guard and filter answer differently."""
-
-    def __init__(self, node: Related) -> None:
-        guard, item = compile_predicate(node.guard), compile_predicate(node.item)
-        self.one = node.quantifier is Quantifier.ONE
-        self.counts: Predicate
-        if node.quantifier is Quantifier.EVERY:
-            self.counts = lambda r: guard(r) and not item(r)
-        else:
-            self.counts = lambda r: guard(r) and item(r)
+    def __init__(self, paths: Paths, nodes: Sequence[Related]) -> None:
+        self.paths = paths
+        self.nodes = tuple(nodes)
 
     def __call__(self, event: ChangeEvent, rows: Any) -> bool:
         before, after = before_of(event), event.after()
-        was = before is not None and self.counts(before)
-        now = after is not None and self.counts(after)
-        return was != now if self.one else was or now
+        return not all(self.paths.unmoved(n, before, after) for n in self.nodes)
 
 
 class _Refers:
@@ -101,15 +92,10 @@ class Relevance:
         self.checks.setdefault(collection, []).append(check)
 
     def _filter(self, f: Filter) -> None:
-        stack = list(related_nodes(f))
-        while stack:
-            node = stack.pop()
-            simple = _plain(node.guard) and _plain(node.item) and not node.soft_delete
-            if node.quantifier is Quantifier.ONE and node.target_column != "id":
-                simple = False
-            self._add(node.target, _Counts(node) if simple else _always)
-            stack.extend(related_nodes(node.guard))
-            stack.extend(related_nodes(node.item))
+        paths = Paths(f)
+        for target, found in paths.by_target.items():
+            nodes = [path[-1] for path in found]
+            self._add(target, _Counts(paths, nodes) if all(_plain(n) for n in nodes) else _always)
 
     def _below(self, plans: Iterable[Nested]) -> None:
         for p in plans:
