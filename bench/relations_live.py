@@ -342,6 +342,7 @@ def print_profile(server: Counted, top: int = 30) -> None:
     print(f"\ncProfile of {server.profile.stem} (event loop thread), by own time:")
     stats = pstats.Stats(str(server.profile), stream=sys.stdout)
     stats.sort_stats("tottime").print_stats(top)
+    stats.print_callers(8)  # who calls the costliest eight
 
 
 def med(batches: list[Batch]) -> Batch:
@@ -349,7 +350,7 @@ def med(batches: list[Batch]) -> Batch:
 
 
 def fmt_selects(s: dict[str, float]) -> str:
-    return " ".join(f"{t} {v:g}" for t, v in s.items() if v) or "none"
+    return " ".join(f"{t} {round(v, 2):g}" for t, v in s.items() if round(v, 2)) or "none"
 
 
 # -- case A: one relation level, 1,000 subscribers in 50 groups ----------------------------------
@@ -489,7 +490,7 @@ def report_a(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: dic
         affected, every = per_group * q["relation"], args.subscribers * q["relation"]
         print(
             f"{kind:<16}{plain:>13.2f}{rel:>10.2f}{ratio:>12}{affected:>18.1f}{every:>13.1f}"
-            f"{every / rel if rel > 0 else float('nan'):>8.0f}x"
+            f"{f'{every / rel:.0f}x' if rel > 0 else '-':>9}"
         )
     print(
         f"one re-execution: {q['relation']:.2f} ms with the relation, {q['plain']:.2f} ms without "
@@ -621,7 +622,7 @@ def report_b(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: flo
         beyond = live.cpu_ms - base.cpu_ms
         print(
             f"{kind:<19}{base.cpu_ms:>14.2f}{live.cpu_ms:>9.2f}{beyond:>9.2f}{extra['messages']:>9g}{every:>13.1f}"
-            f"{every / beyond if beyond > 0 else float('nan'):>9.1f}x   {fmt_selects(extra)}"
+            f"{f'{every / beyond:.0f}x' if beyond > 0 else '-':>10}   {fmt_selects(extra)}"
         )
     print(
         f"server CPU ms per change; beyond = minus the no-subscriber server; refills = SELECTs of messages per change; "
@@ -636,10 +637,10 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000, help="case A: live subscribers")
     parser.add_argument("--groups", type=int, default=50, help="case A: projects, one group each")
     parser.add_argument("--tasks", type=int, default=30, help="case A: tasks per project before")
-    parser.add_argument("--changes", type=int, default=20, help="case A: changes of each kind per round")
+    parser.add_argument("--changes", type=int, default=30, help="case A: changes of each kind per round")
     parser.add_argument("--members", type=int, default=1000, help="case B: members of the room")
     parser.add_argument("--users", type=int, default=200, help="case B: members holding a live query")
-    parser.add_argument("--member-changes", type=int, default=6, help="case B: changes of each kind per round")
+    parser.add_argument("--member-changes", type=int, default=12, help="case B: changes of each kind per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--step-timeout", type=float, default=60.0)
     parser.add_argument("--max-seconds", type=float, default=600.0, help="the whole run stops after this long")

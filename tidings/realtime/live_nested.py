@@ -45,6 +45,9 @@ class NestedRows:
     def __init__(self, plans: Sequence[Nested]) -> None:
         self.plans = tuple(plans)
         self.keys = tuple("$" + p.key for p in self.plans)
+        # Rows lack nested records only after ``carry`` left one so (a window's own fill is followed
+        # by ``fill`` here, a reload attaches them all): until then ``missing`` need not look.
+        self.maybe_missing = False
 
     @classmethod
     def of(cls, kept: Any, where: Filter, plans: Sequence[Nested], own: str) -> NestedRows | None:
@@ -83,9 +86,12 @@ class NestedRows:
                 if donor is not None:
                     new[k] = donor[k]
             _put(kept, i, new)
+            self.maybe_missing = self.maybe_missing or not self.complete(new)
 
     def missing(self, kept: Window | Single) -> bool:
-        return not all(self.complete(r) for r in _rows(kept))
+        if self.maybe_missing:
+            self.maybe_missing = not all(self.complete(r) for r in _rows(kept))
+        return self.maybe_missing
 
     async def fill(self, reader: Reader, kept: Window | Single) -> None:
         """Read the nested records of the rows lacking them (one SELECT per plan and level)."""
