@@ -269,7 +269,7 @@ async def connect_all(server: Counted, specs: list[tuple[str, str, dict[str, Any
     return crowd
 
 
-async def idle(server: Counted, quiet: float = 0.08, poll: float = 0.02, timeout: float = 60) -> None:
+async def idle(server: Counted, quiet: float = 0.05, poll: float = 0.01, timeout: float = 60) -> None:
     """Until the server's CPU time and SELECT counts stay still for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
     last, since = (server.cpu(), server.selects()), time.monotonic()
@@ -347,6 +347,14 @@ def print_profile(server: Counted, top: int = 30) -> None:
 
 def med(batches: list[Batch]) -> Batch:
     return Batch(median([b.cpu_ms for b in batches]), {t: median([b.selects[t] for b in batches]) for t in TABLES})
+
+
+def times(a: float, b: float) -> str:
+    """``a / b`` as a ratio, or "-" when ``b`` is too small to divide by (the clock ticks at 10 ms)."""
+    if b <= 0:
+        return "-"
+    r = a / b
+    return f"{r:.1f}x" if r < 10 else f"{r:.0f}x"
 
 
 def fmt_selects(s: dict[str, float]) -> str:
@@ -488,10 +496,7 @@ def report_a(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: dic
         plain = plain_b.cpu_ms - base if plain_b else float("nan")
         ratio = f"{rel / plain:.2f}x" if plain_b and plain > 0 else "-"
         affected, every = per_group * q["relation"], args.subscribers * q["relation"]
-        print(
-            f"{kind:<16}{plain:>13.2f}{rel:>10.2f}{ratio:>12}{affected:>18.1f}{every:>13.1f}"
-            f"{f'{every / rel:.0f}x' if rel > 0 else '-':>9}"
-        )
+        print(f"{kind:<16}{plain:>13.2f}{rel:>10.2f}{ratio:>12}{affected:>18.1f}{every:>13.1f}{times(every, rel):>9}")
     print(
         f"one re-execution: {q['relation']:.2f} ms with the relation, {q['plain']:.2f} ms without "
         f"({args.subscribers} at once over the subscribers' connections); requery affected = the "
@@ -622,7 +627,7 @@ def report_b(args: argparse.Namespace, res: dict[tuple[str, str], Batch], q: flo
         beyond = live.cpu_ms - base.cpu_ms
         print(
             f"{kind:<19}{base.cpu_ms:>14.2f}{live.cpu_ms:>9.2f}{beyond:>9.2f}{extra['messages']:>9g}{every:>13.1f}"
-            f"{f'{every / beyond:.0f}x' if beyond > 0 else '-':>10}   {fmt_selects(extra)}"
+            f"{times(every, beyond):>10}   {fmt_selects(extra)}"
         )
     print(
         f"server CPU ms per change; beyond = minus the no-subscriber server; refills = SELECTs of messages per change; "
@@ -653,10 +658,11 @@ async def main() -> None:
     started = time.monotonic()
     async with asyncio.timeout(args.max_seconds):
         with tempfile.TemporaryDirectory(prefix="tidings-bench-relations-live-") as tmp:
-            if "a" in args.cases.split(","):
-                await case_a(args, Path(tmp))
-            if "b" in args.cases.split(","):
-                await case_b(args, Path(tmp))
+            for case, run in (("a", case_a), ("b", case_b)):
+                if case in args.cases.split(","):
+                    began = time.monotonic()
+                    await run(args, Path(tmp))
+                    print(f"  case {case.upper()}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
     print(f"\n({time.monotonic() - started:.0f} s)")
 
 
