@@ -251,3 +251,46 @@ def count_selects_of(engine: Any) -> tuple[list[str], Any]:
 
     sa.event.listen(engine, "before_cursor_execute", record)
     return seen, lambda: sa.event.remove(engine, "before_cursor_execute", record)
+
+
+PROJECT_TASKS = """query($p: ID) @live {
+  tasks(where: {projectId: {eq: $p}, project: {archived: {eq: false}}}, orderBy: [{title: ASC}], limit: 3) {
+    title project { name }
+  }
+}"""
+
+
+async def test_a_live_list_applies_its_own_changes_without_reading_the_window_again(server: Server) -> None:
+    from tests.test_relations import follow, live_client
+
+    async with client(server) as http:
+        project = await new(http, "Project", name="Incremental")
+        await new(http, "Task", title="b", projectId=project)
+        ws, live = await live_client(server, PROJECT_TASKS, {"p": project})
+        try:
+            hub = server.tidings.engine.live_hub
+            (group,) = [g for g in list(hub.groups.values()) if project in str(g.key)]
+            fresh = PROJECT_TASKS.replace(" @live", "")
+            steps = [
+                lambda: new(http, "Task", title="a", projectId=project),  # enters first
+                lambda: new(http, "Task", title="z", projectId=project),  # enters last
+                lambda: new(http, "Task", title="c", projectId=project),  # enters, z leaves the window
+                lambda: ok(
+                    http, 'mutation($p: ID!) { updateProject(id: $p, input: {name: "Renamed"}) { id } }', p=project
+                ),
+                lambda: new(http, "Task", title="0", projectId=project),
+                lambda: ok(
+                    http, "mutation($p: ID!) { updateProject(id: $p, input: {archived: true}) { id } }", p=project
+                ),
+            ]
+            reloads = []
+            for step in steps:
+                await step()
+                await follow(ws, live, await ok(http, fresh, p=project))
+                reloads.append(group.reloads)
+            assert live.data == {"tasks": []}
+            # Its own collection's changes: each task read with its project, applied to the window
+            # (z leaving is a fill); the project's changes read the window again, once each.
+            assert reloads == [0, 0, 0, 1, 1, 2], reloads
+        finally:
+            await ws.close()

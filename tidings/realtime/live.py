@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from graphql.pyutils import Path
 from tidings.auth.principal import ANY_ACCOUNT
 from tidings.errors import ErrorCode
 from tidings.events import ChangeEvent
-from tidings.filters import Filter, equality_terms
+from tidings.filters import Filter, compile_predicate, equality_terms, relations_in
 from tidings.limits import TokenBucket
 from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
@@ -39,6 +40,7 @@ from tidings.realtime.window import Count, Needs, Single, Window
 from tidings.resolvers.prefetch import Nested, attach
 from tidings.schema.extensions import classify_all
 from tidings.store import Reader, Store
+from tidings.store.relations import expand
 from tidings.types import JSONObject
 
 logger = logging.getLogger("tidings.realtime")
@@ -106,6 +108,7 @@ class LiveSource:
         *,
         nested: Sequence[Nested] = (),
         depends: frozenset[str] = frozenset(),
+        loops: bool = False,
     ) -> None:
         self.key = key  # response key (alias or field name)
         self.collection = collection
@@ -113,11 +116,39 @@ class LiveSource:
         self.where = where  # read guard and filter, as the plain query would read
         self.order = order or []
         # Relations: the related records its selection nests (read with its rows), and the other
-        # collections its filter, rules or selection read. A change to any of them, or to its own
-        # collection, reads the source again: one bounded query per group, never per subscriber.
+        # collections its filter, rules or selection read. A change to one of those reads the
+        # source again: one bounded query per group, never per subscriber.
         self.nested = tuple(nested)
         self.depends = depends
         self.refetch = bool(self.nested or self.depends)
+        # A change to its own collection is applied as to any source, once the changed record
+        # is read with its related rows (``prepare``: its filter's, and what its selection nests),
+        # unless those relations lead back to its own collection (``loops``: a task's parent is a
+        # task), where a change may move other rows too: then it is read again.
+        self.incremental = self.refetch and not loops and isinstance(kept, Window | Count | Single)
+        self.pending: list[ChangeEvent] = []  # own changes waiting for ``prepare``
+        self._in_view = compile_predicate(where)
+
+    async def prepare(self, reader: Reader, event: ChangeEvent) -> ChangeEvent:
+        """``event`` with its record, before and after, carrying the related rows the filter reads
+        and, after, what the selection nests: what ``kept.apply`` decides and keeps."""
+        before, after = event.before(), event.after()
+        records = [r for r in (before, after) if r is not None]
+        if relations_in(self.where):
+            records = await expand(reader, self.collection, records, self.where)
+        else:
+            records = [dict(r) for r in records]
+        it = iter(records)
+        was = next(it) if before is not None else None
+        now = next(it) if after is not None else None
+        if self.nested and now is not None and self._in_view(now):
+            await attach(reader, [now], self.nested)
+        if now is None:
+            return dataclasses.replace(event, record=was or event.record, previous={})
+        if was is None:
+            return dataclasses.replace(event, record=now)
+        related = {k: v for k, v in was.items() if k.startswith("@")}
+        return dataclasses.replace(event, record=now, previous={**event.previous, **related})
 
     def touched_by(self, event: ChangeEvent) -> bool:
         """Whether ``event`` may change this source (its own collection, or one it depends on)."""
@@ -201,6 +232,7 @@ class LiveGroup:
         self.broken = False
         self.task: asyncio.Task[None] | None = None
         self.reads = 0  # database reads after the first (refills, re-reads): for tests and the bench
+        self.reloads = 0  # of them, those that read every root field again
 
     # -- events ------------------------------------------------------------------------
 
@@ -236,8 +268,12 @@ class LiveGroup:
         changed = False
         for source in self.sources:
             if source.refetch:
-                if source.touched_by(event):
+                if source.incremental and event.collection == source.collection.name and not source.kept.stale:
+                    source.pending.append(event)  # applied once read with its related rows (settle)
+                    changed = True
+                elif source.touched_by(event):
                     source.kept.stale = True  # read again (settle): one query for the whole group
+                    source.pending.clear()
                     changed = True
             elif source.collection.name == event.collection and source.kept.apply(event):
                 changed = True
@@ -258,7 +294,7 @@ class LiveGroup:
         return ("eq", column, terms[column])
 
     def _needs_read(self) -> bool:
-        return any(s.kept.needs() != Needs.NOTHING for s in self.sources)
+        return any(s.pending or s.kept.needs() != Needs.NOTHING for s in self.sources)
 
     def _start_read(self) -> None:
         self.busy = True
@@ -292,6 +328,13 @@ class LiveGroup:
         while True:
             async with self.store.reader() as reader:
                 snapshot = await reader.seq()
+                # Own changes first, in order, each with its related rows: the kept values then
+                # reflect every event received, and may need a fill (a row left) or a read.
+                for source in self.sources:
+                    pending, source.pending = source.pending, []
+                    for event in pending:
+                        if not source.kept.stale:
+                            source.kept.apply(await source.prepare(reader, event))
                 exact = (
                     not self.overflowed
                     and snapshot <= self._position()
@@ -307,6 +350,8 @@ class LiveGroup:
                     for source in self.sources:
                         await source.reload(reader)
                     self.seq = max(self.seq, snapshot)
+                    if self.rendered is not None:
+                        self.reloads += 1
             if self.rendered is not None:
                 self.reads += 1
             if self.overflowed:
