@@ -283,8 +283,8 @@ async def test_removing_a_member_ends_their_presence_and_channel_events_with_for
             left = await data(ann, "p")
             assert (left["kind"], left["member"]["sub"], left["count"]) == ("LEAVE", "bob", 1)
             await settled(server)
-        # Batched: one read per read guard (bob's, ann's, dan's), not one per operation (six).
-        assert access.reads - reads == 3 and access.rechecked - rechecked == 6
+        # Batched: one query for the three read guards (bob's, ann's, dan's), not one per operation (six).
+        assert access.reads - reads == 1 and access.rechecked - rechecked == 6
         assert access.tracked == 2  # ann's presence and dan's events go on
         async with client(server, "dan") as http:
             await ok(http, PUBLISH, ch=channel, t="typing")
@@ -328,6 +328,19 @@ async def test_only_changes_a_rule_reads_and_only_to_tracked_rooms_are_rechecked
     finally:
         await bob.close()
         await until(lambda: access.tracked == 0)
+
+
+async def test_many_read_guards_are_checked_fifty_to_a_query(server: Server) -> None:
+    room, _ = await room_with(server, "u7")
+    access = server.tidings.channels.access
+    authorizer = server.tidings.authorizer
+    scopes = [
+        ("Room", authorizer.guard("Room", Principal(sub=f"u{i}", account="acme"), Action.READ), [room, "nope"])
+        for i in range(60)
+    ]
+    reads = access.reads
+    assert server.call(access._readable(scopes)) == {(7, room)}
+    assert access.reads - reads == 2  # 60 read guards: 50 in one query, 10 in the next
 
 
 class Operation:
