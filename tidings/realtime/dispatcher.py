@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
+import operator
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from graphql.execution import Executor
 
@@ -33,6 +35,8 @@ from tidings.pubsub.consumer import consume
 from tidings.realtime import doorbell
 from tidings.realtime.group import Group, Selection, Sink, Subscriber
 from tidings.realtime.index import Bucket, IndexKey
+from tidings.realtime.related import Snapshot
+from tidings.realtime.related import snapshot as related_snapshot
 from tidings.realtime.replay import Replayer
 from tidings.schema.inputs import Match
 from tidings.store import Store
@@ -48,6 +52,7 @@ class Latency(Protocol):
 
 
 logger = logging.getLogger("tidings.realtime")
+_T = TypeVar("_T")
 
 
 def _index_key(group: Group) -> IndexKey:
@@ -87,9 +92,12 @@ class Dispatcher:
         self.position = 0
         self.groups: dict[Hashable, Group] = {}
         self._buckets: dict[tuple[str, Any], Bucket] = {}
+        # collection -> the groups whose view reads it through relations (RelatedRows.follows)
+        self._followers: dict[str, set[Group]] = {}
         self._task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one dispatch pass at a time: order is the invariant
+        self._snapshot: Snapshot | None = None  # the pass's related reads (opened on first use)
         self.dispatched = 0
         self.gaps_filled = 0
         self.publish_timeout = publish_timeout
@@ -263,11 +271,12 @@ class Dispatcher:
         async with self._lock:
             if seq <= self.position:
                 return
-            if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
-                for event in events:
-                    await self._dispatch(event)
-            else:
-                await self._read_up_to(seq)
+            async with related_snapshot(self.store) as self._snapshot:
+                if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
+                    for event in events:
+                        await self._dispatch(event)
+                else:
+                    await self._read_up_to(seq)
             # Not when a pass fails midway (a related read): what observers applied of a commit
             # waits for the pass that dispatches its rest again.
             self._flush()
@@ -303,59 +312,78 @@ class Dispatcher:
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.candidates(event, candidates)
-        # Groups that follow relations read related rows first. A read the database could not
-        # serve (down, restarting) raises before anything of this event went out: it is dispatched
-        # again, whole. Any other failure is that group's alone: logged, as a render failure is,
-        # so one group never holds back every other subscriber.
+        # Groups that follow relations read related rows first: for their own events, and for the
+        # records a change to a row they read through relations moves into or out of their view. A
+        # read the database could not serve (down, restarting) raises before anything of this event
+        # went out: it is dispatched again, whole. Any other failure is that group's alone: logged,
+        # as a render failure is, so one group never holds back every other subscriber.
         related: dict[Group, tuple[Match, str] | None] = {}
+        moved: dict[Group, list[str]] = {}
+        snapshot = self._snapshot
         for group in candidates:
             if group.related is not None:
-                try:
-                    related[group] = await group.outcome(event)
-                except Exception as exc:
-                    if isinstance(exc, Unavailable) or is_disconnect(exc):
-                        raise
-                    logger.exception(
-                        "Matching seq %s for a subscription group that follows relations failed", event.seq
-                    )
-                    related[group] = None
+                related[group] = await self._related(event, group.outcome(event, snapshot))
+        for group in self._followers.get(event.collection, ()):
+            account = group.bucket_key[1]
+            if account is ANY_ACCOUNT or event.account is None or account == event.account:
+                payloads = await self._related(event, group.knock_on(event, snapshot))
+                if payloads:
+                    moved[group] = payloads
         self.position = event.seq
         self.dispatched += 1
         for group in candidates:
             if group.related is None:
-                self._deliver(group, event)
-            elif (outcome := related.get(group)) is not None and group.key in self.groups:
-                self._send(group, event, outcome[1])
+                self._deliver(group, event, moved.pop(group, ()))
+            elif group.key in self.groups:
+                outcome = related.get(group)
+                own = [outcome[1]] if outcome is not None else []
+                self._send(group, event, own + moved.pop(group, []))
+        for group, payloads in moved.items():
+            if group.key in self.groups:
+                self._send(group, event, payloads)
         for observe in self.observers:
             observe(event)
 
-    def _deliver(self, group: Group, event: ChangeEvent) -> None:
+    async def _related(self, event: ChangeEvent, read: Awaitable[_T]) -> _T | None:
+        try:
+            return await read
+        except Exception as exc:
+            if isinstance(exc, Unavailable) or is_disconnect(exc):
+                raise
+            logger.exception("Matching seq %s for a subscription group that follows relations failed", event.seq)
+            return None
+
+    def _deliver(self, group: Group, event: ChangeEvent, moved: Sequence[str] = ()) -> None:
         try:
             match = group.match(event)
         except Exception:
             logger.exception("Matching seq %s for a subscription group failed", event.seq)
-            return
+            match = None
         if match is None:
+            if moved:
+                self._send(group, event, list(moved))
             return
         if not self.tracing.enabled:
-            self._push(group, event, match)
+            self._push(group, event, match, moved)
             return
         cursor = f"{self.store.epoch}:{event.seq}"
         with self.tracing.delivery(event.collection, event.seq, cursor, len(group.members)):
-            self._push(group, event, match)
+            self._push(group, event, match, moved)
 
-    def _push(self, group: Group, event: ChangeEvent, match: Match) -> None:
+    def _push(self, group: Group, event: ChangeEvent, match: Match, moved: Sequence[str]) -> None:
         try:
             payload = group.render(event, match)
         except Exception:
             logger.exception("Rendering seq %s for a subscription group failed", event.seq)
-            return
-        self._send(group, event, payload)
+            payload = None
+        self._send(group, event, [payload, *moved] if payload is not None else list(moved))
 
-    def _send(self, group: Group, event: ChangeEvent, payload: str) -> None:
+    def _send(self, group: Group, event: ChangeEvent, payloads: list[str]) -> None:
+        if not payloads:
+            return
         members = list(group.members.values())
         for member in members:
-            member.push(event.seq, payload)
+            member.push_all(event.seq, payloads)
         if self.latency is not None:
             # Once per group, after its frames went out: writes are eager, so this is when
             # they reached the sockets (or the queues of connections whose sockets are full).
@@ -397,6 +425,8 @@ class Dispatcher:
             self.groups[key] = group
             group.bucket_key = (selection.collection.name, account)
             self._buckets.setdefault(group.bucket_key, Bucket()).add(_index_key(group), group)
+            for followed in group.related.follows if group.related is not None else ():
+                self._followers.setdefault(followed, set()).add(group)
         start = self.position
         subscriber = Subscriber(sink, op_id, group, min_seq=start if after is None else after)
         group.members[id(subscriber)] = subscriber
@@ -410,8 +440,8 @@ class Dispatcher:
             raise
         buffered, subscriber.buffer = subscriber.buffer, None
         subscriber.min_seq = start
-        for seq, payload in buffered:
-            subscriber.push(seq, payload)
+        for seq, payloads in itertools.groupby(buffered, key=operator.itemgetter(0)):
+            subscriber.push_all(seq, [payload for _, payload in payloads])
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -425,6 +455,12 @@ class Dispatcher:
                 bucket.remove(_index_key(group), group)
                 if bucket.is_empty():
                     del self._buckets[group.bucket_key]
+            for followed in group.related.follows if group.related is not None else ():
+                followers = self._followers.get(followed)
+                if followers is not None:
+                    followers.discard(group)
+                    if not followers:
+                        del self._followers[followed]
 
     @property
     def subscriber_count(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -94,6 +94,31 @@ class Subscriber:
         self.min_seq = seq
         self.sink.push(self.op_id, seq, payload)
 
+    def push_all(self, seq: int, payloads: Sequence[str]) -> None:
+        """Several results of one seq (a change and the records it moved into or out of view):
+        all or none, so a resume after this seq misses none of them and repeats none."""
+        if len(payloads) == 1:
+            self.push(seq, payloads[0])
+            return
+        if seq <= self.min_seq or not payloads:
+            return
+        if self.buffer is not None:
+            self.buffer.extend((seq, payload) for payload in payloads)
+            return
+        rate = self.rate
+        if rate is not None:
+            taken = 0
+            while taken < len(payloads) and not rate.take():
+                taken += 1
+            if taken < len(payloads):
+                for _ in range(taken):
+                    rate.give_back()
+                self._over_rate(rate)
+                return
+        self.min_seq = seq
+        for payload in payloads:
+            self.sink.push(self.op_id, seq, payload)
+
     def _over_rate(self, rate: TokenBucket) -> None:
         """Over its event rate: end this one subscription, saying where to resume.
 
@@ -144,18 +169,40 @@ class Group:
         """The group's related rows per event (tidings.realtime.related), or None: all is in the event."""
         return self.selection.related
 
-    async def outcome(self, event: ChangeEvent) -> tuple[Match, str] | None:
+    async def outcome(self, event: ChangeEvent, snapshot: Any) -> tuple[Match, str] | None:
         """``match`` and ``render`` for a group whose filter or selection follows relations: the
-        related rows are read first (may raise: the caller delivers nothing of the event then)."""
+        related rows are read first, from ``snapshot`` (tidings.realtime.related.Snapshot) as of
+        the event's commit (may raise: the caller delivers nothing of the event then)."""
         related = self.selection.related
-        async with related.snapshot() as snapshot:
-            before, after = await related.views(event, snapshot)
-            match = self.match(event, (before, after))
-            if match is None:
-                return None
-            record, previous, changed = self._shown(event, match, after)
-            shown = await related.render(record, snapshot)
+        if event.collection != self.selection.collection.name:
+            return None
+        before, after = await related.views(event, snapshot)
+        match = self.match(event, (before, after))
+        if match is None:
+            return None
+        record, previous, changed = self._shown(event, match, after)
+        shown = await related.render(record, snapshot, event.seq)
         return match, self._payload(event, match, shown, previous, changed)
+
+    async def knock_on(self, event: ChangeEvent, snapshot: Any) -> list[str]:
+        """The payloads of the records ``event``, a change to a row this group's view reads through
+        relations, moves into (ENTERED) or out of (LEFT) the view: each an UPDATED with no changed
+        field, under the change's seq and cursor. Empty for events of collections it does not follow."""
+        sel = self.selection
+        related = sel.related
+        if related is None or event.collection not in related.follows:
+            return []
+        if sel.operations is not None and Operation.UPDATED not in sel.operations:
+            return []
+        payloads: list[str] = []
+        for record, match in await related.consequences(event, snapshot, self._in_view):
+            if sel.record_id is not None and record["id"] != sel.record_id:
+                continue
+            shown = await related.render(record, snapshot, event.seq)
+            payloads.append(
+                self._payload(event, match, shown, {}, [], operation=Operation.UPDATED, record_id=record["id"])
+            )
+        return payloads
 
     def match(
         self, event: ChangeEvent, views: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None] | None = None
@@ -214,14 +261,20 @@ class Group:
         record: Mapping[str, Any],
         previous: Mapping[str, Any],
         changed: list[str],
+        *,
+        operation: Operation | None = None,
+        record_id: str | None = None,
     ) -> str:
+        event_id = f"{self.selection.collection.name}Event:{self.selection.epoch}:{event.seq}"
+        if record_id is not None:  # one of the records a related change moved: several share the seq
+            event_id += f":{record_id}"
         view = {
-            "operation": _OPERATIONS[event.operation],
+            "operation": _OPERATIONS[operation or event.operation],
             "seq": str(event.seq),
             "cursor": f"{self.selection.epoch}:{event.seq}",
             # Its own id, unique across types (a normalizing cache such as Relay's keys records by
             # id): the record's id is record { id }.
-            "id": f"{self.selection.collection.name}Event:{self.selection.epoch}:{event.seq}",
+            "id": event_id,
             "record": record,
             "previous": previous,
             "changed_fields": changed,

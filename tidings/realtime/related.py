@@ -9,28 +9,43 @@ Two needs, each met with one batch per relation and level, per event and group:
   under the subscriber's rules at every level and handed to the relation resolvers, which
   answer from them (``"$" + response key``) without a load of their own.
 
-Related rows are read when the event is delivered, in one snapshot per event and group opened
-only if a read is needed, not as of the event's commit; the event's own record is as of its
-commit, as always.
+- a change to a related row moves records into or out of its view (a member removed from the
+  room: the room's messages leave the view of that member's subscriptions): ``consequences``
+  finds them (tidings.realtime.related_changes) and decides each with the changed row as it
+  was, then as it is.
+
+Related rows are read as of the event's commit: in one snapshot per dispatch pass (or replay
+page), opened only if a read is needed, with the rows later commits changed read as they were
+(``Snapshot.as_of``, from the log), so a resume renders and decides what live delivery did.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from graphql import DocumentNode, FieldNode, FragmentDefinitionNode, GraphQLObjectType, GraphQLSchema, get_named_type
 
 from tidings.events import ChangeEvent
 from tidings.filters import Filter, GuardFor, relations_in
 from tidings.model.collection import Collection
+from tidings.realtime.related_changes import Paths, affected
 from tidings.resolvers.prefetch import Nested, attach, fields_of, plan
+from tidings.schema.inputs import Match
 from tidings.store import Reader, Store
-from tidings.store.relations import expand
+from tidings.store.relations import Overlay, expand
 from tidings.types import Record
 
-__all__ = ["RelatedRows", "nested_plan"]
+__all__ = ["RelatedRows", "Snapshot", "nested_plan", "snapshot"]
+
+
+@contextlib.asynccontextmanager
+async def snapshot(store: Store) -> AsyncIterator[Snapshot]:
+    """A read snapshot for the events of one dispatch pass or replay page, every group's."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield Snapshot(store, stack)
 
 
 def nested_plan(
@@ -55,19 +70,53 @@ def nested_plan(
     return plan(record, record_type, fragments, variables, collection, collections, guard_for, max_limit)
 
 
+REWIND_EVENTS = 2_000  # the most later events a snapshot undoes to read as of an event's commit
+
+
 class Snapshot:
-    """One event's read snapshot for a group, opened on first use (an event the group's filter
-    decides without related rows, and renders without nested ones, opens none)."""
+    """One read snapshot for the events of a dispatch pass or a replay page, opened on first use
+    (an event every group decides without related rows, and renders without nested ones, opens
+    none), read as of each event's commit: ``as_of``."""
 
     def __init__(self, store: Store, stack: contextlib.AsyncExitStack) -> None:
         self._store = store
         self._stack = stack
         self._reader: Reader | None = None
+        self._later: list[ChangeEvent] = []  # the log after ``_later_after``, up to the snapshot
+        self._later_after: int | None = None
 
     async def reader(self) -> Reader:
         if self._reader is None:
             self._reader = await self._stack.enter_async_context(self._store.reader())
         return self._reader
+
+    async def as_of(self, seq: int) -> Overlay:
+        """The rows that commits after ``seq`` changed, as they were at ``seq``: each row as before
+        the first later event on it (None: it did not exist, or was hidden). Read with it, the
+        snapshot is the database right after ``seq`` committed. Empty when nothing committed since
+        (the usual case of live delivery), and when more than ``REWIND_EVENTS`` did (a resume from
+        far back: then related rows are as of the snapshot)."""
+        reader = await self.reader()
+        head = await reader.seq()
+        if head <= seq or head - seq > REWIND_EVENTS:
+            return {}
+        if self._later_after is None or seq < self._later_after:
+            events = self._store.tables.events
+            query = sa.select(events).where(events.c.seq > seq, events.c.seq <= head).order_by(events.c.seq)
+            self._later = [self._store.decode_event(row) for row in await reader.rows(query)]
+            self._later_after = seq
+        overlay: dict[str, dict[str, Record | None]] = {}
+        for event in self._later:
+            if event.seq > seq:
+                rows = overlay.setdefault(event.collection, {})
+                if event.record_id not in rows:
+                    rows[event.record_id] = event.before()
+        return overlay
+
+
+def _with(overlay: Overlay, collection: str, record_id: str, image: Record | None) -> Overlay:
+    """``overlay`` with one more row given."""
+    return {**overlay, collection: {**overlay.get(collection, {}), record_id: image}}
 
 
 class RelatedRows:
@@ -79,6 +128,12 @@ class RelatedRows:
         self.collection = collection
         self.view = view if relations_in(view) else None
         self.nested = tuple(nested)
+        self.paths = Paths(self.view) if self.view is not None else None
+
+    @property
+    def follows(self) -> frozenset[str]:
+        """The collections whose changes can move records into or out of the view."""
+        return self.paths.collections if self.paths is not None else frozenset()
 
     @property
     def scope(self) -> str:
@@ -90,25 +145,57 @@ class RelatedRows:
     def needed(self) -> bool:
         return self.view is not None or bool(self.nested)
 
-    @contextlib.asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[Snapshot]:
-        """The read snapshot of one event (views and render share it)."""
-        async with contextlib.AsyncExitStack() as stack:
-            yield Snapshot(self.store, stack)
-
     async def views(self, event: ChangeEvent, snapshot: Snapshot) -> tuple[Record | None, Record | None]:
         """The record before and after the change, with the related rows the filter reads."""
         before, after = event.before(), event.after()
         if self.view is None:
             return before, after
         records = [r for r in (before, after) if r is not None]
-        expanded = await expand(await snapshot.reader(), self.collection, records, self.view)
+        as_of = await snapshot.as_of(event.seq)
+        expanded = await expand(await snapshot.reader(), self.collection, records, self.view, as_of)
         it = iter(expanded)
         return (next(it) if before is not None else None), (next(it) if after is not None else None)
 
-    async def render(self, record: Mapping[str, Any], snapshot: Snapshot) -> Record:
-        """``record`` with its nested related records, read under the subscriber's rules."""
+    async def render(self, record: Mapping[str, Any], snapshot: Snapshot, seq: int) -> Record:
+        """``record`` with its nested related records as of ``seq``, read under the subscriber's rules."""
         out = dict(record)
         if self.nested:
-            await attach(await snapshot.reader(), [out], self.nested)
+            await attach(await snapshot.reader(), [out], self.nested, await snapshot.as_of(seq))
         return out
+
+    async def consequences(
+        self, event: ChangeEvent, snapshot: Snapshot, in_view: Callable[[Mapping[str, Any]], bool]
+    ) -> list[tuple[Record, Match]]:
+        """The records ``event`` (a change to a row the view reads through relations) moves into
+        (ENTERED) or out of (LEFT) the view, in id order: each decided on the same snapshot with
+        the changed row as it was before the event, then as it is after it."""
+        if self.paths is None or self.view is None:
+            return []
+        paths = self.paths.ending_at(event.collection)
+        if not paths:
+            return []
+        before, after = event.before(), event.after()
+        rows = [r for r in (before, after) if r is not None]
+        reader = await snapshot.reader()
+        as_of = await snapshot.as_of(event.seq)
+        collections = self.store.collections
+        found: dict[str, Record] = {}
+        for path in paths:
+            for record in await affected(reader, collections, self.collection, path, rows, as_of):
+                found[record["id"]] = record
+        if event.collection == self.collection.name:
+            found.pop(event.record_id, None)  # the changed record itself has its own event
+        if not found:
+            return []
+        records = [found[k] for k in sorted(found)]
+        was = await expand(
+            reader, self.collection, records, self.view, _with(as_of, event.collection, event.record_id, before)
+        )
+        now = await expand(
+            reader, self.collection, records, self.view, _with(as_of, event.collection, event.record_id, after)
+        )
+        moved: list[tuple[Record, Match]] = []
+        for record, then, later in zip(records, was, now, strict=True):
+            if in_view(then) != (entered := in_view(later)):
+                moved.append((record, Match.ENTERED if entered else Match.LEFT))
+        return moved

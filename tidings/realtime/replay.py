@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.errors import CursorExpired
 from tidings.events import ChangeEvent
+from tidings.realtime.related import snapshot as related_snapshot
 from tidings.store import Store
 
 if TYPE_CHECKING:
@@ -190,20 +191,32 @@ class Replayer:
         return task
 
     async def _render(self, group: Group, page: Page) -> list[tuple[int, str]]:
+        if group.related is not None:
+            return await self._render_related(group, page)
         out: list[tuple[int, str]] = []
         for n, event in enumerate(page.events, 1):
-            if group.related is not None:
-                rendered = await group.outcome(event)
-                if rendered is not None:
-                    out.append((event.seq, rendered[1]))
-                    self.renders += 1
-                continue
             match = group.match(event)
             if match is not None:
                 out.append((event.seq, group.render(event, match)))
                 self.renders += 1
             if n % self.render_batch == 0:
                 await asyncio.sleep(0)  # render a batch, then let live delivery and queries run
+        return out
+
+    async def _render_related(self, group: Group, page: Page) -> list[tuple[int, str]]:
+        """A page for a group that follows relations: read in one snapshot, each event as of its commit."""
+        out: list[tuple[int, str]] = []
+        follows = group.related.follows
+        async with related_snapshot(self.store) as snapshot:
+            for n, event in enumerate(page.events, 1):
+                rendered = await group.outcome(event, snapshot)
+                if rendered is not None:
+                    out.append((event.seq, rendered[1]))
+                if event.collection in follows:  # the records it moved into or out of view, after it
+                    out.extend((event.seq, payload) for payload in await group.knock_on(event, snapshot))
+                if n % self.render_batch == 0:
+                    await asyncio.sleep(0)
+        self.renders += len(out)
         return out
 
     def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:

@@ -31,7 +31,7 @@ from tidings.model.names import camel_case
 from tidings.model.relations import BackReference, Reference
 from tidings.resolvers.convert import check_page, order_keys
 from tidings.store import Reader
-from tidings.store.relations import by_ids, children
+from tidings.store.relations import Overlay, by_ids, children
 from tidings.types import Record
 
 __all__ = ["NESTED_ROWS", "Nested", "attach", "fields_of", "plan"]
@@ -133,17 +133,20 @@ def plan(
     return tuple(plans)
 
 
-async def attach(reader: Reader, records: Sequence[dict[str, Any]], plans: Sequence[Nested]) -> None:
+async def attach(
+    reader: Reader, records: Sequence[dict[str, Any]], plans: Sequence[Nested], overlay: Overlay | None = None
+) -> None:
     """Read what ``plans`` nest for all ``records`` (one SELECT per plan and level) and leave it
-    on each record at ``"$" + key``: a record or None, or a list."""
+    on each record at ``"$" + key``: a record or None, or a list. ``overlay``: rows read as given
+    (tidings.store.relations), e.g. as they were at an event's commit."""
     for p in plans:
         if p.reference is not None:
             column = p.reference
             found: dict[str, Record] = {}
             if p.where != MATCH_NONE:
-                found = await by_ids(reader, p.target, [r[column] for r in records if r.get(column)], p.where)
+                found = await by_ids(reader, p.target, [r[column] for r in records if r.get(column)], p.where, overlay)
             if p.nested and found:
-                await attach(reader, list(found.values()), p.nested)
+                await attach(reader, list(found.values()), p.nested, overlay)
             for r in records:
                 target_id = r.get(column)
                 r["$" + p.key] = found.get(target_id) if target_id is not None else None
@@ -153,9 +156,18 @@ async def attach(reader: Reader, records: Sequence[dict[str, Any]], plans: Seque
             if p.where != MATCH_NONE and records:
                 parents = [str(r["id"]) for r in records]
                 rows = await children(
-                    reader, p.target, p.via, parents, p.where, p.order, p.limit, p.offset, budget=p.budget
+                    reader,
+                    p.target,
+                    p.via,
+                    parents,
+                    p.where,
+                    p.order,
+                    p.limit,
+                    p.offset,
+                    budget=p.budget,
+                    overlay=overlay,
                 )
             if p.nested:
-                await attach(reader, [x for v in rows.values() for x in v], p.nested)
+                await attach(reader, [x for v in rows.values() for x in v], p.nested, overlay)
             for r in records:
                 r["$" + p.key] = rows.get(r["id"], [])

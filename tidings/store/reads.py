@@ -175,6 +175,44 @@ def order_clauses(
     return clauses
 
 
+class _Desc:
+    """A value sorting in reverse (descending keys of mixed-in ascending tuples)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and bool(self.value == other.value)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def sort_key(order: Sequence[tuple[str, bool]], *, backward: bool = False) -> Any:
+    """The key function ordering records as SQL does: NULLs last either way, ``id`` last
+    (``backward``: that order exactly reversed, as ``Reader.list(backward=True)`` reads)."""
+
+    def key(record: Mapping[str, Any]) -> Any:
+        parts: list[Any] = []
+        for column, descending in order:
+            value = record.get(column)
+            if value is None:
+                parts.append((1, None))
+            else:
+                parts.append((0, _Desc(value) if descending else value))
+        parts.append(record["id"])
+        return tuple(parts)
+
+    if backward:
+        return lambda record: _Desc(key(record))
+    return key
+
+
 class SqliteReads:
     """Read snapshots of a SQLite file on plain pysqlite connections, run by a pool of threads.
 

@@ -1,0 +1,206 @@
+"""A change to a related row moves records into or out of an event subscription's view: the
+project is archived, a member leaves the room. Over a real server on SQLite and PostgreSQL,
+over WebSocket and SSE, live and on resume."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.support.backends import fresh_database
+from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.wsclient import WS
+from tests.test_auth import SECRET, token
+from tests.test_relations import COLLECTIONS, POST, authorized_ws, client, new, ok
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("related-changes")
+    url = asyncio.run(fresh_database(request.param, tmp))
+    s = make_server(tmp, COLLECTIONS, db=url, jwt_secret=SECRET, admin_role="root", jwt_leeway=0)
+    yield s
+    s.stop()
+
+
+ARCHIVE = "mutation($id: ID!, $a: Boolean!) { updateProject(id: $id, input: {archived: $a}) { id } }"
+OPEN_TASKS = """subscription($after: String) {
+  taskEvents(where: {project: {archived: {eq: false}}}, after: $after) {
+    id operation match seq cursor changedFields record { title project { name } }
+  }
+}"""
+ROOM_MESSAGES = """subscription($r: ID, $after: String) {
+  messageEvents(where: {roomId: {eq: $r}}, after: $after) { id operation match cursor record { body } }
+}"""
+LEAVE = "mutation($id: ID!) { deleteMembership(id: $id) { id } }"
+
+
+async def frames(ws: WS, n: int) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(n):
+        message = await ws.recv()
+        assert message["type"] == "next", message
+        out.append(next(iter(message["payload"]["data"].values())))
+    return out
+
+
+async def test_archiving_a_project_moves_its_tasks_out_of_view_and_back(server: Server) -> None:
+    async with client(server) as http:
+        apollo = await new(http, "Project", name="Apollo")
+        gemini = await new(http, "Project", name="Gemini")
+        await new(http, "Task", title="a1", projectId=apollo)
+        await new(http, "Task", title="a2", projectId=apollo)
+        await new(http, "Task", title="g1", projectId=gemini)
+        ws = await authorized_ws(server)
+        try:
+            await ws.subscribe("t", OPEN_TASKS)
+            await wait_subscribers(server, 1)
+            await ok(http, ARCHIVE, id=apollo, a=True)
+            head = server.call(server.tidings.store.last_seq())
+            left = await frames(ws, 2)
+            assert sorted(f["record"]["title"] for f in left) == ["a1", "a2"]
+            assert {(f["operation"], f["match"]) for f in left} == {("UPDATED", "LEFT")}
+            assert all(f["changedFields"] == [] for f in left)
+            # One cause, one seq and cursor: the project's update; each frame its own id.
+            assert len({f["seq"] for f in left}) == 1 and len({f["id"] for f in left}) == 2
+            assert left[0]["seq"] == str(head)
+            # The tasks left with the project as it is now (archived is not selected, its name is).
+            assert left[0]["record"]["project"] == {"name": "Apollo"}
+            assert await ws.no_message(0.3)  # gemini's task did not move
+            await ok(http, ARCHIVE, id=apollo, a=False)
+            entered = await frames(ws, 2)
+            assert sorted(f["record"]["title"] for f in entered) == ["a1", "a2"]
+            assert {f["match"] for f in entered} == {"ENTERED"}
+            assert int(entered[0]["seq"]) > int(left[0]["seq"])
+            # A task's own change in an archived project stays out of view; in an open one it is news.
+            await ok(http, ARCHIVE, id=gemini, a=True)
+            assert [f["match"] for f in await frames(ws, 1)] == ["LEFT"]
+            await ok(http, 'mutation { createTask(input: {title: "nobody sees"}) { id } }')
+            assert await ws.no_message(0.3)
+        finally:
+            await ws.close()
+
+
+async def rooms(http: httpx.AsyncClient, name: str, members: list[str], messages: int) -> tuple[str, dict[str, str]]:
+    room = await new(http, "Room", name=name)
+    memberships = {user: await new(http, "Membership", roomId=room, userId=user) for user in members}
+    for i in range(messages):
+        await ok(http, POST, r=room, b=f"{name}-{i}")
+    return room, memberships
+
+
+async def sse_frames(stream: Any, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    buffer = ""
+    async for chunk in stream.aiter_text():
+        buffer += chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            data = [line[5:].strip() for line in block.splitlines() if line.startswith("data:")]
+            if data and data[0]:
+                body = orjson.loads("".join(data))
+                if "data" in body:
+                    out.append(next(iter(body["data"].values())))
+        if len(out) >= n:
+            return out
+    return out
+
+
+async def test_a_member_removed_from_a_room_sees_its_messages_leave_over_websocket_and_sse(server: Server) -> None:
+    async with client(server, "ann") as ann:
+        room, memberships = await rooms(ann, "leaving", ["ann", "bob"], 3)
+        bob_ws = await authorized_ws(server, "bob")
+        ann_ws = await authorized_ws(server, "ann")
+        headers = {"accept": "text/event-stream", "authorization": f"Bearer {token('bob', 'acme')}"}
+        try:
+            await bob_ws.subscribe("b", ROOM_MESSAGES, {"r": room})
+            await ann_ws.subscribe("a", ROOM_MESSAGES, {"r": room})
+            async with (
+                httpx.AsyncClient(base_url=server.url, timeout=10) as sse,
+                sse.stream(
+                    "POST", "/graphql", json={"query": ROOM_MESSAGES, "variables": {"r": room}}, headers=headers
+                ) as stream,
+            ):
+                await wait_subscribers(server, 3)
+                await ok(ann, LEAVE, id=memberships["bob"])
+                left = await frames(bob_ws, 3)
+                assert [(f["record"]["body"], f["match"]) for f in sorted(left, key=lambda f: f["record"]["body"])] == [
+                    ("leaving-0", "LEFT"),
+                    ("leaving-1", "LEFT"),
+                    ("leaving-2", "LEFT"),
+                ]
+                over_sse = await sse_frames(stream, 3)
+                assert sorted(f["id"] for f in over_sse) == sorted(f["id"] for f in left)
+                # ann stays a member: her view did not change.
+                assert await ann_ws.no_message(0.3)
+                # bob no longer gets the room's messages; ann does.
+                await ok(ann, POST, r=room, b="after bob")
+                assert [f["record"]["body"] for f in await frames(ann_ws, 1)] == ["after bob"]
+                assert await bob_ws.no_message(0.3)
+                # Re-added, he sees the room's messages enter, the new one among them.
+                await new(ann, "Membership", roomId=room, userId="bob")
+                entered = await frames(bob_ws, 4)
+                assert sorted(f["record"]["body"] for f in entered) == [
+                    "after bob",
+                    "leaving-0",
+                    "leaving-1",
+                    "leaving-2",
+                ]
+                assert {f["match"] for f in entered} == {"ENTERED"}
+        finally:
+            await bob_ws.close()
+            await ann_ws.close()
+
+
+async def test_resuming_after_a_membership_change_replays_what_it_moved_exactly(server: Server) -> None:
+    async with client(server, "ann") as ann:
+        room, memberships = await rooms(ann, "resume", ["ann", "bob"], 2)
+        ws = await authorized_ws(server, "bob")
+        try:
+            await ws.subscribe("b", ROOM_MESSAGES, {"r": room})
+            await wait_subscribers(server, 1)
+            await ok(ann, POST, r=room, b="seen live")
+            cursor = (await frames(ws, 1))[0]["cursor"]
+        finally:
+            await ws.close()
+        # While bob is away: he leaves the room, a message he may not see is posted, he comes back.
+        await ok(ann, LEAVE, id=memberships["bob"])
+        await ok(ann, POST, r=room, b="while away")
+        await new(ann, "Membership", roomId=room, userId="bob")
+        ws = await authorized_ws(server, "bob")
+        try:
+            await ws.subscribe("b", ROOM_MESSAGES, {"r": room, "after": cursor})
+            replayed = await frames(ws, 3 + 4)
+            # As of now (he is a member again), the leave moved three messages out of view, and
+            # the return moved all four in; in seq order, each cause's frames under its cursor.
+            causes = [f["cursor"] for f in replayed]
+            assert causes == sorted(causes, key=lambda c: int(c.split(":")[1]))
+            by_cause: dict[str, list[tuple[str, str]]] = {}
+            for f in replayed:
+                by_cause.setdefault(f["cursor"], []).append((f["match"], f["record"]["body"]))
+            assert [sorted(v) for v in by_cause.values()] == [
+                [("LEFT", "resume-0"), ("LEFT", "resume-1"), ("LEFT", "seen live")],
+                [
+                    ("ENTERED", "resume-0"),
+                    ("ENTERED", "resume-1"),
+                    ("ENTERED", "seen live"),
+                    ("ENTERED", "while away"),
+                ],
+            ]
+            assert await ws.no_message(0.3)
+            last = replayed[-1]["cursor"]
+        finally:
+            await ws.close()
+        # Resuming after the last cursor repeats nothing.
+        ws = await authorized_ws(server, "bob")
+        try:
+            await ws.subscribe("b", ROOM_MESSAGES, {"r": room, "after": last})
+            await wait_subscribers(server, 1)
+            assert await ws.no_message(0.3)
+        finally:
+            await ws.close()
