@@ -167,7 +167,12 @@ class ChannelAccess:
             rule = entry.ticket.rule
             self._entries.setdefault(rule.collection, {}).setdefault(rule.record_id, set()).add(entry)
             for read, columns in entry.ticket.plan.items():
-                self._plans.setdefault(read, {})[rule.collection] = columns
+                plans = self._plans.setdefault(read, {})
+                known = plans.get(rule.collection, ())
+                # Guards of one rule share their shape; should two differ, the wider plan holds.
+                plans[rule.collection] = (
+                    None if known is None or columns is None else (*dict.fromkeys(known + columns),)
+                )
             if self._count(entry.ticket.plan) != entry.ticket.counted:
                 self._note(rule.collection, {rule.record_id})
         if self._pending:
