@@ -204,3 +204,50 @@ async def test_resuming_after_a_membership_change_replays_what_it_moved_exactly(
             assert await ws.no_message(0.3)
         finally:
             await ws.close()
+
+
+async def test_a_membership_change_reads_only_for_the_member_it_concerns(server: Server) -> None:
+    users = [f"u{i}" for i in range(8)]
+    async with client(server, "ann") as ann:
+        room, memberships = await rooms(ann, "crowd", ["ann", *users], 2)
+        sockets = {user: await authorized_ws(server, user) for user in users}
+        try:
+            for user, ws in sockets.items():
+                await ws.subscribe(user, ROOM_MESSAGES, {"r": room})  # one group each: the rule has $sub
+            await wait_subscribers(server, len(users))
+            store = server.tidings.store
+            # The snapshots of a SQLite file read on an engine of their own: only the dispatch reads there.
+            seen, stop = count_selects_of(store._reads.engine if store._reads is not None else None)
+            try:
+                await ok(ann, LEAVE, id=memberships["u3"])
+                assert {f["match"] for f in await frames(sockets["u3"], 2)} == {"LEFT"}
+            finally:
+                stop()
+            for user, ws in sockets.items():
+                if user != "u3":
+                    assert await ws.no_message(0.05), user
+            if store._reads is not None:
+                # Eight groups follow memberships; seven are told apart by the changed row alone
+                # (it is not their member's). The walk back from it reads the room's messages once,
+                # and u3's group decides each message twice (as the row was, as it is): one read of
+                # the membership each time.
+                assert sum("FROM messages" in s for s in seen) == 1, seen
+                assert sum("FROM memberships" in s for s in seen) == 2, seen
+        finally:
+            for ws in sockets.values():
+                await ws.close()
+
+
+def count_selects_of(engine: Any) -> tuple[list[str], Any]:
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+    if engine is None:
+        return seen, lambda: None
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return seen, lambda: sa.event.remove(engine, "before_cursor_execute", record)

@@ -31,7 +31,7 @@ from graphql import DocumentNode, FieldNode, FragmentDefinitionNode, GraphQLObje
 from tidings.events import ChangeEvent
 from tidings.filters import Filter, GuardFor, relations_in
 from tidings.model.collection import Collection
-from tidings.realtime.related_changes import Paths, affected
+from tidings.realtime.related_changes import Path, Paths, affected, shape
 from tidings.resolvers.prefetch import Nested, attach, fields_of, plan
 from tidings.schema.inputs import Match
 from tidings.store import Reader, Store
@@ -84,11 +84,27 @@ class Snapshot:
         self._reader: Reader | None = None
         self._later: list[ChangeEvent] = []  # the log after ``_later_after``, up to the snapshot
         self._later_after: int | None = None
+        self._affected: dict[tuple[int, str, tuple[tuple[str, str, str, str], ...]], list[Record]] = {}
 
     async def reader(self) -> Reader:
         if self._reader is None:
             self._reader = await self._stack.enter_async_context(self._store.reader())
         return self._reader
+
+    async def affected(
+        self, root: Collection, path: Path, event: ChangeEvent, rows: Sequence[Record], as_of: Overlay
+    ) -> list[Record]:
+        """``related_changes.affected``, once per event, root and path shape for every group (the
+        groups of one rule with a claim in it differ only in the claim's value)."""
+        key = (event.seq, root.name, shape(path))
+        found = self._affected.get(key)
+        if found is None:
+            reader = await self.reader()
+            found = await affected(reader, self._store.collections, root, path, rows, as_of)
+            if len(self._affected) >= 64:
+                self._affected.clear()
+            self._affected[key] = found
+        return found
 
     async def as_of(self, seq: int) -> Overlay:
         """The rows that commits after ``seq`` changed, as they were at ``seq``: each row as before
@@ -175,13 +191,15 @@ class RelatedRows:
         if not paths:
             return []
         before, after = event.before(), event.after()
+        paths = tuple(p for p in paths if not self.paths.unmoved(p[-1], before, after))
+        if not paths:
+            return []  # e.g. another user's membership: it decides nothing this view reads
         rows = [r for r in (before, after) if r is not None]
         reader = await snapshot.reader()
         as_of = await snapshot.as_of(event.seq)
-        collections = self.store.collections
         found: dict[str, Record] = {}
         for path in paths:
-            for record in await affected(reader, collections, self.collection, path, rows, as_of):
+            for record in await snapshot.affected(self.collection, path, event, rows, as_of):
                 found[record["id"]] = record
         if event.collection == self.collection.name:
             found.pop(event.record_id, None)  # the changed record itself has its own event

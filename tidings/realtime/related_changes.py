@@ -13,13 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tidings.filters import MATCH_ALL, Filter, Related, related_nodes
+from tidings.filters import (
+    MATCH_ALL,
+    And,
+    Filter,
+    Predicate,
+    Quantifier,
+    Related,
+    compile_predicate,
+    related_nodes,
+    relations_in,
+)
 from tidings.model.collection import Collection
 from tidings.store import Reader
 from tidings.store.relations import Overlay, by_ids, children
 from tidings.types import Record
 
-__all__ = ["Path", "Paths", "affected"]
+__all__ = ["Path", "Paths", "affected", "shape"]
 
 Path = tuple[Related, ...]  # relation nodes from the view's collection outwards
 
@@ -37,6 +47,33 @@ class Paths:
             nested = [*related_nodes(node.guard), *related_nodes(node.item)]
             stack.extend((*path, inner) for inner in nested if len(path) < _MAX_DEPTH)
         self.by_target: dict[str, tuple[Path, ...]] = {k: tuple(dict.fromkeys(v)) for k, v in found.items()}
+        # id(node) -> whether a row counts for it (read guard and filter), where that reads no relation
+        self._counts: dict[int, Predicate] = {
+            id(path[-1]): compile_predicate(And((path[-1].guard, path[-1].item)))
+            for paths in self.by_target.values()
+            for path in paths
+            if not relations_in(path[-1].guard) and not relations_in(path[-1].item)
+        }
+
+    def unmoved(self, node: Related, before: Record | None, after: Record | None) -> bool:
+        """Whether a change of one row from ``before`` to ``after`` leaves ``node``'s answer the
+        same for every record, so nothing on the path through it can move: the row counts for it
+        (or not) alike before and after, under the same parent; or, to many, it never counts for
+        a quantifier that only its counting rows decide (SOME, NONE), or always counts for one
+        that only its other rows decide (EVERY)."""
+        counts = self._counts.get(id(node))
+        if counts is None:
+            return False  # its filter follows relations further: decided by reading
+        was = before is not None and counts(before)
+        now = after is not None and counts(after)
+        if node.quantifier is Quantifier.SOME or node.quantifier is Quantifier.NONE:
+            if not was and not now:
+                return True
+        elif node.quantifier is Quantifier.EVERY and was and now and before is not None and after is not None:
+            return True
+        if before is None or after is None or was != now:
+            return False
+        return bool(before.get(node.target_column) == after.get(node.target_column))
 
     @property
     def collections(self) -> frozenset[str]:
@@ -47,6 +84,11 @@ class Paths:
 
 
 _MAX_DEPTH = 8  # filters are bounded by the query depth limit long before this
+
+
+def shape(path: Path) -> tuple[tuple[str, str, str, str], ...]:
+    """What ``affected`` reads of a path: its relations, not the filters on them."""
+    return tuple((n.relation, n.local_column, n.target, n.target_column) for n in path)
 
 
 async def affected(
