@@ -271,12 +271,10 @@ class Dispatcher:
         async with self._lock:
             if seq <= self.position:
                 return
-            async with related_snapshot(self.store) as self._snapshot:
-                if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
-                    for event in events:
-                        await self._dispatch(event)
-                else:
-                    await self._read_up_to(seq)
+            if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
+                await self._dispatch_all(events)
+            else:
+                await self._read_up_to(seq)
             # Not when a pass fails midway (a related read): what observers applied of a commit
             # waits for the pass that dispatches its rest again.
             self._flush()
@@ -293,11 +291,17 @@ class Dispatcher:
                 self.position = max(self.position, min(seq, head))
                 break
             self.gaps_filled += 1
-            for ev in events:
-                await self._dispatch(ev)
+            await self._dispatch_all(events)
             if events[-1].seq >= seq:
                 break
             # The next page starts after what we dispatched; holes below are skipped.
+
+    async def _dispatch_all(self, events: Sequence[ChangeEvent]) -> None:
+        """Dispatch committed ``events`` in order, their related reads in one snapshot, opened
+        after they committed (so each is read as of its commit: ``Snapshot.as_of``)."""
+        async with related_snapshot(self.store) as self._snapshot:
+            for event in events:
+                await self._dispatch(event)
 
     def _flush(self) -> None:
         for flush in self.flushers:
