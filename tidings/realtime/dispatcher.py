@@ -337,7 +337,7 @@ class Dispatcher:
         self.dispatched += 1
         for group in candidates:
             if group.related is None:
-                self._deliver(group, event, moved.pop(group, ()))
+                self._deliver(group, event)
             elif group.key in self.groups:
                 outcome = related.get(group)
                 own = [outcome[1]] if outcome is not None else []
@@ -357,30 +357,28 @@ class Dispatcher:
             logger.exception("Matching seq %s for a subscription group that follows relations failed", event.seq)
             return None
 
-    def _deliver(self, group: Group, event: ChangeEvent, moved: Sequence[str] = ()) -> None:
+    def _deliver(self, group: Group, event: ChangeEvent) -> None:
         try:
             match = group.match(event)
         except Exception:
             logger.exception("Matching seq %s for a subscription group failed", event.seq)
-            match = None
+            return
         if match is None:
-            if moved:
-                self._send(group, event, list(moved))
             return
         if not self.tracing.enabled:
-            self._push(group, event, match, moved)
+            self._push(group, event, match)
             return
         cursor = f"{self.store.epoch}:{event.seq}"
         with self.tracing.delivery(event.collection, event.seq, cursor, len(group.members)):
-            self._push(group, event, match, moved)
+            self._push(group, event, match)
 
-    def _push(self, group: Group, event: ChangeEvent, match: Match, moved: Sequence[str]) -> None:
+    def _push(self, group: Group, event: ChangeEvent, match: Match) -> None:
         try:
             payload = group.render(event, match)
         except Exception:
             logger.exception("Rendering seq %s for a subscription group failed", event.seq)
-            payload = None
-        self._send(group, event, [payload, *moved] if payload is not None else list(moved))
+            return
+        self._send(group, event, [payload])
 
     def _send(self, group: Group, event: ChangeEvent, payloads: list[str]) -> None:
         if not payloads:
