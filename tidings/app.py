@@ -46,6 +46,7 @@ from tidings.metrics import (
 from tidings.model.collection import Collection
 from tidings.playground import ASSETS_PATH, Playground
 from tidings.pubsub import Broker, broker_from_url
+from tidings.realtime.channel_access import ChannelAccess
 from tidings.realtime.channels import Channels
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.fanout import FanOut
@@ -141,10 +142,12 @@ class Tidings:
         self.limits = Limits.from_settings(settings, broker_url=getattr(self.broker, "url", settings.broker))
         # Hooks: before-hooks run in the request; after-hooks through one bounded queue.
         self.hooks = HookRunner(hooks, max_pending=settings.hook_queue)
+        channel_rules = ChannelRules(channels, auth_enabled=self.authenticator.enabled, admin_role=settings.admin_role)
         self.channels = Channels(
             self.broker,
-            ChannelRules(channels, auth_enabled=self.authenticator.enabled, admin_role=settings.admin_role),
+            channel_rules,
             topic=settings.channel + ":channels",
+            access=ChannelAccess(self.store, self.permissions, self.dispatcher, channel_rules),
             limits=self.limits,
             max_payload=settings.channel_max_payload,
             presence_ttl=settings.presence_ttl,

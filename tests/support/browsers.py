@@ -69,7 +69,7 @@ async def offline_chromium() -> AsyncIterator[tuple[Any, Offline]]:
         chromium = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=20_000)
         try:
             context = await chromium.new_context(viewport={"width": 1400, "height": 900})
-            context.set_default_timeout(10_000)
+            context.set_default_timeout(20_000)  # a loaded machine; a passing run waits far less
             await context.route("**/*", offline.route)
             yield context, offline
             await context.close()

@@ -4,8 +4,11 @@ each channel, and which broker key (tenant scope) a channel name stands for.
 A namespace is a pattern of ``:``-separated segments: a literal (``room``), ``*``
 (any one or more characters, to the end), or a claim (``$sub``, ``$account``,
 ``$role``, ``$claims.<name>``: the segment must equal the caller's claim, so
-``user:$sub`` is each user's own channel). Rules use the collection rule words:
-``public``, ``authenticated``, ``role:a,b``, and ``none`` (nobody but the admin role).
+``user:$sub`` is each user's own channel), or ``{id}`` (a record's id). Rules use the
+collection rule words: ``public``, ``authenticated``, ``role:a,b``, ``none`` (nobody but the
+admin role), and ``read:<Collection>``: whoever may read the record ``{id}`` names, under that
+collection's read rule (which may follow relations: a room's members). This module only says
+which record a caller must be able to read; ``tidings.realtime.channel_access`` reads it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import orjson
 from tidings.auth.principal import Principal
 from tidings.errors import BadUserInput, ConfigurationError, Forbidden, Unauthenticated
 
-__all__ = ["Channel", "ChannelAction", "ChannelRules", "Resolved"]
+__all__ = ["Channel", "ChannelAction", "ChannelRules", "RecordRule", "Resolved"]
 
 MAX_CHANNEL_LENGTH = 200
 _NAME = re.compile(rf"[\x21-\x7e]{{1,{MAX_CHANNEL_LENGTH}}}")  # printable ASCII, no spaces
 _CLAIM = re.compile(r"\$(sub|account|role|claims\.[A-Za-z0-9_]+)")
+_RECORD = "{id}"  # the segment a read:<Collection> rule binds to a record id
+_READ = re.compile(r"read:([A-Za-z_][A-Za-z0-9_]*)")
 
 
 class ChannelAction(str, enum.Enum):
@@ -61,10 +66,38 @@ class Channel:
             )
         if self.history < 0 or self.history_seconds <= 0:
             raise ConfigurationError(f"Channel {self.pattern!r}: history must be >= 0 and history_seconds > 0")
+        segments = self.pattern.split(":")
+        for segment in segments:
+            if segment.startswith("{") and segment != _RECORD:
+                raise ConfigurationError(
+                    f"Channel {self.pattern!r}: unknown placeholder {segment!r}; the record segment is {_RECORD}"
+                )
         for action in ChannelAction:
             rule = getattr(self, action.value)
             if rule is not None:
                 _check_rule(rule, self.pattern)
+        if segments.count(_RECORD) > 1:
+            raise ConfigurationError(
+                f"Channel {self.pattern!r}: {_RECORD} may appear once, got {segments.count(_RECORD)}"
+            )
+        reads = self.record_collections
+        if reads and _RECORD not in segments:
+            first, collection = next(iter(reads.items()))
+            raise ConfigurationError(
+                f"Channel {self.pattern!r}: {first} rule 'read:{collection}' needs a {_RECORD} segment naming "
+                f"the record (e.g. {self.pattern.split(':')[0]}:{_RECORD})"
+            )
+
+    @property
+    def record_collections(self) -> dict[str, str]:
+        """Action -> the collection its ``read:<Collection>`` rule names (the others absent)."""
+        found = {}
+        for action in ChannelAction:
+            rule = getattr(self, action.value)
+            match = _READ.fullmatch(rule) if rule is not None else None
+            if match is not None:
+                found[action.value] = match.group(1)
+        return found
 
     @classmethod
     def from_mapping(cls, pattern: str, data: Mapping[str, Any]) -> Channel:
@@ -77,9 +110,19 @@ class Channel:
 
 def _check_rule(rule: str, pattern: str) -> None:
     kind, _, arg = rule.partition(":")
-    if rule in ("public", "authenticated", "none") or (kind == "role" and arg.strip(", ")):
+    if rule in ("public", "authenticated", "none") or (kind == "role" and arg.strip(", ")) or _READ.fullmatch(rule):
         return
-    raise ConfigurationError(f"Channel {pattern!r}: rule {rule!r} is not public, authenticated, role:<a,b> or none")
+    raise ConfigurationError(
+        f"Channel {pattern!r}: rule {rule!r} is not public, authenticated, role:<a,b>, read:<Collection> or none"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordRule:
+    """What a ``read:<Collection>`` rule asks: that the caller may read this record."""
+
+    collection: str
+    record_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,13 +132,14 @@ class Resolved:
     channel: str
     key: str
     namespace: Channel
+    record: RecordRule | None = None  # the record the caller must be able to read (read:<Collection>)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Compiled:
     namespace: Channel
     regex: re.Pattern[str]
-    claims: tuple[str, ...]  # one per claim segment, in order
+    claims: tuple[str, ...]  # one per claim or record segment, in order ({id} for the record)
 
 
 def _compile(namespace: Channel) -> _Compiled:
@@ -105,6 +149,9 @@ def _compile(namespace: Channel) -> _Compiled:
         claim = _CLAIM.fullmatch(segment)
         if segment == "*":
             parts.append(".+")
+        elif segment == _RECORD:
+            parts.append("([^:]+)")
+            claims.append(_RECORD)
         elif claim is not None:
             parts.append("([^:]+)")
             claims.append(claim.group(1))
@@ -143,12 +190,20 @@ class ChannelRules:
         self._open = Channel("*", "public", "public", "public", scope="global")
 
     def namespace(self, channel: str) -> tuple[Channel, tuple[tuple[str, str], ...]] | None:
-        """The namespace ``channel`` falls in, and its claim segments' values."""
+        """The namespace ``channel`` falls in, and its claim (and ``{id}``) segments' values."""
         for compiled in self.namespaces:
             match = compiled.regex.fullmatch(channel)
             if match is not None:
                 return compiled.namespace, tuple(zip(compiled.claims, match.groups(), strict=True))
         return None
+
+    def record_rules(self) -> list[tuple[Channel, str, str]]:
+        """(namespace, action, collection) of every ``read:<Collection>`` rule, to check at startup."""
+        return [
+            (c.namespace, action, name)
+            for c in self.namespaces
+            for action, name in c.namespace.record_collections.items()
+        ]
 
     def resolve(self, channel: str, principal: Principal, action: ChannelAction) -> Resolved:
         """Check ``action`` on ``channel`` for ``principal``; raise BadUserInput, Unauthenticated or Forbidden."""
@@ -160,16 +215,23 @@ class ChannelRules:
             return Resolved(channel, broker_key(channel, None), self._open)
         namespace, claims = found
         admin = self.admin_role is not None and principal.role == self.admin_role
+        record = None
         if not admin:
             rule = getattr(namespace, action.value) or ("authenticated" if self.auth_enabled else "public")
-            _check(rule, principal, channel, action)
+            read = _READ.fullmatch(rule)
+            if read is None:
+                _check(rule, principal, channel, action)
             for name, value in claims:
+                if name == _RECORD:
+                    if read is not None:
+                        record = RecordRule(read.group(1), value)
+                    continue
                 if principal.sub is None:
                     raise Unauthenticated(f"Channel {channel!r}: {action.value} needs a bearer token")
                 if str(_claim(principal, name)) != value:
                     raise Forbidden(f"Channel {channel!r}: {action.value} is only for the {name} it names")
         account = None if namespace.scope == "global" or not self.auth_enabled else principal.account
-        return Resolved(channel, broker_key(channel, account), namespace)
+        return Resolved(channel, broker_key(channel, account), namespace, record)
 
     def server_key(self, channel: str, account: str | None) -> Resolved:
         """For server code: the channel of ``account`` (no rule is checked)."""

@@ -20,6 +20,7 @@ from tidings.errors import BadUserInput, CursorExpired, TidingsError
 from tidings.limits import Limits
 from tidings.pubsub import BrokerUnavailable
 from tidings.pubsub.channel_store import ChannelStore, split
+from tidings.realtime.channel_access import ChannelAccess
 from tidings.realtime.group import Sink, render_view
 
 logger = logging.getLogger("tidings.realtime")
@@ -90,12 +91,14 @@ class ChannelEvents:
         rules: ChannelRules,
         connection_id: Callable[[Any], str],
         *,
+        access: ChannelAccess,
         limits: Limits | None = None,
         max_payload: int = 16_384,
         before_publish: Callable[[Principal, str, str, Any], Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
         self.rules = rules
+        self.access = access  # read:<Collection> rules: admission and re-checks
         self.connection_id = connection_id
         self.limits = limits
         self.max_payload = max_payload
@@ -134,6 +137,7 @@ class ChannelEvents:
     ) -> int:
         """The ``publish`` mutation: rules and the size limit, then the rate limits (a refusal spends nothing)."""
         resolved = self.rules.resolve(channel, principal, ChannelAction.PUBLISH)
+        await self.access.admit(principal, resolved, ChannelAction.PUBLISH)
         if self.before_publish is not None:
             data = await self.before_publish(principal, resolved.channel, type, data)
         body = self._encode(resolved, type, data, principal.sub, None if echo else self._origin(client))
@@ -189,6 +193,7 @@ class ChannelEvents:
         if after is None and after_override is not None and len(resolved) == 1:
             with contextlib.suppress(BadUserInput):
                 after = parse_after(after_override)
+        tickets = [await self.access.admit(principal, r, ChannelAction.SUBSCRIBE) for r in resolved]
         types = args.get("types")
         subscriber = ChannelSubscriber(
             sink,
@@ -205,6 +210,7 @@ class ChannelEvents:
             subscriber.buffer = []
         for key in subscriber.keys:
             self._subscribers.setdefault(key, set()).add(subscriber)
+        self.access.track(subscriber, tickets)  # no await since the admissions: see track
         if history is None or not history.history or after is None:
             return subscriber
         try:
@@ -228,6 +234,7 @@ class ChannelEvents:
         return subscriber
 
     def _unsubscribe(self, subscriber: ChannelSubscriber) -> None:
+        self.access.untrack(subscriber)
         for key in subscriber.keys:
             found = self._subscribers.get(key)
             if found is not None:

@@ -17,6 +17,7 @@ from tidings.auth.principal import Principal
 from tidings.errors import BadUserInput
 from tidings.events import PresenceKind
 from tidings.pubsub.channel_store import ChannelStore, Entry
+from tidings.realtime.channel_access import ChannelAccess
 from tidings.realtime.channel_events import ChannelSubscriber
 from tidings.realtime.group import Sink, render_view
 from tidings.realtime.presence import Diff, PresenceRegistry, presence_view
@@ -33,11 +34,13 @@ class ChannelPresence:
         rules: ChannelRules,
         connection_id: Callable[[Any], str],
         *,
+        access: ChannelAccess,
         max_payload: int = 16_384,
         ttl: float = 15.0,
     ) -> None:
         self.store = store
         self.rules = rules
+        self.access = access  # read:<Collection> rules: admission and re-checks
         self.connection_id = connection_id
         self.max_payload = max_payload
         self.ttl = ttl
@@ -67,6 +70,8 @@ class ChannelPresence:
         watcher = ChannelSubscriber(sink, op_id, (key,), executor, render_key, connection, self._leave)
         self._joined[(connection, key)] = watcher  # before any await: a second join is refused
         try:
+            # Before the member is seen by anyone: one who may not read the record never joins.
+            ticket = await self.access.admit(principal, resolved, ChannelAction.PRESENCE)
             await self._ensure_loaded(key)
         except BaseException:
             del self._joined[(connection, key)]
@@ -87,10 +92,17 @@ class ChannelPresence:
         watcher.buffer = None
         members = self.registry.members(key)
         sink.push(op_id, 0, render_view(executor, presence_view(PresenceKind.SYNC, members, None, len(members))))
+        # Tracked once joined whole (a re-check ending it earlier would race the join's own writes);
+        # a change since the admission's read began is re-checked at once (see track).
+        self.access.track(watcher, (ticket,))
         return watcher
 
     async def update(self, principal: Principal, channel: str, meta: Any, client: Any) -> bool:
-        """``updatePresence``: new meta for the caller's connection in ``channel``."""
+        """``updatePresence``: new meta for the caller's connection in ``channel``.
+
+        A read:<Collection> rule reads nothing here: only a joined connection may update, and a
+        joined one was admitted and is re-checked on every change its admission depends on.
+        """
         resolved = self.rules.resolve(channel, principal, ChannelAction.PRESENCE)
         meta = self._check_meta(meta)
         entry = self.registry.entry(resolved.key, self.connection_id(client)) if client is not None else None
@@ -120,6 +132,7 @@ class ChannelPresence:
             logger.warning("Presence: could not share %s with other processes (%s)", entry.connection, exc)
 
     def _leave(self, watcher: ChannelSubscriber) -> None:
+        self.access.untrack(watcher)
         key = watcher.keys[0]
         if self._joined.get((watcher.connection, key)) is not watcher:
             return

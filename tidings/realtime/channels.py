@@ -22,6 +22,7 @@ from tidings.limits import Limits
 from tidings.pubsub import Broker
 from tidings.pubsub.channel_store import ChannelStore, split
 from tidings.pubsub.consumer import consume
+from tidings.realtime.channel_access import ChannelAccess
 from tidings.realtime.channel_events import ChannelEvents
 from tidings.realtime.channel_presence import ChannelPresence
 
@@ -40,6 +41,7 @@ class Channels:
         rules: ChannelRules,
         *,
         topic: str,
+        access: ChannelAccess,
         limits: Limits | None = None,
         max_payload: int = 16_384,
         presence_ttl: float = 15.0,
@@ -51,16 +53,18 @@ class Channels:
         self.process = f"{os.getpid():x}{random.getrandbits(32):08x}"
         # The backend says where numbers, history and presence live (shared or this process's).
         self.store: ChannelStore = broker.channel_store(topic, self.process, presence_ttl)
+        self.access = access  # namespaces whose rules read a record (read:<Collection>)
         self.events = ChannelEvents(
             self.store,
             rules,
             self.connection_id,
+            access=access,
             limits=limits,
             max_payload=max_payload,
             before_publish=before_publish,
         )
         self.presence = ChannelPresence(
-            self.store, rules, self.connection_id, max_payload=max_payload, ttl=presence_ttl
+            self.store, rules, self.connection_id, access=access, max_payload=max_payload, ttl=presence_ttl
         )
         self._connection_ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._numbers = itertools.count(1)
@@ -82,6 +86,7 @@ class Channels:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.access.close()
         await self.presence.settle(timeout=1.0)
         await self.store.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
@@ -30,18 +31,18 @@ from graphql.pyutils import Path
 from tidings.auth.principal import ANY_ACCOUNT
 from tidings.errors import ErrorCode
 from tidings.events import ChangeEvent
-from tidings.filters import Filter, equality_terms
+from tidings.filters import Filter, compile_predicate, equality_terms, relations_in
 from tidings.limits import TokenBucket
 from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
-from tidings.realtime.live_nested import NestedRows
 from tidings.realtime.patch import diff
 from tidings.realtime.relevance import Relevance
 from tidings.realtime.window import Count, Needs, Single, Window
 from tidings.resolvers.prefetch import Nested, attach
 from tidings.schema.extensions import classify_all
 from tidings.store import Reader, Store
+from tidings.store.relations import expand
 from tidings.types import JSONObject
 
 logger = logging.getLogger("tidings.realtime")
@@ -109,6 +110,7 @@ class LiveSource:
         *,
         nested: Sequence[Nested] = (),
         depends: frozenset[str] = frozenset(),
+        loops: bool = False,
     ) -> None:
         self.key = key  # response key (alias or field name)
         self.collection = collection
@@ -116,17 +118,42 @@ class LiveSource:
         self.where = where  # read guard and filter, as the plain query would read
         self.order = order or []
         # Relations: the related records its selection nests (read with its rows), and the other
-        # collections its filter, rules or selection read. A change to one of them that may change
-        # what it shows reads the source again: one bounded query per group, never per subscriber.
-        # Its own collection's changes too, unless only its selection nests relations: then they are
-        # applied to its window, and the rows coming in take their nested records (live_nested.py).
+        # collections its filter, rules or selection read. A change to one of those that may change
+        # what it shows (``relevance``) reads the source again: one bounded query per group, never
+        # per subscriber.
         self.nested = tuple(nested)
         self.depends = depends
         self.refetch = bool(self.nested or self.depends)
+        # A change to its own collection is applied as to any source, once the changed record
+        # is read with its related rows (``prepare``: its filter's, and what its selection nests),
+        # unless those relations lead back to its own collection (``loops``: a task's parent is a
+        # task), where a change may move other rows too: then it is read again.
+        self.incremental = self.refetch and not loops and isinstance(kept, Window | Count | Single)
+        self.pending: list[ChangeEvent] = []  # own changes waiting for ``prepare``
+        self._in_view = compile_predicate(where)
         self.relevance = Relevance(where, self.nested, collection.name) if depends else None
-        self.nested_rows = NestedRows.of(kept, where, self.nested, collection.name)
-        self.applies_own = not self.refetch or self.nested_rows is not None
-        self.query: sa.Select[Any] | None = None
+        self.query: sa.Select[Any] | None = None  # a window's SELECT, built on its first read
+
+    async def prepare(self, reader: Reader, event: ChangeEvent) -> ChangeEvent:
+        """``event`` with its record, before and after, carrying the related rows the filter reads
+        and, after, what the selection nests: what ``kept.apply`` decides and keeps."""
+        before, after = event.before(), event.after()
+        records = [r for r in (before, after) if r is not None]
+        if relations_in(self.where):
+            records = await expand(reader, self.collection, records, self.where)
+        else:
+            records = [dict(r) for r in records]
+        it = iter(records)
+        was = next(it) if before is not None else None
+        now = next(it) if after is not None else None
+        if self.nested and now is not None and self._in_view(now):
+            await attach(reader, [now], self.nested)
+        if now is None:
+            return dataclasses.replace(event, record=was or event.record, previous={})
+        if was is None:
+            return dataclasses.replace(event, record=now)
+        related = {k: v for k, v in was.items() if k.startswith("@")}
+        return dataclasses.replace(event, record=now, previous={**event.previous, **related})
 
     def touched_by(self, event: ChangeEvent) -> bool:
         """Whether ``event`` may change this source: any of its own collection's; of a collection it
@@ -155,43 +182,24 @@ class LiveSource:
         else:
             await kept.reload(reader)
 
+    async def fill(self, reader: Reader) -> None:
+        kept = self.kept
+        if not isinstance(kept, Window):
+            assert not isinstance(kept, Count | Single)  # they never need a fill
+            await kept.fill(reader)
+            return
+        offset, limit = kept.fill_request()
+        rows = await reader.page(self.collection, self._query(reader), limit, offset)
+        if self.nested and rows:
+            await attach(reader, rows, self.nested)  # the rows filling in show their nested records too
+        kept.fill(rows, limit)
+
     def _query(self, reader: Reader) -> sa.Select[Any]:
-        """The window's SELECT, built on its first read (its filter and order never change)."""
+        """The window's SELECT, built once: its filter and order never change, and building a filter's
+        SQL (EXISTS and table aliases for each relation it follows) costs more than reading a page."""
         if self.query is None:
             self.query = reader.list_query(self.collection, self.where, self.order)
         return self.query
-
-    def needs(self) -> int:
-        kept, nested = self.kept, self.nested_rows
-        needs = kept.needs()
-        if needs == Needs.NOTHING and nested is not None and isinstance(kept, Window | Single) and nested.missing(kept):
-            return Needs.FILL  # rows that came in from events, waiting for their nested records
-        return needs
-
-    def apply(self, event: ChangeEvent) -> bool:
-        """Apply an event of its own collection (``applies_own``); True if what it keeps changed."""
-        kept, nested = self.kept, self.nested_rows
-        if nested is None:
-            return kept.apply(event)
-        assert isinstance(kept, Window | Single)
-        old = nested.previous(kept, event.record_id)
-        changed = kept.apply(event)
-        if changed:
-            nested.carry(kept, old, event.record_id)
-        return changed
-
-    async def fill(self, reader: Reader) -> None:
-        kept = self.kept
-        if isinstance(kept, Window):
-            if kept.needs() == Needs.FILL:
-                offset, limit = kept.fill_request()
-                kept.fill(await reader.page(self.collection, self._query(reader), limit, offset), limit)
-        elif not isinstance(kept, Single):
-            assert not isinstance(kept, Count)  # it never needs a fill
-            await kept.fill(reader)
-            return
-        if self.nested_rows is not None:
-            await self.nested_rows.fill(reader, kept)
 
 
 class LiveMember:
@@ -245,6 +253,7 @@ class LiveGroup:
         self.broken = False
         self.task: asyncio.Task[None] | None = None
         self.reads = 0  # database reads after the first (refills, re-reads): for tests and the bench
+        self.reloads = 0  # of them, those that read every root field again
 
     # -- events ------------------------------------------------------------------------
 
@@ -279,10 +288,15 @@ class LiveGroup:
         self.seq = event.seq
         changed = False
         for source in self.sources:
-            if source.collection.name == event.collection and source.applies_own:
-                changed = source.apply(event) or changed
-            elif source.refetch and source.touched_by(event):
-                source.kept.stale = True  # read again (settle): one query for the whole group
+            if source.refetch:
+                if source.incremental and event.collection == source.collection.name and not source.kept.stale:
+                    source.pending.append(event)  # applied once read with its related rows (settle)
+                    changed = True
+                elif source.touched_by(event):
+                    source.kept.stale = True  # read again (settle): one query for the whole group
+                    source.pending.clear()
+                    changed = True
+            elif source.collection.name == event.collection and source.kept.apply(event):
                 changed = True
         return changed
 
@@ -301,7 +315,7 @@ class LiveGroup:
         return ("eq", column, terms[column])
 
     def _needs_read(self) -> bool:
-        return any(s.needs() != Needs.NOTHING for s in self.sources)
+        return any(s.pending or s.kept.needs() != Needs.NOTHING for s in self.sources)
 
     def _start_read(self) -> None:
         self.busy = True
@@ -335,21 +349,30 @@ class LiveGroup:
         while True:
             async with self.store.reader() as reader:
                 snapshot = await reader.seq()
+                # Own changes first, in order, each with its related rows: the kept values then
+                # reflect every event received, and may need a fill (a row left) or a read.
+                for source in self.sources:
+                    pending, source.pending = source.pending, []
+                    for event in pending:
+                        if not source.kept.stale:
+                            source.kept.apply(await source.prepare(reader, event))
                 exact = (
                     not self.overflowed
                     and snapshot <= self._position()
                     and all(e.seq > snapshot for e in self.backlog)
-                    and all(s.needs() != Needs.RELOAD for s in self.sources)
+                    and all(s.kept.needs() != Needs.RELOAD for s in self.sources)
                 )
                 self.overflowed = False
                 if exact:
                     for source in self.sources:
-                        if source.needs() == Needs.FILL:
+                        if source.kept.needs() == Needs.FILL:
                             await source.fill(reader)
                 else:
                     for source in self.sources:
                         await source.reload(reader)
                     self.seq = max(self.seq, snapshot)
+                    if self.rendered is not None:
+                        self.reloads += 1
             if self.rendered is not None:
                 self.reads += 1
             if self.overflowed:

@@ -177,9 +177,10 @@ class LiveQueries:
         nested: tuple[Nested, ...],
     ) -> LiveSource:
         if kind == "single":
-            depends = _depends(guard, nested) - {coll.name}
+            reads = _depends(guard, nested)
+            single = Single(str(args["id"]), compile_predicate(guard))
             return LiveSource(
-                key, coll, Single(str(args["id"]), compile_predicate(guard)), guard, nested=nested, depends=depends
+                key, coll, single, guard, nested=nested, depends=reads - {coll.name}, loops=coll.name in reads
             )
         if kind == "connection":
             return self._connection(key, coll, args, guard, guard_for)
@@ -187,10 +188,12 @@ class LiveQueries:
             return self._aggregate(key, coll, args, guard, guard_for)
         where = parse_filter(args.get("where"), coll.filter_fields, guard_for=guard_for)
         view = And((guard, where))
-        depends = _depends(view, nested) - {coll.name}
+        reads = _depends(view, nested)
+        depends, loops = reads - {coll.name}, coll.name in reads
         exact = not reads_column(view, "updated_at")
         if kind == "count":
-            return LiveSource(key, coll, Count(compile_predicate(view), exact_before=exact), view, depends=depends)
+            count = Count(compile_predicate(view), exact_before=exact)
+            return LiveSource(key, coll, count, view, depends=depends, loops=loops)
         limit, offset = args.get("limit"), args.get("offset") or 0
         if limit is None or limit > self.max_rows:
             raise BadUserInput(
@@ -203,7 +206,7 @@ class LiveQueries:
         order = order_keys(args.get("orderBy"), coll)
         exact = exact and all(column != "updated_at" for column, _ in order)
         window = Window(order, offset, limit, compile_predicate(view), exact_before=exact)
-        return LiveSource(key, coll, window, view, order, nested=nested, depends=depends)
+        return LiveSource(key, coll, window, view, order, nested=nested, depends=depends, loops=loops)
 
     def _connection(
         self, key: str, coll: Collection, args: dict[str, Any], guard: Filter, guard_for: GuardFor
