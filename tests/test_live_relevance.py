@@ -146,11 +146,11 @@ async def test_a_renamed_project_reads_again_only_the_windows_showing_it(server:
             await ok(http, RENAME, id=b, n="B2")
             await follow(ws_b, live_b, await ok(http, BOARD.replace(" @live", ""), p=b))
             assert live_b.data["tasks"] == [{"title": "b1", "project": {"name": "B2"}}]
-            # A's window applies its own task (which reaches it after the rename, in seq order):
-            # read with its project, not the window again.
+            # A's window applies its own task (which reaches it after the rename, in seq order)
+            # with the project its other row shows: no read at all.
             await new(http, "Task", title="a2", projectId=a)
             await follow(ws_a, live_a, await ok(http, BOARD.replace(" @live", ""), p=a))
-            assert (group_a.reloads, group_b.reloads) == (0, 1)
+            assert (group_a.reads, group_a.reloads, group_b.reloads) == (0, 0, 1)
             await ok(http, RENAME, id=a, n="A2")
             await follow(ws_a, live_a, await ok(http, BOARD.replace(" @live", ""), p=a))
             assert {t["project"]["name"] for t in live_a.data["tasks"]} == {"A2"}
@@ -170,6 +170,10 @@ async def test_a_task_elsewhere_reads_no_project_with_its_tasks_again(server: Se
             await follow(ws, kept, await ok(http, PROJECT.replace(" @live", ""), id=a))
             assert kept.data["project"]["tasks"] == [{"title": "here"}]
             assert group.reloads == 1  # for "here" only: its tasks are what the project shows
+            reads = group.reads
+            await ok(http, RENAME, id=a, n="PA2")  # its own change: its tasks as they were, no read
+            await follow(ws, kept, {"project": {"name": "PA2", "tasks": [{"title": "here"}]}})
+            assert group.reads == reads
         finally:
             await ws.close()
 

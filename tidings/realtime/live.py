@@ -132,6 +132,9 @@ class LiveSource:
         self.pending: list[ChangeEvent] = []  # own changes waiting for ``prepare``
         self._in_view = compile_predicate(where)
         self.relevance = Relevance(where, self.nested, collection.name) if depends else None
+        # Its filter follows no relation and its rows nest records: an own change may take them from
+        # the kept rows instead of a read (``carried``).
+        self.carries = self.incremental and bool(self.nested) and not relations_in(where)
         self.query: sa.Select[Any] | None = None  # a window's SELECT, built on its first read
 
     async def prepare(self, reader: Reader, event: ChangeEvent) -> ChangeEvent:
@@ -154,6 +157,38 @@ class LiveSource:
             return dataclasses.replace(event, record=now)
         related = {k: v for k, v in was.items() if k.startswith("@")}
         return dataclasses.replace(event, record=now, previous={**event.previous, **related})
+
+    def carried(self, event: ChangeEvent) -> ChangeEvent | None:
+        """``event`` as ``prepare`` makes it, without a read, when what its record nests is at hand:
+        each reference, a record a kept row (its own previous version, or another) shows already;
+        its children, as its previous version shows them (they point at its id, which did not
+        change). Those are current: a change to them makes the source stale (``relevance``).
+        None: ``prepare`` must read."""
+        kept = self.kept
+        if not self.carries or kept.stale or not isinstance(kept, Window | Single):
+            return None
+        rows = kept.rows if isinstance(kept, Window) else [r for r in (kept.record,) if r is not None]
+        before, after = event.before(), event.after()
+        if after is None:
+            return dataclasses.replace(event, record=before if before is not None else event.record, previous={})
+        now = dict(after)
+        if self._in_view(now):
+            old = next((r for r in rows if r["id"] == event.record_id), None)
+            for p in self.nested:
+                key = "$" + p.key
+                if p.reference is None:
+                    if old is None or key not in old:
+                        return None
+                    now[key] = old[key]
+                elif (target := now.get(p.reference)) is None:
+                    now[key] = None
+                else:
+                    donors = [old, *rows] if old is not None else rows
+                    donor = next((r for r in donors if r.get(p.reference) == target and key in r), None)
+                    if donor is None:
+                        return None
+                    now[key] = donor[key]
+        return dataclasses.replace(event, record=now)
 
     def touched_by(self, event: ChangeEvent) -> bool:
         """Whether ``event`` may change this source: any of its own collection's; of a collection it
@@ -290,8 +325,12 @@ class LiveGroup:
         for source in self.sources:
             if source.refetch:
                 if source.incremental and event.collection == source.collection.name and not source.kept.stale:
-                    source.pending.append(event)  # applied once read with its related rows (settle)
-                    changed = True
+                    carried = None if source.pending else source.carried(event)  # in order, after those
+                    if carried is not None:
+                        changed = source.kept.apply(carried) or changed
+                    else:
+                        source.pending.append(event)  # applied once read with its related rows (settle)
+                        changed = True
                 elif source.touched_by(event):
                     source.kept.stale = True  # read again (settle): one query for the whole group
                     source.pending.clear()
