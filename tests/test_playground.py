@@ -15,7 +15,7 @@ import pytest
 from graphql import parse, validate
 
 from tests.support.browsers import Offline, offline_chromium, watched_page
-from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.servers import Server, gql_post, make_server, wait_subscribers
 from tidings.engine.build import build_schema
 from tidings.model.collection import JSON, collection, collections_from
 from tidings.model.loading import load_channels, load_collections
@@ -129,7 +129,7 @@ async def test_page_and_assets_need_no_token_and_are_cached(auth_server: Server)
         assert (await client.get("/graphql", params={"query": "{ tasks { id } }"})).status_code == 401
 
 
-async def test_chat_page_and_its_script_are_served_with_the_demo_only(auth_server: Server, tmp_path: Path) -> None:
+async def test_chat_page_and_its_script_are_served_with_a_chat_model_only(auth_server: Server, tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client:
         playground = await client.get("/graphql", headers={"accept": "text/html"})
         assert '<a id="tidings-chat-link" href="/playground/chat">' in playground.text
@@ -501,6 +501,15 @@ async def rooms_chat(context: Any, offline: Offline, server: Server) -> None:
     await bea.press("#chat-input", "Enter")
     for page in (ann, bea):
         await texts(page, ".chat-message", ["ann hello Bea", "bea hi Ann"])
+    # Bea deletes hers (by API): it leaves both pages (messageEvents DELETED).
+    async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {bea_token}"}) as http:
+        mine = await gql_post(http, '{ messages(where: {author: {eq: "bea"}}) { id } }')
+        deleted = await gql_post(
+            http, "mutation($id: ID!) { deleteMessage(id: $id) { id } }", mine["data"]["messages"][0]
+        )
+        assert "errors" not in deleted, deleted
+    for page in (ann, bea):
+        await texts(page, ".chat-message", ["ann hello Bea"])
     # Cy, no member, opens the room's link: refused, and shown nothing of it.
     link = await ann.get_attribute("#chat-room-link", "href")
     assert link is not None and link.startswith("#room=")
