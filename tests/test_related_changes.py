@@ -294,3 +294,24 @@ async def test_a_live_list_applies_its_own_changes_without_reading_the_window_ag
             assert reloads == [0, 0, 0, 1, 1, 2], reloads
         finally:
             await ws.close()
+
+
+async def test_many_members_resuming_at_once_each_get_their_replay(server: Server) -> None:
+    users = [f"r{i}" for i in range(30)]
+    async with client(server, "ann") as ann:
+        start = str(server.call(server.tidings.store.last_seq()))
+        room, _ = await rooms(ann, "storm", ["ann", *users], 10)
+        sockets = [await authorized_ws(server, user) for user in users]
+        try:
+            # Thirty groups (the rule names each member), each replaying from before the room
+            # existed: their reads queue for the replay's database slots.
+            await asyncio.gather(*(ws.subscribe("s", ROOM_MESSAGES, {"r": room, "after": start}) for ws in sockets))
+            got = await asyncio.gather(*(frames(ws, 10) for ws in sockets))
+            for received in got:
+                assert [(f["operation"], f["record"]["body"]) for f in received] == [
+                    ("CREATED", f"storm-{i}") for i in range(10)
+                ]
+            assert all([await ws.no_message(0.05) for ws in sockets])
+        finally:
+            for ws in sockets:
+                await ws.close()

@@ -207,7 +207,9 @@ class Replayer:
         """A page for a group that follows relations: read in one snapshot, each event as of its commit."""
         out: list[tuple[int, str]] = []
         follows = group.related.follows
-        async with related_snapshot(self.store) as snapshot:
+        # Its reads queue for the same database slots as the log's pages: a storm of resuming
+        # members of many such groups waits its turn instead of emptying the pool.
+        async with self._slots, related_snapshot(self.store) as snapshot:
             for n, event in enumerate(page.events, 1):
                 rendered = await group.outcome(event, snapshot)
                 if rendered is not None:
