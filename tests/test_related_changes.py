@@ -315,3 +315,35 @@ async def test_many_members_resuming_at_once_each_get_their_replay(server: Serve
         finally:
             for ws in sockets:
                 await ws.close()
+
+
+async def test_a_resume_renders_nested_records_as_of_each_commit(server: Server) -> None:
+    nested = """subscription($p: ID, $after: String) {
+      taskEvents(where: {projectId: {eq: $p}}, after: $after) {
+        record { title project { name tasks(orderBy: [{title: ASC}], limit: 2) { title } } }
+      }
+    }"""
+    async with client(server) as http:
+        project = await new(http, "Project", name="Then")
+        after = str(server.call(server.tidings.store.last_seq()))
+        await new(http, "Task", title="m", projectId=project)
+        await new(http, "Task", title="c", projectId=project)
+        await new(http, "Task", title="a", projectId=project)
+        await ok(http, 'mutation($p: ID!) { updateProject(id: $p, input: {name: "Now"}) { id } }', p=project)
+        ws = await authorized_ws(server)
+        try:
+            await ws.subscribe("s", nested, {"p": project, "after": after})
+            got = [f["record"] for f in await frames(ws, 3)]
+            # Each as the database was right after its commit: the project's name then, and its
+            # first two tasks then (the page cut after the rows later commits added are undone).
+            assert got == [
+                {"title": "m", "project": {"name": "Then", "tasks": [{"title": "m"}]}},
+                {"title": "c", "project": {"name": "Then", "tasks": [{"title": "c"}, {"title": "m"}]}},
+                {"title": "a", "project": {"name": "Then", "tasks": [{"title": "a"}, {"title": "c"}]}},
+            ]
+            # Live, after the rename: as it is.
+            await new(http, "Task", title="b", projectId=project)
+            live = (await frames(ws, 1))[0]["record"]
+            assert live == {"title": "b", "project": {"name": "Now", "tasks": [{"title": "a"}, {"title": "b"}]}}
+        finally:
+            await ws.close()

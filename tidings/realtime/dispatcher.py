@@ -271,12 +271,10 @@ class Dispatcher:
         async with self._lock:
             if seq <= self.position:
                 return
-            async with related_snapshot(self.store) as self._snapshot:
-                if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
-                    for event in events:
-                        await self._dispatch(event)
-                else:
-                    await self._read_up_to(seq)
+            if events and events[0].seq == self.position + 1 and events[-1].seq == seq:
+                await self._dispatch_all(events)
+            else:
+                await self._read_up_to(seq)
             # Not when a pass fails midway (a related read): what observers applied of a commit
             # waits for the pass that dispatches its rest again.
             self._flush()
@@ -293,11 +291,17 @@ class Dispatcher:
                 self.position = max(self.position, min(seq, head))
                 break
             self.gaps_filled += 1
-            for ev in events:
-                await self._dispatch(ev)
+            await self._dispatch_all(events)
             if events[-1].seq >= seq:
                 break
             # The next page starts after what we dispatched; holes below are skipped.
+
+    async def _dispatch_all(self, events: Sequence[ChangeEvent]) -> None:
+        """Dispatch committed ``events`` in order, their related reads in one snapshot, opened
+        after they committed (so each is read as of its commit: ``Snapshot.as_of``)."""
+        async with related_snapshot(self.store) as self._snapshot:
+            for event in events:
+                await self._dispatch(event)
 
     def _flush(self) -> None:
         for flush in self.flushers:
@@ -333,7 +337,7 @@ class Dispatcher:
         self.dispatched += 1
         for group in candidates:
             if group.related is None:
-                self._deliver(group, event, moved.pop(group, ()))
+                self._deliver(group, event)
             elif group.key in self.groups:
                 outcome = related.get(group)
                 own = [outcome[1]] if outcome is not None else []
@@ -353,30 +357,28 @@ class Dispatcher:
             logger.exception("Matching seq %s for a subscription group that follows relations failed", event.seq)
             return None
 
-    def _deliver(self, group: Group, event: ChangeEvent, moved: Sequence[str] = ()) -> None:
+    def _deliver(self, group: Group, event: ChangeEvent) -> None:
         try:
             match = group.match(event)
         except Exception:
             logger.exception("Matching seq %s for a subscription group failed", event.seq)
-            match = None
+            return
         if match is None:
-            if moved:
-                self._send(group, event, list(moved))
             return
         if not self.tracing.enabled:
-            self._push(group, event, match, moved)
+            self._push(group, event, match)
             return
         cursor = f"{self.store.epoch}:{event.seq}"
         with self.tracing.delivery(event.collection, event.seq, cursor, len(group.members)):
-            self._push(group, event, match, moved)
+            self._push(group, event, match)
 
-    def _push(self, group: Group, event: ChangeEvent, match: Match, moved: Sequence[str]) -> None:
+    def _push(self, group: Group, event: ChangeEvent, match: Match) -> None:
         try:
             payload = group.render(event, match)
         except Exception:
             logger.exception("Rendering seq %s for a subscription group failed", event.seq)
-            payload = None
-        self._send(group, event, [payload, *moved] if payload is not None else list(moved))
+            return
+        self._send(group, event, [payload])
 
     def _send(self, group: Group, event: ChangeEvent, payloads: list[str]) -> None:
         if not payloads:

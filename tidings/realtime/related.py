@@ -84,6 +84,7 @@ class Snapshot:
         self._reader: Reader | None = None
         self._later: list[ChangeEvent] = []  # the log after ``_later_after``, up to the snapshot
         self._later_after: int | None = None
+        self._overlay: tuple[int, Overlay] | None = None  # the last one made
         self._affected: dict[tuple[int, str, tuple[tuple[str, str, str, str], ...]], list[Record]] = {}
 
     async def reader(self) -> Reader:
@@ -112,6 +113,8 @@ class Snapshot:
         snapshot is the database right after ``seq`` committed. Empty when nothing committed since
         (the usual case of live delivery), and when more than ``REWIND_EVENTS`` did (a resume from
         far back: then related rows are as of the snapshot)."""
+        if self._overlay is not None and self._overlay[0] == seq:
+            return self._overlay[1]  # views, consequences and render of one event ask alike
         reader = await self.reader()
         head = await reader.seq()
         if head <= seq or head - seq > REWIND_EVENTS:
@@ -127,6 +130,7 @@ class Snapshot:
                 rows = overlay.setdefault(event.collection, {})
                 if event.record_id not in rows:
                     rows[event.record_id] = event.before()
+        self._overlay = (seq, overlay)
         return overlay
 
 

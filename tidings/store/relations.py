@@ -102,14 +102,17 @@ async def children(
 
     ``budget``: the most rows the read may return for all parents together; past it, BAD_USER_INPUT
     (a nested list under a long list would otherwise read limit x parents rows). With an
-    ``overlay`` of ``coll``, the lists are read whole, overlaid, then ordered and cut here."""
+    ``overlay`` of ``coll``, the lists are read a little longer, overlaid, then ordered and cut here."""
     store = reader.store
     table = store.tables.by_collection[coll.name]
     wanted = sorted(set(parent_ids))
     result: dict[str, list[Record]] = {p: [] for p in wanted}
     swapped = overlay.get(coll.name, {}) if overlay else {}
     if swapped:
-        whole = await children(reader, coll, column, wanted, where, order_by)
+        # Each parent's page as given: of its stored rows, at most len(swapped) give way to the
+        # overlay before the page's end, so that many more rows than the page hold all it needs.
+        reach = None if limit is None else offset + limit + len(swapped)
+        whole = await children(reader, coll, column, wanted, where, order_by, reach)
         for parent, records in whole.items():
             result[parent] = [r for r in records if r["id"] not in swapped]
         images = [i for i in swapped.values() if i is not None and i.get(column) in result]
