@@ -15,13 +15,16 @@ import pytest
 from graphql import parse, validate
 
 from tests.support.browsers import Offline, offline_chromium, watched_page
-from tests.support.servers import Server, make_server, wait_subscribers
+from tests.support.servers import Server, gql_post, make_server, wait_subscribers
 from tidings.engine.build import build_schema
 from tidings.model.collection import JSON, collection, collections_from
+from tidings.model.loading import load_channels, load_collections
 from tidings.playground import example_tabs
+from tidings.playground.chat import ChatModel, chat_model
 from tidings.resolvers.channels import CHANNEL_MUTATIONS, CHANNEL_SUBSCRIPTIONS
 
 SECRET = "playground-test-secret-of-at-least-32-bytes"
+ROOMS = str(Path(__file__).resolve().parent.parent / "examples" / "rooms" / "collections.toml")
 RESULT = ".result-window .CodeMirror"
 # -- without a browser ---------------------------------------------------------
 
@@ -65,6 +68,20 @@ def _demo() -> list[Any]:
     from tidings.model.demo import COLLECTIONS
 
     return list(COLLECTIONS)
+
+
+def test_the_chat_page_runs_on_the_rooms_example_when_its_relations_are_there(tmp_path: Path) -> None:
+    assert chat_model(collections_from(_demo())) is ChatModel.DEMO
+    rooms = load_collections(ROOMS)
+    assert chat_model(rooms) is ChatModel.ROOMS
+    assert chat_model([c for c in rooms if c.name != "Membership"]) is None
+    # The names without the relations (a room named in a string) are not the rooms model.
+    (tmp_path / "flat.toml").write_text(
+        "[collections.Room.fields]\nname = 'String!'\nowner = 'String'\n"
+        "[collections.Membership.fields]\nuserId = 'String!'\nroom = 'String!'\n"
+        "[collections.Message.fields]\nbody = 'String!'\nauthor = 'String'\nroom = 'String!'\n"
+    )
+    assert chat_model(load_collections(str(tmp_path / "flat.toml"))) is None
 
 
 @pytest.fixture
@@ -112,7 +129,7 @@ async def test_page_and_assets_need_no_token_and_are_cached(auth_server: Server)
         assert (await client.get("/graphql", params={"query": "{ tasks { id } }"})).status_code == 401
 
 
-async def test_chat_page_and_its_script_are_served_with_the_demo_only(auth_server: Server, tmp_path: Path) -> None:
+async def test_chat_page_and_its_script_are_served_with_a_chat_model_only(auth_server: Server, tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=auth_server.url, timeout=10) as client:
         playground = await client.get("/graphql", headers={"accept": "text/html"})
         assert '<a id="tidings-chat-link" href="/playground/chat">' in playground.text
@@ -122,7 +139,7 @@ async def test_chat_page_and_its_script_are_served_with_the_demo_only(auth_serve
         assert page.headers["content-security-policy"].startswith("default-src 'self'; script-src 'self';")
         assert "https://" not in page.text and "http://" not in page.text
         config = json.loads(page.text.split('id="tidings-chat-config" type="application/json">')[1].split("</")[0])
-        assert config == {"endpoint": "/graphql", "auth": True}
+        assert config == {"endpoint": "/graphql", "auth": True, "model": "demo"}
         [src] = [part.split('"')[0] for part in page.text.split('src="')[1:]]
         assert src.startswith("/playground/chat.js?v=")
         script = await client.get(src)
@@ -377,16 +394,24 @@ async def texts(page: Any, selector: str, expected: list[str]) -> None:
         raise AssertionError(f"{selector}: {shown!r}, waiting for {expected!r}") from None
 
 
-async def open_chat(context: Any, offline: Offline, server: Server, name: str, token: str | None) -> Any:
+async def open_chat(
+    context: Any, offline: Offline, server: Server, name: str, token: str | None, ready: str = "", link: str = ""
+) -> Any:
+    """A chat tab signed in as ``name``, once ``ready`` (a selector; default: in the lobby).
+
+    From the playground's start page, or at ``link`` (a room's ``#room=<id>``) directly."""
     page = watched_page(offline, await context.new_page())
-    await page.goto(f"{server.url}/graphql")
-    await page.click("#tidings-chat-link")  # from the playground's start page
+    if link:
+        await page.goto(f"{server.url}/playground/chat{link}")
+    else:
+        await page.goto(f"{server.url}/graphql")
+        await page.click("#tidings-chat-link")  # from the playground's start page
     await page.fill("#chat-name", name)
     assert await page.is_visible("#chat-token") is (token is not None)
     if token is not None:
         await page.fill("#chat-token", token)
     await page.click("#chat-join-button")
-    await page.wait_for_selector("#chat-status:text-is('In lobby as " + name + "')")
+    await page.wait_for_selector(ready or f"#chat-status:text-is('In lobby as {name}')")
     return page
 
 
@@ -427,3 +452,77 @@ async def chat_in_two_tabs(context: Any, offline: Offline, server: Server, auth:
     await ann.close()
     await bea.wait_for_selector("#chat-count:text-is('1')")
     assert await bea.locator(".chat-member").all_inner_texts() == ["Bea"]
+
+
+@pytest.mark.timeout(60)
+async def test_browser_chat_on_the_rooms_example_is_for_the_members_of_a_room(
+    tmp_path: Path, browser: tuple[Any, Offline]
+) -> None:
+    context, offline = browser
+    server = make_server(tmp_path, [*load_collections(ROOMS), *load_channels(ROOMS)], jwt_secret=SECRET)
+    try:
+        await rooms_chat(context, offline, server)
+    finally:
+        server.stop()
+
+
+async def rooms_chat(context: Any, offline: Offline, server: Server) -> None:
+    mint = server.tidings.authenticator.mint
+    ann_token, bea_token, cy_token = (mint({"sub": sub, "account": "acme"}) for sub in ("ann", "bea", "cy"))
+    signed_in = "#chat-status:text-is('Signed in as {}: create a room, or pick one you are a member of')"
+    ann = await open_chat(context, offline, server, "Ann", ann_token, signed_in.format("ann"))
+    bea = await open_chat(context, offline, server, "Bea", bea_token, signed_in.format("bea"))
+    assert await ann.evaluate("window.__tidingsChat.config.model") == "rooms"
+    # Ann creates a room: she owns it, and may add members.
+    await ann.fill("#chat-new-room", "plans")
+    await ann.press("#chat-new-room", "Enter")
+    await ann.wait_for_selector("#chat-status:text-is('In plans as Ann')")
+    await texts(ann, ".chat-roster-entry", ["ann (owner)"])
+    await ann.fill("#chat-add-member", "bea")
+    await ann.press("#chat-add-member", "Enter")
+    await texts(ann, ".chat-roster-entry span", ["ann (owner)", "bea"])
+    # Added, Bea has the room in her list (roomEvents: ENTERED) and opens it; neither manages it but Ann.
+    await bea.click("#chat-rooms button:text-is('plans')")
+    await bea.wait_for_selector("#chat-status:text-is('In plans as Bea')")
+    await texts(bea, ".chat-roster-entry span", ["ann (owner)", "bea"])
+    assert await bea.is_hidden("#chat-add-form") and await bea.locator(".chat-remove").count() == 0
+    for page in (ann, bea):
+        await page.wait_for_selector("#chat-count:text-is('2')")
+    # Typing and messages both ways, on the room's channel and its messages.
+    await ann.fill("#chat-input", "hel")
+    await bea.wait_for_selector("#chat-typing:text-is('Ann is typing…')")
+    await ann.fill("#chat-input", "hello Bea")
+    await ann.press("#chat-input", "Enter")
+    await texts(bea, ".chat-message", ["ann hello Bea"])
+    await bea.wait_for_selector("#chat-typing:text-is('')")
+    await bea.fill("#chat-input", "hi")
+    await ann.wait_for_selector("#chat-typing:text-is('Bea is typing…')")
+    await bea.fill("#chat-input", "hi Ann")
+    await bea.press("#chat-input", "Enter")
+    for page in (ann, bea):
+        await texts(page, ".chat-message", ["ann hello Bea", "bea hi Ann"])
+    # Bea deletes hers (by API): it leaves both pages (messageEvents DELETED).
+    async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {bea_token}"}) as http:
+        mine = await gql_post(http, '{ messages(where: {author: {eq: "bea"}}) { id } }')
+        deleted = await gql_post(
+            http, "mutation($id: ID!) { deleteMessage(id: $id) { id } }", mine["data"]["messages"][0]
+        )
+        assert "errors" not in deleted, deleted
+    for page in (ann, bea):
+        await texts(page, ".chat-message", ["ann hello Bea"])
+    # Cy, no member, opens the room's link: refused, and shown nothing of it.
+    link = await ann.get_attribute("#chat-room-link", "href")
+    assert link is not None and link.startswith("#room=")
+    cy = await open_chat(context, offline, server, "Cy", cy_token, "#chat-status.error:has-text('FORBIDDEN')", link)
+    assert await cy.inner_text("#chat-status") == "You are not a member of this room (FORBIDDEN)"
+    assert "is for those who may read Room" in await cy.get_attribute("#chat-status", "title")
+    assert await cy.locator(".chat-message, .chat-member, #chat-rooms button").count() == 0
+    # Ann removes Bea: Bea's page says so and lets go of the room; Ann sees her leave.
+    await ann.click(".chat-remove[data-user='bea']")
+    await bea.wait_for_selector("#chat-status.error:has-text('You were removed from plans (FORBIDDEN)')")
+    await ann.wait_for_selector("#chat-count:text-is('1')")
+    await texts(ann, ".chat-roster-entry span", ["ann (owner)"])
+    for selector in (".chat-message", ".chat-member", "#chat-rooms button"):
+        await texts(bea, selector, [])
+    assert await bea.is_disabled("#chat-input")
+    assert await ann.inner_text("#chat-count") == "1"  # Cy never joined

@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from tidings.errors import ConfigurationError
 from tidings.model.collection import Collection
+from tidings.playground.chat import ChatModel, chat_html, chat_model
 from tidings.playground.examples import example_tabs
 from tidings.schema.validation import Introspection
 from tidings.transports.common import header
@@ -26,7 +27,6 @@ from tidings.types import Scope
 
 STATIC = Path(__file__).with_name("static")
 CHAT_JS = Path(__file__).with_name("chat.js")  # not in static/: playground/build empties that
-CHAT_COLLECTIONS = frozenset({"Room", "ChatMessage"})
 ASSETS_PATH = "/playground"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 # Asset URLs carry a hash of their content, so they can be cached for good.
@@ -70,9 +70,9 @@ class Playground:
             self.assets = {name: _Asset(STATIC / name) for name in ("playground.js", "playground.css")}
         except OSError as exc:
             raise ConfigurationError(f"The playground's assets are missing ({exc}); run playground/build") from exc
-        # The chat demo (/playground/chat) when the demo's Room and ChatMessage are served.
-        self.chat = {c.name for c in collections} >= CHAT_COLLECTIONS
-        if self.chat:
+        # The chat demo (/playground/chat) when the demo's chat or the rooms example is served.
+        self.chat = chat_model(collections)
+        if self.chat is not None:
             self.assets["chat.js"] = _Asset(CHAT_JS)
         self.tabs = example_tabs(collections)
         self.auth_enabled = auth_enabled
@@ -125,7 +125,7 @@ class Playground:
         )
 
     def _chat_link(self, root: str) -> str:
-        if not self.chat:
+        if self.chat is None:
             return ""
         # Beside the bundle's bar (its right end kept clear for it), so the bundle needs no rebuild.
         return (
@@ -134,12 +134,12 @@ class Playground:
             f'<a id="tidings-chat-link" href="{html.escape(root)}{ASSETS_PATH}/chat">Chat demo &rarr;</a>\n'
         )
 
-    def chat_page(self, scope: Mapping[str, Any]) -> Response:
+    def chat_page(self, scope: Mapping[str, Any], model: ChatModel) -> Response:
         """The chat demo: a static page and chat.js, talking graphql-transport-ws to /graphql."""
         root = scope.get("root_path", "")
-        config = json.dumps({"endpoint": f"{root}/graphql", "auth": self.auth_enabled}).replace("<", "\\u003c")
+        config = {"endpoint": f"{root}/graphql", "auth": self.auth_enabled, "model": model.value}
         js = f"{root}{ASSETS_PATH}/chat.js?v={self.assets['chat.js'].etag}"
-        body = _CHAT_PAGE.format(config=config, js=html.escape(js), playground=html.escape(f"{root}/graphql"))
+        body = chat_html(json.dumps(config).replace("<", "\\u003c"), html.escape(js), html.escape(f"{root}/graphql"))
         return Response(
             body,
             media_type="text/html; charset=utf-8",
@@ -147,8 +147,8 @@ class Playground:
         )
 
     async def asset(self, request: Request) -> Response:
-        if request.path_params["name"] == "chat" and self.chat:
-            return self.chat_page(request.scope)
+        if request.path_params["name"] == "chat" and self.chat is not None:
+            return self.chat_page(request.scope, self.chat)
         asset = self.assets.get(request.path_params["name"])
         if asset is None:
             return PlainTextResponse("Not found", status_code=404)
@@ -165,58 +165,3 @@ class Playground:
             body = asset.gzipped
             headers["Content-Encoding"] = "gzip"
         return Response(body, media_type=asset.content_type, headers=headers)
-
-
-_CHAT_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tidings chat demo</title>
-<link rel="icon" href="data:,">
-<style>
-body {{ margin: 0; font: 14px Roboto, system-ui, sans-serif; color: hsl(219, 28%, 22%); }}
-header {{ display: flex; gap: 16px; align-items: baseline; padding: 8px 14px; border-bottom: 1px solid #ddd; }}
-header a {{ color: hsl(243, 100%, 65%); }}
-#chat-status.error {{ color: #b00020; }}
-form {{ margin: 0; }}
-#chat-join {{ padding: 24px 14px; display: grid; gap: 10px; max-width: 420px; }}
-#chat-main {{ display: grid; grid-template-columns: 180px 1fr 200px; height: calc(100vh - 40px); }}
-#chat-main[hidden], #chat-join[hidden], #chat-token-row[hidden] {{ display: none; }}
-aside {{ padding: 10px; border-right: 1px solid #eee; overflow: auto; }}
-aside:last-child {{ border-right: 0; border-left: 1px solid #eee; }}
-ul {{ list-style: none; margin: 0; padding: 0; }}
-#chat-rooms button {{ width: 100%; text-align: left; border: 0; background: none; padding: 4px 6px; cursor: pointer; }}
-#chat-rooms button[aria-pressed=true] {{ background: hsl(243, 100%, 94%); border-radius: 4px; }}
-section {{ display: flex; flex-direction: column; min-height: 0; }}
-#chat-messages {{ flex: 1; overflow: auto; padding: 10px; }}
-.chat-message {{ padding: 2px 0; white-space: pre-wrap; }}
-#chat-typing {{ min-height: 18px; padding: 0 10px; font-style: italic; opacity: 0.7; }}
-#chat-send {{ display: flex; gap: 8px; padding: 10px; border-top: 1px solid #eee; }}
-#chat-input {{ flex: 1; }}
-input, button {{ font: inherit; padding: 4px 8px; }}
-</style>
-<script id="tidings-chat-config" type="application/json">{config}</script>
-<script defer src="{js}"></script>
-</head>
-<body>
-<header><strong>tidings chat</strong><a href="{playground}">&larr; playground</a><span id="chat-status"></span></header>
-<form id="chat-join">
-<label>Your name <input id="chat-name" maxlength="40" required></label>
-<label id="chat-token-row">Token (auth is on: <code>tidings token --sub alice</code>)
-<input id="chat-token" autocomplete="off"></label>
-<button id="chat-join-button" type="submit">Join the chat</button>
-<noscript>The chat demo needs JavaScript.</noscript>
-</form>
-<div id="chat-main" hidden>
-<aside><b>Rooms</b><ul id="chat-rooms"></ul>
-<form id="chat-room-form"><input id="chat-new-room" placeholder="new room" size="12"></form></aside>
-<section><h3 style="margin: 10px">#<span id="chat-room-name"></span></h3>
-<ul id="chat-messages"></ul><div id="chat-typing"></div>
-<form id="chat-send"><input id="chat-input" placeholder="Say something" autocomplete="off" maxlength="2000">
-<button type="submit">Send</button></form></section>
-<aside><b>Here (<span id="chat-count">0</span>)</b><ul id="chat-members"></ul></aside>
-</div>
-</body>
-</html>
-"""
