@@ -99,7 +99,7 @@ async def run(db: str, members: int, rounds: int) -> None:
             await store.get(by_name["Room"], room["id"], guard)
         naive = time.perf_counter() - started
         print(
-            f"a membership deleted, {members - 1}..{members - rounds} present members re-checked: "
+            f"a membership deleted, {members - 1}..{members - rounds} present members: "
             f"median {statistics.median(batched) * 1000:.0f} ms, {statistics.median(queries):.0f} queries "
             f"(first {batched[0] * 1000:.0f} ms)"
         )

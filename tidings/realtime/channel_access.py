@@ -23,6 +23,7 @@ from tidings.events import ChangeEvent
 from tidings.filters import Filter, related_nodes, related_targets
 from tidings.realtime.dispatcher import Dispatcher
 from tidings.realtime.group import Sink
+from tidings.realtime.related_changes import Paths
 from tidings.store.store import Store
 
 logger = logging.getLogger("tidings.realtime")
@@ -31,6 +32,7 @@ OWN_ID = "@id"  # in a plan: the changed record's own id is the one to re-check
 MAX_IDS_PER_READ = 500  # record ids one re-check query names, all its scopes together
 MAX_CLAUSES = 1_000  # read guards kept built in SQL, about 22 KiB each (past it, all built again)
 MAX_SCOPES_PER_READ = 50  # read guards one re-check query checks (a UNION ALL of one SELECT each)
+MAX_CAUSES = 1_000  # changes one re-check tells guards apart by (past it, all noted are read)
 RETRY_SECONDS = 1.0  # a re-check the database could not serve is tried again after this
 
 Plan = Mapping[str, tuple[str, ...] | None]
@@ -112,6 +114,11 @@ class ChannelAccess:
         self._plans: dict[str, dict[str, tuple[str, ...] | None]] = {}  # read collection -> rule collection -> cols
         self._changes: Counter[str] = Counter()  # committed changes seen, per collection
         self._pending: dict[str, set[str] | None] = {}  # rule collection -> ids to re-check (None: all)
+        # The changes that noted them, to tell a guard they cannot move (another user's membership)
+        # from one they may; None: not known (a change counted during an admission), check them all.
+        self._causes: list[ChangeEvent] | None = []
+        self._paths: dict[str, Paths] = {}  # repr(guard) -> its relation paths (bounded like _clauses)
+        self.skipped = 0  # operations a change could not concern, not re-checked
         self._task: asyncio.Task[None] | None = None
         self._clauses: dict[tuple[str, str], sa.ColumnElement[bool]] = {}  # read guards in SQL (_where)
         self.admissions = 0  # admission reads
@@ -175,6 +182,7 @@ class ChannelAccess:
                 )
             if self._count(entry.ticket.plan) != entry.ticket.counted:
                 self._note(rule.collection, {rule.record_id})
+                self._causes = None  # which changes is not known: a full re-check
         if self._pending:
             self._start()
 
@@ -211,6 +219,7 @@ class ChannelAccess:
                 continue
             if columns is None:
                 self._note(collection, None)
+                self._cause(event)
                 continue
             ids: set[str] = set()
             for column in columns:
@@ -224,6 +233,14 @@ class ChannelAccess:
             ids &= by_id.keys()
             if ids:
                 self._note(collection, ids)
+                self._cause(event)
+
+    def _cause(self, event: ChangeEvent) -> None:
+        if self._causes is not None and (not self._causes or self._causes[-1] is not event):
+            if len(self._causes) >= MAX_CAUSES:
+                self._causes = None  # a burst: re-check all it noted rather than keep every change
+            else:
+                self._causes.append(event)
 
     def flush(self) -> None:
         """A dispatch pass ended (every commit in it whole): re-check what it noted."""
@@ -252,17 +269,39 @@ class ChannelAccess:
     async def _run(self) -> None:
         while self._pending:
             pending, self._pending = self._pending, {}
+            causes, self._causes = self._causes, []
             try:
-                await self.recheck(pending)
+                await self.recheck(pending, causes)
             except Exception as exc:
                 # Nobody is let off: the same records are checked again once the database answers.
                 logger.warning("Channel access: a re-check failed (%s); retrying in %.1f s", exc, RETRY_SECONDS)
                 for collection, ids in pending.items():
                     self._note(collection, ids)
+                self._causes = None
                 await asyncio.sleep(RETRY_SECONDS)
 
-    async def recheck(self, pending: Mapping[str, set[str] | None]) -> int:
-        """Re-check the tracked operations on these records; end those no longer admitted. How many ended."""
+    def _moved(self, collection: str, guard: Filter, causes: Sequence[ChangeEvent]) -> bool:
+        """Whether one of ``causes`` may change what ``guard`` lets read of ``collection``: a change
+        to the collection itself may; one to a collection it reads through relations only unless
+        the changed row counts alike before and after for each path there (related_changes.Paths)."""
+        key = repr(guard)
+        paths = self._paths.get(key)
+        if paths is None:
+            if len(self._paths) >= MAX_CLAUSES:
+                self._paths.clear()
+            paths = self._paths[key] = Paths(guard)
+        for event in causes:
+            if event.collection == collection:
+                return True
+            before, after = event.before(), event.after()
+            if not all(paths.unmoved(path[-1], before, after) for path in paths.ending_at(event.collection)):
+                return True
+        return False
+
+    async def recheck(self, pending: Mapping[str, set[str] | None], causes: Sequence[ChangeEvent] | None = None) -> int:
+        """Re-check the tracked operations on these records; end those no longer admitted. How many
+        ended. ``causes``: the changes that noted them, when known (a guard none of them can move
+        is not read)."""
         authorizer = self.permissions.current
         scopes: dict[tuple[str, str], tuple[Filter, dict[str, list[_Entry]]]] = {}
         refused: list[_Entry] = []
@@ -282,6 +321,9 @@ class ChannelAccess:
                     guard = guards[key]
                     if guard is None:
                         refused.append(entry)
+                        continue
+                    if causes is not None and not self._moved(collection, guard, causes):
+                        self.skipped += 1
                         continue
                     scope = scopes.setdefault((collection, repr(guard)), (guard, {}))
                     scope[1].setdefault(record_id, []).append(entry)
