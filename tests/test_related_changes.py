@@ -347,3 +347,44 @@ async def test_a_resume_renders_nested_records_as_of_each_commit(server: Server)
             assert live == {"title": "b", "project": {"name": "Now", "tasks": [{"title": "a"}, {"title": "b"}]}}
         finally:
             await ws.close()
+
+
+async def test_a_message_posted_to_a_room_is_read_once_for_every_members_live_query(server: Server) -> None:
+    from tests.test_live import LiveClient
+    from tests.test_relations import follow
+
+    users = [f"m{i}" for i in range(8)]
+    live_room = """query($r: ID!) @live {
+      messages(where: {roomId: {eq: $r}}, orderBy: [{createdAt: DESC}], limit: 3) { body }
+    }"""
+    async with client(server, "ann") as ann:
+        room, _ = await rooms(ann, "busy", ["ann", *users], 2)
+        watchers: list[tuple[WS, Any]] = []
+        try:
+            for user in users:  # eight groups: the rule names each member
+                ws = await authorized_ws(server, user)
+                await ws.subscribe("1", live_room, {"r": room})
+                live = LiveClient()
+                live.take((await ws.recv())["payload"])
+                watchers.append((ws, live))
+            hub = server.tidings.engine.live_hub
+            groups = [g for g in list(hub.groups.values()) if room in str(g.key)]
+            assert len(groups) == len(users)
+            shared, reads = hub.prepare.reads, sum(g.reads for g in groups)
+            store = server.tidings.store
+            seen, stop = count_selects_of(store._reads.engine if store._reads is not None else None)
+            try:
+                await ok(ann, POST, r=room, b="for all")
+                expected = {"messages": [{"body": "for all"}, {"body": "busy-1"}, {"body": "busy-0"}]}
+                for ws, live in watchers:
+                    await follow(ws, live, expected)
+            finally:
+                stop()
+            # One read of the message's room and memberships for the eight groups, none of their own.
+            assert hub.prepare.reads - shared == 1
+            assert sum(g.reads for g in groups) == reads
+            if store._reads is not None:
+                assert sum("FROM memberships" in s for s in seen) == 1, seen
+        finally:
+            for ws, _ in watchers:
+                await ws.close()

@@ -109,7 +109,7 @@ class Watcher:
         await self.ws.subscribe("live", LIVE)
         self.live = LiveClient()
         while self.live.data is None:
-            self.take(await self.ws.recv(10))  # a fence may come first
+            self.take(await self.ws.recv(30))  # a fence may come first
         # A fence for the replay: a fence event is delivered live, and may overtake the replay
         # still under way (whose live events wait in the subscriber's buffer until it ends).
         dispatcher = server.tidings.dispatcher
@@ -123,7 +123,7 @@ class Watcher:
             ]
             return bool(mine) and all(member.buffer is None for member in mine)
 
-        await until(replayed)
+        await until(replayed, timeout=30)
 
     def take(self, message: dict[str, Any]) -> int | None:
         """Apply one frame; the fence number when it is a fence."""
@@ -149,17 +149,17 @@ class Watcher:
 
     async def until_fence(self, n: int) -> None:
         while True:
-            if self.take(await self.ws.recv(10)) == n:
+            if self.take(await self.ws.recv(30)) == n:
                 return
 
     async def until_live(self, expected: Any) -> None:
         while self.live.data != expected:
-            self.take(await self.ws.recv(10))
+            self.take(await self.ws.recv(30))
 
     async def until_view(self, expected: Any) -> None:
         """Back from away: the replay may still be arriving after the first fence."""
         while self.view != expected:
-            self.take(await self.ws.recv(10))
+            self.take(await self.ws.recv(30))
 
 
 async def ok(http: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:

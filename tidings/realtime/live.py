@@ -15,7 +15,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -36,6 +36,7 @@ from tidings.limits import TokenBucket
 from tidings.model.collection import Collection
 from tidings.realtime.group import Sink
 from tidings.realtime.index import UNINDEXED_COLUMNS, Bucket, IndexKey
+from tidings.realtime.live_prepare import SharedPrepare
 from tidings.realtime.patch import diff
 from tidings.realtime.relevance import Relevance
 from tidings.realtime.window import Count, Needs, Single, Window
@@ -130,6 +131,8 @@ class LiveSource:
         # task), where a change may move other rows too: then it is read again.
         self.incremental = self.refetch and not loops and isinstance(kept, Window | Count | Single)
         self.pending: list[ChangeEvent] = []  # own changes waiting for ``prepare``
+        # seq -> the hub's read of that event for every source waiting for it (live_prepare.py)
+        self.batches: dict[int, asyncio.Future[dict[int, ChangeEvent]]] = {}
         self._in_view = compile_predicate(where)
         self.relevance = Relevance(where, self.nested, collection.name) if depends else None
         # Its filter follows no relation and its rows nest records: an own change may take them from
@@ -139,16 +142,19 @@ class LiveSource:
 
     async def prepare(self, reader: Reader, event: ChangeEvent) -> ChangeEvent:
         """``event`` with its record, before and after, carrying the related rows the filter reads
-        and, after, what the selection nests: what ``kept.apply`` decides and keeps."""
-        before, after = event.before(), event.after()
-        records = [r for r in (before, after) if r is not None]
+        and, after, what the selection nests: what ``kept.apply`` decides and keeps. (LiveHub reads
+        the related rows of one event once for all the sources waiting for it: live_prepare.py.)"""
+        records = [r for r in (event.before(), event.after()) if r is not None]
         if relations_in(self.where):
             records = await expand(reader, self.collection, records, self.where)
-        else:
-            records = [dict(r) for r in records]
-        it = iter(records)
-        was = next(it) if before is not None else None
-        now = next(it) if after is not None else None
+        return await self.finish(reader, event, records)
+
+    async def finish(self, reader: Reader, event: ChangeEvent, records: Sequence[Mapping[str, Any]]) -> ChangeEvent:
+        """``prepare`` from the event's records (before, after: those that exist) expanded for its
+        filter, or for one that reads at least what its filter does."""
+        it = iter([dict(r) for r in records])
+        was = next(it) if event.before() is not None else None
+        now = next(it) if event.after() is not None else None
         if self.nested and now is not None and self._in_view(now):
             await attach(reader, [now], self.nested)
         if now is None:
@@ -235,6 +241,24 @@ class LiveSource:
         if self.query is None:
             self.query = reader.list_query(self.collection, self.where, self.order)
         return self.query
+
+
+async def _apply_batches(source: LiveSource) -> None:
+    """Apply the source's waiting own changes that the hub read for it, in order, up to the first
+    it did not (read in the group's snapshot then, as is the rest)."""
+    while source.pending and not source.kept.stale:
+        batch = source.batches.pop(source.pending[0].seq, None)
+        if batch is None:
+            return
+        try:
+            prepared = (await batch).get(id(source))
+        except Exception:  # the group reads it itself, as without the hub's read
+            logger.debug("A shared read of a live change failed; the group reads it", exc_info=True)
+            return
+        if prepared is None or not source.pending or source.kept.stale:
+            return
+        source.pending.pop(0)
+        source.kept.apply(prepared)
 
 
 class LiveMember:
@@ -334,6 +358,7 @@ class LiveGroup:
                 elif source.touched_by(event):
                     source.kept.stale = True  # read again (settle): one query for the whole group
                     source.pending.clear()
+                    source.batches.clear()
                     changed = True
             elif source.collection.name == event.collection and source.kept.apply(event):
                 changed = True
@@ -386,36 +411,16 @@ class LiveGroup:
         its seq are skipped as already reflected.
         """
         while True:
-            async with self.store.reader() as reader:
-                snapshot = await reader.seq()
-                # Own changes first, in order, each with its related rows: the kept values then
-                # reflect every event received, and may need a fill (a row left) or a read.
-                for source in self.sources:
-                    pending, source.pending = source.pending, []
-                    for event in pending:
-                        if not source.kept.stale:
-                            source.kept.apply(await source.prepare(reader, event))
-                exact = (
-                    not self.overflowed
-                    and snapshot <= self._position()
-                    and all(e.seq > snapshot for e in self.backlog)
-                    and all(s.kept.needs() != Needs.RELOAD for s in self.sources)
-                )
-                self.overflowed = False
-                if exact:
-                    for source in self.sources:
-                        if source.kept.needs() == Needs.FILL:
-                            await source.fill(reader)
-                else:
-                    for source in self.sources:
-                        await source.reload(reader)
-                    self.seq = max(self.seq, snapshot)
-                    if self.rendered is not None:
-                        self.reloads += 1
-            if self.rendered is not None:
-                self.reads += 1
-            if self.overflowed:
-                continue
+            # Own changes the hub read for all their groups at once, in order: with nothing else to
+            # read, this group opens no snapshot of its own.
+            for source in self.sources:
+                await _apply_batches(source)
+            if self.overflowed or self._needs_read():
+                await self._read()
+                if self.rendered is not None:
+                    self.reads += 1
+                if self.overflowed:
+                    continue
             while self.backlog and not self._needs_read():
                 event = self.backlog.popleft()
                 if event.seq > self.seq:
@@ -423,6 +428,36 @@ class LiveGroup:
             if not self._needs_read():
                 self.busy = False
                 return
+
+    async def _read(self) -> None:
+        """One snapshot: the own changes still waiting, then a fill (when exact) or a re-read."""
+        async with self.store.reader() as reader:
+            snapshot = await reader.seq()
+            # Own changes first, in order, each with its related rows: the kept values then
+            # reflect every event received, and may need a fill (a row left) or a read.
+            for source in self.sources:
+                pending, source.pending = source.pending, []
+                source.batches.clear()
+                for event in pending:
+                    if not source.kept.stale:
+                        source.kept.apply(await source.prepare(reader, event))
+            exact = (
+                not self.overflowed
+                and snapshot <= self._position()
+                and all(e.seq > snapshot for e in self.backlog)
+                and all(s.kept.needs() != Needs.RELOAD for s in self.sources)
+            )
+            self.overflowed = False
+            if exact:
+                for source in self.sources:
+                    if source.kept.needs() == Needs.FILL:
+                        await source.fill(reader)
+            else:
+                for source in self.sources:
+                    await source.reload(reader)
+                self.seq = max(self.seq, snapshot)
+                if self.rendered is not None:
+                    self.reloads += 1
 
     # -- rendering -----------------------------------------------------------------------
 
@@ -477,6 +512,7 @@ class LiveHub:
         self.groups: dict[Hashable, LiveGroup] = {}
         self._buckets: dict[tuple[str, Any], Bucket] = {}
         self._touched: set[LiveGroup] = set()  # groups that received events in the current dispatch pass
+        self.prepare = SharedPrepare(store)
 
     def flush(self) -> None:
         """A dispatch pass ended (whole commits): each group it touched sends one patch."""
@@ -498,6 +534,7 @@ class LiveHub:
             if bucket is not None:
                 bucket.candidates(event, groups)
         # In seq order for each group (this is one event); the order among groups does not matter.
+        waiting: list[LiveSource] = []
         for group in groups:
             self._touched.add(group)
             try:
@@ -508,6 +545,14 @@ class LiveHub:
                     source.kept.stale = True
                 if not group.busy:
                     group._start_read()
+                continue
+            waiting.extend(s for s in group.sources if s.pending and s.pending[-1] is event)
+        if waiting:
+            # Their groups' reads wait for it: one read of the event's related rows for them all
+            # (a message posted to a room whose 200 members each hold their own live query).
+            batch = self.prepare.read(event, waiting)
+            for source in waiting:
+                source.batches[event.seq] = batch
 
     async def subscribe(
         self,
