@@ -293,8 +293,7 @@ class ChannelAccess:
         for event in causes:
             if event.collection == collection:
                 return True
-            before, after = event.before(), event.after()
-            if not all(paths.unmoved(path[-1], before, after) for path in paths.ending_at(event.collection)):
+            if paths.moved(event.collection, event.before(), event.after()):
                 return True
         return False
 

@@ -194,15 +194,16 @@ class Group:
             return []
         if sel.operations is not None and Operation.UPDATED not in sel.operations:
             return []
-        payloads: list[str] = []
-        for record, match in await related.consequences(event, snapshot, self._in_view):
-            if sel.record_id is not None and record["id"] != sel.record_id:
-                continue
-            shown = await related.render(record, snapshot, event.seq)
-            payloads.append(
-                self._payload(event, match, shown, {}, [], operation=Operation.UPDATED, record_id=record["id"])
-            )
-        return payloads
+        moved = [
+            (record, match)
+            for record, match in await related.consequences(event, snapshot, self._in_view)
+            if sel.record_id is None or record["id"] == sel.record_id
+        ]
+        shown = await related.render_all([record for record, _ in moved], snapshot, event.seq)
+        return [
+            self._payload(event, match, record, {}, [], operation=Operation.UPDATED, record_id=record["id"])
+            for record, (_, match) in zip(shown, moved, strict=True)
+        ]
 
     def match(
         self, event: ChangeEvent, views: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None] | None = None

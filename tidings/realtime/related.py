@@ -32,7 +32,7 @@ from tidings.events import ChangeEvent
 from tidings.filters import Filter, GuardFor, relations_in
 from tidings.model.collection import Collection
 from tidings.realtime.related_changes import Path, Paths, affected, shape
-from tidings.resolvers.prefetch import Nested, attach, fields_of, plan
+from tidings.resolvers.prefetch import NESTED_ROWS, Nested, attach, fields_of, plan
 from tidings.schema.inputs import Match
 from tidings.store import Reader, Store
 from tidings.store.relations import Overlay, expand
@@ -178,9 +178,18 @@ class RelatedRows:
 
     async def render(self, record: Mapping[str, Any], snapshot: Snapshot, seq: int) -> Record:
         """``record`` with its nested related records as of ``seq``, read under the subscriber's rules."""
-        out = dict(record)
-        if self.nested:
-            await attach(await snapshot.reader(), [out], self.nested, await snapshot.as_of(seq))
+        return (await self.render_all([record], snapshot, seq))[0]
+
+    async def render_all(self, records: Sequence[Mapping[str, Any]], snapshot: Snapshot, seq: int) -> list[Record]:
+        """``render`` for many records (those one change moved): one read per relation and level for
+        each chunk of them. A chunk holds at most ``NESTED_ROWS`` records when a list is nested, so its
+        rows for all of them (each at most ``--max-limit``) stay within the list's budget."""
+        out = [dict(r) for r in records]
+        if self.nested and out:
+            reader, as_of = await snapshot.reader(), await snapshot.as_of(seq)
+            step = NESTED_ROWS if any(p.via is not None for p in self.nested) else len(out)
+            for start in range(0, len(out), step):
+                await attach(reader, out[start : start + step], self.nested, as_of)
         return out
 
     async def consequences(
@@ -191,11 +200,8 @@ class RelatedRows:
         the changed row as it was before the event, then as it is after it."""
         if self.paths is None or self.view is None:
             return []
-        paths = self.paths.ending_at(event.collection)
-        if not paths:
-            return []
         before, after = event.before(), event.after()
-        paths = tuple(p for p in paths if not self.paths.unmoved(p[-1], before, after))
+        paths = self.paths.moved(event.collection, before, after)
         if not paths:
             return []  # e.g. another user's membership: it decides nothing this view reads
         rows = [r for r in (before, after) if r is not None]

@@ -55,6 +55,11 @@ class Paths:
             if not relations_in(path[-1].guard) and not relations_in(path[-1].item)
         }
 
+    def moved(self, collection: str, before: Record | None, after: Record | None) -> tuple[Path, ...]:
+        """The paths ending at ``collection`` along which a row of it changing from ``before`` to
+        ``after`` may move a record into or out of the view (the others: ``unmoved``)."""
+        return tuple(p for p in self.ending_at(collection) if not self.unmoved(p[-1], before, after))
+
     def unmoved(self, node: Related, before: Record | None, after: Record | None) -> bool:
         """Whether a change of one row from ``before`` to ``after`` leaves ``node``'s answer the
         same for every record, so nothing on the path through it can move: the row counts for it

@@ -38,16 +38,14 @@ def _plain(f: Filter) -> bool:
 
 class _Counts:
     """The relation paths of a filter ending at the changed row's collection: the row may change
-    the result unless it moves none of them (``related_changes.Paths.unmoved``: it counts, or not,
-    alike before and after, under the same parent)."""
+    the result unless it moves none of them (``related_changes.Paths.moved``: along each it counts,
+    or not, alike before and after, under the same parent)."""
 
-    def __init__(self, paths: Paths, nodes: Sequence[Related]) -> None:
+    def __init__(self, paths: Paths) -> None:
         self.paths = paths
-        self.nodes = tuple(nodes)
 
     def __call__(self, event: ChangeEvent, rows: Any) -> bool:
-        before, after = before_of(event), event.after()
-        return not all(self.paths.unmoved(n, before, after) for n in self.nodes)
+        return bool(self.paths.moved(event.collection, before_of(event), event.after()))
 
 
 class _Refers:
@@ -94,8 +92,7 @@ class Relevance:
     def _filter(self, f: Filter) -> None:
         paths = Paths(f)
         for target, found in paths.by_target.items():
-            nodes = [path[-1] for path in found]
-            self._add(target, _Counts(paths, nodes) if all(_plain(n) for n in nodes) else _always)
+            self._add(target, _Counts(paths) if all(_plain(path[-1]) for path in found) else _always)
 
     def _below(self, plans: Iterable[Nested]) -> None:
         for p in plans:
