@@ -97,7 +97,6 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one dispatch pass at a time: order is the invariant
-        self._snapshot: Snapshot | None = None  # the pass's related reads (opened on first use)
         self.dispatched = 0
         self.gaps_filled = 0
         self.publish_timeout = publish_timeout
@@ -299,9 +298,9 @@ class Dispatcher:
     async def _dispatch_all(self, events: Sequence[ChangeEvent]) -> None:
         """Dispatch committed ``events`` in order, their related reads in one snapshot, opened
         after they committed (so each is read as of its commit: ``Snapshot.as_of``)."""
-        async with related_snapshot(self.store) as self._snapshot:
+        async with related_snapshot(self.store) as snapshot:
             for event in events:
-                await self._dispatch(event)
+                await self._dispatch(event, snapshot)
 
     def _flush(self) -> None:
         for flush in self.flushers:
@@ -310,7 +309,7 @@ class Dispatcher:
             except Exception:
                 logger.exception("Ending a dispatch pass failed")
 
-    async def _dispatch(self, event: ChangeEvent) -> None:
+    async def _dispatch(self, event: ChangeEvent, snapshot: Snapshot) -> None:
         candidates: set[Group] = set()
         for key in ((event.collection, event.account), (event.collection, ANY_ACCOUNT)):
             bucket = self._buckets.get(key)
@@ -323,7 +322,6 @@ class Dispatcher:
         # as a render failure is, so one group never holds back every other subscriber.
         related: dict[Group, tuple[Match, str] | None] = {}
         moved: dict[Group, list[str]] = {}
-        snapshot = self._snapshot
         for group in candidates:
             if group.related is not None:
                 related[group] = await self._related(event, group.outcome(event, snapshot))
